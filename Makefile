@@ -1,0 +1,27 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME := $(CURDIR)/dagster_home
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: install demo test ui bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,postgres]'
+	touch $@
+
+demo: install
+	$(BIN)/icetrain demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+ui: install
+	$(BIN)/icetrain ui
+
+clean:
+	rm -rf .icetrain mlruns mlartifacts dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

@@ -1,0 +1,49 @@
+"""icetrain's exception types.
+
+Every error a user can cause is one of these, with a one-line message that says what was
+asked and what exists, so the CLI can print it without a traceback.
+"""
+
+
+class IcetrainError(Exception):
+    """Base class for errors a user can act on."""
+
+
+class ConfigError(IcetrainError):
+    """The settings or a request are contradictory or malformed."""
+
+
+class CatalogError(IcetrainError):
+    """The Iceberg catalog cannot be loaded or reached."""
+
+
+class TableNotFoundError(IcetrainError):
+    """The named table does not exist in the catalog."""
+
+
+class SnapshotNotFoundError(IcetrainError):
+    """The requested snapshot id, tag, branch or point in time does not exist."""
+
+
+class EmptyDataError(IcetrainError):
+    """The pinned snapshot (after filter and transform) has no rows to train on."""
+
+
+class FilterError(IcetrainError):
+    """A row filter does not parse or names a column the snapshot does not have."""
+
+
+class ColumnError(IcetrainError):
+    """A requested column is missing or has a type icetrain cannot turn into tensors."""
+
+
+class LabelError(IcetrainError):
+    """The label column is missing or holds nulls."""
+
+
+class TransformError(IcetrainError):
+    """The SQL transform failed or tried something the sandbox forbids."""
+
+
+class IngestError(IcetrainError):
+    """Data could not be appended; nothing was committed."""

@@ -1,0 +1,123 @@
+"""Appending data to Iceberg tables: one snapshot per append, tagged with who produced it.
+
+The first append creates the table in the same transaction, so a failed first write leaves
+no empty table behind.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.table import Table
+
+from pipeline.catalog import split_identifier
+from pipeline.errors import IngestError
+
+SOURCE_PROPERTY = "icetrain.source"
+RUN_ID_PROPERTY = "icetrain.dagster-run-id"
+APPEND_ID_PROPERTY = "icetrain.append-id"
+
+
+def append_arrow(
+    catalog: Catalog,
+    identifier: str,
+    data: pa.Table,
+    *,
+    source: str,
+    run_id: str | None = None,
+    table_properties: Mapping[str, str] | None = None,
+    identifier_fields: Sequence[str] = (),
+) -> int:
+    """Append an Arrow table as one new snapshot, creating the table on first write.
+
+    Args:
+        source: who produced the data (a file path, 'sklearn.datasets.load_digits', ...);
+            recorded in the snapshot summary.
+        run_id: the orchestrator's run id (Dagster's), recorded in the snapshot summary.
+        table_properties: properties set when the table is created (image shapes, classes).
+        identifier_fields: columns that identify a row; used when the table is created.
+
+    Returns:
+        The id of the snapshot this append committed.
+
+    Raises:
+        IngestError: no rows, a schema that does not match the table, or a commit conflict
+            that outlasted PyIceberg's retries. Nothing is committed in any of these cases.
+    """
+    if data.num_rows == 0:
+        raise IngestError(f"nothing to append to {identifier!r}: the data has no rows")
+    append_id = uuid.uuid4().hex
+    summary = {SOURCE_PROPERTY: source, APPEND_ID_PROPERTY: append_id}
+    if run_id:
+        summary[RUN_ID_PROPERTY] = run_id
+    try:
+        if catalog.table_exists(identifier):
+            table = catalog.load_table(identifier)
+            table.append(data, snapshot_properties=summary)
+        else:
+            table = _create_with_first_append(catalog, identifier, data, summary, table_properties, identifier_fields)
+    except CommitFailedException as exc:
+        raise IngestError(f"append to {identifier!r} conflicted with concurrent commits; nothing was written, retry: {exc}") from exc
+    except (ValueError, TypeError, pa.ArrowInvalid) as exc:
+        raise IngestError(f"cannot append to {identifier!r}: {_first_line(exc)}") from exc
+    return _snapshot_with_append_id(table, append_id)
+
+
+def append_file(catalog: Catalog, identifier: str, path: str | Path, *, run_id: str | None = None) -> int:
+    """Append a Parquet or CSV file as one snapshot; the source recorded is the file path.
+
+    Raises:
+        IngestError: the file is missing, of an unknown kind, unreadable, or does not fit the table.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise IngestError(f"cannot append {str(file)!r} to {identifier!r}: no such file")
+    suffix = file.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            data = pq.read_table(file)
+        elif suffix in (".csv", ".tsv"):
+            delimiter = "\t" if suffix == ".tsv" else ","
+            data = pa_csv.read_csv(file, parse_options=pa_csv.ParseOptions(delimiter=delimiter))
+        else:
+            raise IngestError(f"cannot append {str(file)!r}: only .parquet and .csv files are supported")
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise IngestError(f"cannot read {str(file)!r}: {_first_line(exc)}") from exc
+    return append_arrow(catalog, identifier, data, source=str(file.resolve()), run_id=run_id)
+
+
+def _create_with_first_append(
+    catalog: Catalog,
+    identifier: str,
+    data: pa.Table,
+    summary: dict[str, str],
+    table_properties: Mapping[str, str] | None,
+    identifier_fields: Sequence[str],
+) -> Table:
+    namespace, _ = split_identifier(identifier)
+    catalog.create_namespace_if_not_exists(namespace)
+    with catalog.create_table_transaction(identifier, schema=data.schema, properties=dict(table_properties or {})) as tx:
+        if identifier_fields:
+            with tx.update_schema() as update:
+                update.set_identifier_fields(*identifier_fields)
+        tx.append(data, snapshot_properties=summary)
+    return catalog.load_table(identifier)
+
+
+def _snapshot_with_append_id(table: Table, append_id: str) -> int:
+    for snapshot in reversed(table.snapshots()):
+        if snapshot.summary and snapshot.summary.additional_properties.get(APPEND_ID_PROPERTY) == append_id:
+            return snapshot.snapshot_id
+    raise IngestError(f"append to {table.name()} committed but its snapshot was not found")  # pragma: no cover
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,205 @@
+"""Turning Arrow record batches into torch tensors, column by column in bulk.
+
+How columns become tensors is declared on the table (image shapes, label classes) and read
+back into a ``TensorLayout``; conversion never loops over rows in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.config import ReadSpec
+from pipeline.errors import ColumnError, LabelError
+
+IMAGE_SHAPE_KEY = "icetrain.image.{column}.shape"
+IMAGE_MAX_KEY = "icetrain.image.{column}.max"
+LABEL_CLASSES_KEY = "icetrain.label.classes"
+
+
+def image_properties(column: str, *, shape: tuple[int, ...], max_value: float = 255) -> dict[str, str]:
+    """Table properties declaring ``column`` an image of ``shape`` (e.g. (1, 8, 8)) of raw bytes."""
+    return {
+        IMAGE_SHAPE_KEY.format(column=column): ",".join(str(d) for d in shape),
+        IMAGE_MAX_KEY.format(column=column): str(max_value),
+    }
+
+
+def label_classes_property(classes: Iterable[object]) -> dict[str, str]:
+    """A table property listing every class the label may take (checked before training)."""
+    return {LABEL_CLASSES_KEY: ",".join(str(c) for c in classes)}
+
+
+def declared_classes(properties: Mapping[str, str]) -> tuple[str, ...] | None:
+    """The classes a table declares for its label, as strings, or None."""
+    value = properties.get(LABEL_CLASSES_KEY)
+    return tuple(value.split(",")) if value else None
+
+
+@dataclass(frozen=True)
+class TensorLayout:
+    """Which columns become the feature tensor and the label, and in what shape.
+
+    Attributes:
+        label: the label column.
+        features: the feature columns, in order.
+        image_shape: per-row shape when the single feature is an image column, e.g. (1, 8, 8).
+        image_scale: image values are divided by this (the declared maximum) to land in [0, 1].
+    """
+
+    label: str
+    features: tuple[str, ...]
+    image_shape: tuple[int, ...] | None = None
+    image_scale: float = 255.0
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """Per-row shape of the feature tensor: the image shape, or (number of features,)."""
+        return self.image_shape if self.image_shape is not None else (len(self.features),)
+
+
+def layout_for(
+    schema: pa.Schema,
+    properties: Mapping[str, str],
+    spec: ReadSpec,
+    identifier_fields: Iterable[str] = (),
+) -> TensorLayout:
+    """Decide the tensor layout for rows of ``schema`` read with ``spec``.
+
+    Raises:
+        LabelError: the label column is missing.
+        ColumnError: a feature column is missing, of an unsupported type, or images are mixed
+            with other features.
+    """
+    names = schema.names
+    if spec.label not in names:
+        raise LabelError(f"label column {spec.label!r} not found; columns: {', '.join(names)}")
+    images = {name: _image_shape(properties, name) for name in names if _image_shape(properties, name)}
+    if spec.features is not None:
+        missing = [name for name in spec.features if name not in names]
+        if missing:
+            raise ColumnError(f"feature column(s) {', '.join(missing)} not found; columns: {', '.join(names)}")
+        features = spec.features
+    elif images:
+        features = tuple(images)
+    else:
+        skip = {spec.label, *identifier_fields}
+        features = tuple(f.name for f in schema if f.name not in skip and _is_numeric(f.type))
+        if not features:
+            raise ColumnError(f"no numeric feature columns besides label {spec.label!r}; columns: {', '.join(names)}")
+    image_features = [name for name in features if name in images]
+    if image_features:
+        if len(features) != 1:
+            raise ColumnError(f"image column {image_features[0]!r} must be the only feature; got {', '.join(features)}")
+        name = image_features[0]
+        return TensorLayout(
+            label=spec.label,
+            features=features,
+            image_shape=images[name],
+            image_scale=float(properties.get(IMAGE_MAX_KEY.format(column=name), 255)),
+        )
+    for name in features:
+        if not _is_numeric(schema.field(name).type):
+            raise ColumnError(f"feature column {name!r} has type {schema.field(name).type}, not a number")
+    return TensorLayout(label=spec.label, features=features)
+
+
+def features_to_tensor(batch: pa.RecordBatch, layout: TensorLayout) -> torch.Tensor:
+    """The batch's features as a float32 tensor of shape [B, *layout.feature_shape].
+
+    Raises:
+        ColumnError: a feature column has nulls, or image bytes do not match the declared shape.
+    """
+    for name in layout.features:
+        if batch.column(name).null_count:
+            raise ColumnError(f"feature column {name!r} has {batch.column(name).null_count} null values")
+    if layout.image_shape is not None:
+        raw = _image_bytes(batch.column(layout.features[0]), layout.features[0], layout.image_shape)
+        images = raw.reshape(batch.num_rows, *layout.image_shape).astype(np.float32)
+        images /= layout.image_scale
+        return torch.from_numpy(images)
+    out = np.empty((batch.num_rows, len(layout.features)), dtype=np.float32)
+    for j, name in enumerate(layout.features):
+        out[:, j] = batch.column(name).to_numpy(zero_copy_only=False)
+    return torch.from_numpy(out)
+
+
+def label_values(batch: pa.RecordBatch, layout: TensorLayout) -> np.ndarray:
+    """The batch's raw label values as a NumPy array.
+
+    Raises:
+        LabelError: the label column has nulls.
+    """
+    column = batch.column(layout.label)
+    if column.null_count:
+        raise LabelError(f"label column {layout.label!r} has {column.null_count} null values")
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    return column.to_numpy(zero_copy_only=False)
+
+
+@dataclass(frozen=True)
+class LabelVocabulary:
+    """The fixed mapping from label values to class indices 0..K-1 for one pinned dataset."""
+
+    classes: tuple[object, ...]
+
+    @classmethod
+    def from_values(cls, values: np.ndarray, declared: tuple[str, ...] | None = None) -> LabelVocabulary:
+        """The declared classes (cast to the label's type) if the table declares them, else the sorted distinct values."""
+        if declared is not None:
+            typed = np.array(declared).astype(values.dtype) if values.dtype.kind in "iuf" else np.array(declared)
+            return cls(tuple(np.sort(typed).tolist()))
+        return cls(tuple(np.unique(values).tolist()))
+
+    def encode(self, values: np.ndarray) -> torch.Tensor:
+        """Class indices (int64) for label values.
+
+        Raises:
+            LabelError: a value is not one of the classes.
+        """
+        classes = np.array(self.classes)
+        index = np.searchsorted(classes, values)
+        index = np.clip(index, 0, len(classes) - 1)
+        unknown = classes[index] != values
+        if unknown.any():
+            raise LabelError(f"label value {values[unknown][0]!r} is not one of the classes {list(self.classes)}")
+        return torch.from_numpy(index.astype(np.int64))
+
+
+def _image_shape(properties: Mapping[str, str], column: str) -> tuple[int, ...] | None:
+    value = properties.get(IMAGE_SHAPE_KEY.format(column=column))
+    return tuple(int(d) for d in value.split(",")) if value else None
+
+
+def _is_numeric(data_type: pa.DataType) -> bool:
+    return pa.types.is_integer(data_type) or pa.types.is_floating(data_type) or pa.types.is_boolean(data_type)
+
+
+def _image_bytes(column: pa.Array, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The column's pixel bytes as one flat uint8 array, without touching rows one by one."""
+    per_row = prod(shape)
+    count = len(column)
+    data_type = column.type
+    if pa.types.is_fixed_size_binary(data_type):
+        if data_type.byte_width != per_row:
+            raise ColumnError(f"image column {name!r} has {data_type.byte_width} bytes per row, shape {shape} needs {per_row}")
+        start = column.offset * per_row
+        return np.frombuffer(column.buffers()[1], dtype=np.uint8)[start : start + count * per_row]
+    if pa.types.is_binary(data_type) or pa.types.is_large_binary(data_type):
+        offset_type = np.int64 if pa.types.is_large_binary(data_type) else np.int32
+        offsets = np.frombuffer(column.buffers()[1], dtype=offset_type)[column.offset : column.offset + count + 1]
+        if not np.all(np.diff(offsets) == per_row):
+            raise ColumnError(f"image column {name!r} has rows whose length is not {per_row} bytes (shape {shape})")
+        return np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type) or pa.types.is_fixed_size_list(data_type):
+        values = column.flatten().to_numpy(zero_copy_only=False)
+        if values.size != count * per_row:
+            raise ColumnError(f"image column {name!r} does not hold {per_row} values per row (shape {shape})")
+        return values
+    raise ColumnError(f"image column {name!r} has type {data_type}; expected fixed-size binary, binary or a list")

@@ -1,0 +1,1 @@
+"""Models and the training loop, in plain PyTorch (no Dagster imports)."""
