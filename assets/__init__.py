@@ -1,0 +1,1 @@
+"""Dagster definitions for icetrain: thin wrappers over ``pipeline`` and ``training``."""

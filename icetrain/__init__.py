@@ -1,0 +1,39 @@
+"""icetrain: train PyTorch models on pinned Apache Iceberg snapshots, with lineage in MLflow.
+
+The Python API in a few names (imported lazily, so the CLI starts fast)::
+
+    from icetrain import Settings, SnapshotRequest, ReadSpec, TrainConfig, train_on_snapshot
+    result = train_on_snapshot(Settings.from_env(), SnapshotRequest("demo.digits", ref="v1"))
+    result.run_id, result.pinned.snapshot_id
+"""
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "Settings": "pipeline.config",
+    "SnapshotRequest": "pipeline.config",
+    "ReadSpec": "pipeline.config",
+    "TrainConfig": "pipeline.config",
+    "IcetrainError": "pipeline.errors",
+    "open_catalog": "pipeline.catalog",
+    "load_table": "pipeline.catalog",
+    "append_arrow": "pipeline.ingest",
+    "append_file": "pipeline.ingest",
+    "ingest_digits": "pipeline.demo_data",
+    "create_tag": "pipeline.refs",
+    "resolve_snapshot": "pipeline.snapshots",
+    "list_snapshots": "pipeline.snapshots",
+    "PinnedSnapshot": "pipeline.snapshots",
+    "open_stream": "pipeline.reading",
+    "read_tensors": "pipeline.reading",
+    "train_on_snapshot": "training.run",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'icetrain' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

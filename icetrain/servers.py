@@ -1,0 +1,95 @@
+"""``icetrain ui``: the Dagster UI and the MLflow UI on localhost, stopped together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import Settings
+from pipeline.errors import IcetrainError
+
+
+@dataclass
+class Server:
+    """A server process started in its own process group, so stopping it stops its children."""
+
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_dagster(port: int, log: Path) -> Server:
+    """``dagster dev`` on the icetrain code location, against the current DAGSTER_HOME."""
+    command = [_tool("dagster"), "dev", "-m", "assets.definitions", "-h", "127.0.0.1", "-p", str(port)]
+    return Server("dagster", f"http://127.0.0.1:{port}", _spawn(command, log, {}))
+
+
+def start_mlflow(settings: Settings, port: int, log: Path) -> Server:
+    """``mlflow server`` on the configured store, one worker and no job runner (2 processes, not 15)."""
+    command = [
+        _tool("mlflow"), "server",
+        "--backend-store-uri", settings.tracking_uri,
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return Server("mlflow", f"http://127.0.0.1:{port}", _spawn(command, log, env))
+
+
+def wait_until_up(server: Server, path: str, timeout: float = 120) -> None:
+    """Poll ``server.url + path`` until it answers 200.
+
+    Raises:
+        IcetrainError: the process exited or did not answer in time.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise IcetrainError(f"{server.name} exited with code {server.process.returncode} before it came up")
+        try:
+            with urllib.request.urlopen(server.url + path, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise IcetrainError(f"{server.name} did not answer at {server.url}{path} within {timeout:.0f}s")
+
+
+def _tool(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
+def _spawn(command: list[str], log: Path, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **extra_env},
+            start_new_session=True,
+        )
