@@ -18,9 +18,9 @@ from pipeline.config import Settings
 from pipeline.errors import CatalogError, TableNotFoundError
 
 
-def is_configured_externally(settings: Settings) -> bool:
-    """Whether PyIceberg's configuration defines a catalog under ``settings.catalog_name``."""
-    return Config().get_catalog_config(settings.catalog_name) is not None
+def external_catalog_config(settings: Settings) -> dict[str, str] | None:
+    """PyIceberg's configuration for ``settings.catalog_name``, read now (not at PyIceberg's import)."""
+    return Config().get_catalog_config(settings.catalog_name)
 
 
 def open_catalog(settings: Settings) -> Catalog:
@@ -29,9 +29,10 @@ def open_catalog(settings: Settings) -> Catalog:
     Raises:
         CatalogError: the configured catalog cannot be loaded.
     """
-    if is_configured_externally(settings):
+    configured = external_catalog_config(settings)
+    if configured is not None:
         try:
-            return load_catalog(settings.catalog_name)
+            return load_catalog(settings.catalog_name, **configured)
         except Exception as exc:  # PyIceberg raises many types for bad config; all mean "cannot load"
             raise CatalogError(f"cannot load Iceberg catalog {settings.catalog_name!r} from PyIceberg configuration: {exc}") from exc
     settings.warehouse.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException
 from pyiceberg.table import Table
 
 from pipeline.catalog import split_identifier
@@ -65,8 +66,8 @@ def append_arrow(
             table = _create_with_first_append(catalog, identifier, data, summary, table_properties, identifier_fields)
     except CommitFailedException as exc:
         raise IngestError(f"append to {identifier!r} conflicted with concurrent commits; nothing was written, retry: {exc}") from exc
-    except (ValueError, TypeError, pa.ArrowInvalid) as exc:
-        raise IngestError(f"cannot append to {identifier!r}: {_first_line(exc)}") from exc
+    except (ValueError, TypeError, pa.ArrowInvalid, UnsupportedPyArrowTypeException) as exc:
+        raise IngestError(f"cannot append to {identifier!r}: {_explain(catalog, identifier, data, exc)}") from exc
     return _snapshot_with_append_id(table, append_id)
 
 
@@ -86,11 +87,55 @@ def append_file(catalog: Catalog, identifier: str, path: str | Path, *, run_id: 
         elif suffix in (".csv", ".tsv"):
             delimiter = "\t" if suffix == ".tsv" else ","
             data = pa_csv.read_csv(file, parse_options=pa_csv.ParseOptions(delimiter=delimiter))
+            data = _conform_to_table(catalog, identifier, data)
         else:
             raise IngestError(f"cannot append {str(file)!r}: only .parquet and .csv files are supported")
     except (pa.ArrowInvalid, OSError) as exc:
         raise IngestError(f"cannot read {str(file)!r}: {_first_line(exc)}") from exc
     return append_arrow(catalog, identifier, data, source=str(file.resolve()), run_id=run_id)
+
+
+def schema_difference(table_schema: pa.Schema, data_schema: pa.Schema) -> str:
+    """What differs between a table's columns and the data's, by name and type; empty if they fit."""
+    table_types = {f.name: _plain(f.type) for f in table_schema}
+    data_types = {f.name: _plain(f.type) for f in data_schema}
+    problems = [f"{name}: missing from the data" for name in table_types if name not in data_types]
+    problems += [f"{name}: not a column of the table" for name in data_types if name not in table_types]
+    problems += [
+        f"{name}: table has {table_types[name]}, data has {data_types[name]}"
+        for name in table_types
+        if name in data_types and not data_types[name].equals(table_types[name])
+    ]
+    problems += [
+        f"{field.name}: the table requires values, the data's column is nullable"
+        for field in table_schema
+        if not field.nullable and field.name in data_types and data_schema.field(field.name).nullable
+    ]
+    return "; ".join(problems)
+
+
+def _plain(data_type: pa.DataType) -> pa.DataType:
+    """Fold Arrow's large variants into the plain ones: Iceberg does not tell them apart."""
+    if pa.types.is_large_string(data_type):
+        return pa.string()
+    if pa.types.is_large_binary(data_type):
+        return pa.binary()
+    if pa.types.is_large_list(data_type):
+        return pa.list_(_plain(data_type.value_type))
+    return data_type
+
+
+def _conform_to_table(catalog: Catalog, identifier: str, data: pa.Table) -> pa.Table:
+    """Cast CSV columns (whose types are only inferred) to an existing table's types, where names match."""
+    if not catalog.table_exists(identifier):
+        return data
+    target = catalog.load_table(identifier).schema().as_arrow()
+    if sorted(target.names) != sorted(data.column_names):
+        return data
+    try:
+        return data.select(target.names).cast(pa.schema([pa.field(f.name, f.type, f.nullable) for f in target]))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise IngestError(f"cannot append to {identifier!r}: CSV columns do not convert to the table's types: {_first_line(exc)}") from exc
 
 
 def _create_with_first_append(
@@ -109,6 +154,15 @@ def _create_with_first_append(
                 update.set_identifier_fields(*identifier_fields)
         tx.append(data, snapshot_properties=summary)
     return catalog.load_table(identifier)
+
+
+def _explain(catalog: Catalog, identifier: str, data: pa.Table, exc: BaseException) -> str:
+    """PyIceberg's schema mismatch is a multi-line table; say it in one line instead."""
+    if catalog.table_exists(identifier):
+        difference = schema_difference(catalog.load_table(identifier).schema().as_arrow(), data.schema)
+        if difference:
+            return f"schema does not match the table: {difference}"
+    return _first_line(exc)
 
 
 def _snapshot_with_append_id(table: Table, append_id: str) -> int:

@@ -1,0 +1,65 @@
+"""Appends create the table on first write and one snapshot per append, labelled with their source."""
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.catalog import load_table
+from pipeline.errors import IngestError
+from pipeline.ingest import RUN_ID_PROPERTY, SOURCE_PROPERTY, append_arrow, append_file
+from tests.conftest import tabular_rows
+
+
+def test_each_append_is_one_snapshot_recording_source_and_run_id(catalog) -> None:
+    first = append_arrow(catalog, "demo.rows", tabular_rows(0, 10), source="unit-test", run_id="run-123")
+    second = append_arrow(catalog, "demo.rows", tabular_rows(10, 4), source="unit-test")
+
+    table = load_table(catalog, "demo.rows")
+    assert [s.snapshot_id for s in table.snapshots()] == [first, second]
+    summary = table.snapshot_by_id(first).summary.additional_properties
+    assert summary[SOURCE_PROPERTY] == "unit-test"
+    assert summary[RUN_ID_PROPERTY] == "run-123"
+    assert summary["added-records"] == "10"
+    assert table.snapshot_by_id(second).summary.additional_properties["total-records"] == "14"
+
+
+def test_parquet_and_csv_files_append_with_their_path_as_source(catalog, tmp_path: Path) -> None:
+    parquet_file, csv_file = tmp_path / "a.parquet", tmp_path / "b.csv"
+    pq.write_table(tabular_rows(0, 6), parquet_file)
+    pa_csv.write_csv(tabular_rows(6, 3).cast(tabular_rows(0, 1).schema), csv_file)
+
+    append_file(catalog, "demo.files", parquet_file)
+    append_file(catalog, "demo.files", csv_file)
+
+    table = load_table(catalog, "demo.files")
+    sources = [s.summary.additional_properties[SOURCE_PROPERTY] for s in table.snapshots()]
+    assert sources == [str(parquet_file), str(csv_file)]
+    assert sorted(table.scan().to_arrow()["id"].to_pylist()) == list(range(9))
+
+
+def test_a_mismatched_schema_commits_nothing(catalog) -> None:
+    append_arrow(catalog, "demo.rows", tabular_rows(0, 5), source="test")
+    before = load_table(catalog, "demo.rows").metadata_location
+
+    with pytest.raises(IngestError, match="demo.rows"):
+        append_arrow(catalog, "demo.rows", pa.table({"other": ["a", "b"]}), source="test")
+
+    assert load_table(catalog, "demo.rows").metadata_location == before
+
+
+def test_a_failed_first_append_leaves_no_table(catalog) -> None:
+    unsupported = pa.table({"span": pa.array([(1, 2, 3)], pa.month_day_nano_interval())})
+    with pytest.raises(IngestError):
+        append_arrow(catalog, "demo.bad", unsupported, source="test")
+    assert not catalog.table_exists("demo.bad")
+
+
+def test_empty_data_and_missing_files_are_refused(catalog, tmp_path: Path) -> None:
+    with pytest.raises(IngestError, match="no rows"):
+        append_arrow(catalog, "demo.rows", tabular_rows(0, 0), source="test")
+    with pytest.raises(IngestError, match="no such file"):
+        append_file(catalog, "demo.rows", tmp_path / "missing.csv")
+    assert not catalog.table_exists("demo.rows")

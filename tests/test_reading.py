@@ -1,0 +1,124 @@
+"""Reading a pinned snapshot: exact rows after later commits, filter, projection, SQL, tensors."""
+
+import pyarrow as pa
+import pytest
+import torch
+from pyiceberg.expressions import EqualTo
+from pyiceberg.types import DoubleType
+
+from pipeline.catalog import load_table
+from pipeline.config import ReadSpec, SnapshotRequest
+from pipeline.errors import ColumnError, EmptyDataError, FilterError, LabelError, TransformError
+from pipeline.ingest import append_arrow
+from pipeline.reading import open_stream, read_tensors
+from pipeline.snapshots import resolve_snapshot
+from pipeline.transform import sandboxed_connection
+from tests.conftest import tabular_rows, write_appends
+
+
+def pin(catalog, identifier="demo.rows", **asked):
+    table = load_table(catalog, identifier)
+    return table, resolve_snapshot(table, SnapshotRequest(identifier, **asked), "icetrain")
+
+
+def read_ids(catalog, snapshot_id, spec=ReadSpec(features=("id",))):
+    table, pinned = pin(catalog, snapshot_id=snapshot_id)
+    return sorted(int(v) for v in read_tensors(table, pinned, spec).features[:, 0])
+
+
+def test_each_snapshot_reads_exactly_its_own_rows_after_later_commits(catalog) -> None:
+    ids = write_appends(catalog, "demo.rows", [10, 20, 30])
+    load_table(catalog, "demo.rows").delete(EqualTo("id", 3))
+
+    assert read_ids(catalog, ids[0]) == list(range(10))
+    assert read_ids(catalog, ids[1]) == list(range(30))
+    assert read_ids(catalog, ids[2]) == list(range(60))
+    assert read_ids(catalog, load_table(catalog, "demo.rows").current_snapshot().snapshot_id) == [i for i in range(60) if i != 3]
+
+
+def test_old_snapshots_keep_their_schema_after_a_column_is_added(catalog) -> None:
+    ids = write_appends(catalog, "demo.rows", [5])
+    table = load_table(catalog, "demo.rows")
+    with table.update_schema() as update:
+        update.add_column("x3", DoubleType())
+    _, pinned = pin(catalog, snapshot_id=ids[0])
+    stream = open_stream(load_table(catalog, "demo.rows"), pinned, ReadSpec())
+    assert stream.layout.features == ("x1", "x2")
+
+
+def test_filter_and_projection_are_pushed_into_the_scan(catalog) -> None:
+    write_appends(catalog, "demo.rows", [30])
+    table, pinned = pin(catalog)
+    stream = open_stream(table, pinned, ReadSpec(features=("x1",), row_filter="id >= 20 and label = 1"))
+    rows = stream.batches.read_all()
+    assert sorted(rows.column_names) == ["label", "x1"]
+    assert rows.num_rows == len([i for i in range(20, 30) if i % 3 == 1])
+
+
+def test_tabular_features_become_float_matrices(catalog) -> None:
+    write_appends(catalog, "demo.rows", [12])
+    table, pinned = pin(catalog)
+    data = read_tensors(table, pinned, ReadSpec())
+    assert data.layout.features == ("x1", "x2")  # id is the table's identifier field, not a feature
+    assert data.features.shape == (12, 2) and data.features.dtype == torch.float32
+    assert sorted(data.labels.tolist()) == sorted(i % 3 for i in range(12))
+
+
+def test_digit_images_become_b_1_8_8_tensors_matching_sklearn(catalog, digits) -> None:
+    from sklearn.datasets import load_digits
+
+    table, pinned = pin(catalog, "demo.digits")
+    data = read_tensors(table, pinned, ReadSpec(row_filter="id < 5"))
+    assert data.features.shape == (5, 1, 8, 8)
+    expected = torch.from_numpy(load_digits().images[:5]).float() / 16
+    assert torch.allclose(data.features[:, 0], expected)
+    assert data.labels.tolist() == load_digits().target[:5].tolist()
+
+
+def test_sql_transform_runs_on_the_pinned_rows_only(catalog) -> None:
+    ids = write_appends(catalog, "demo.rows", [10, 10])
+    table, pinned = pin(catalog, snapshot_id=ids[0])
+    spec = ReadSpec(features=("x2", "twice"), sql="select x2, id * 2 as twice, label from snapshot where id % 2 = 0")
+    data = read_tensors(table, pinned, spec)
+    assert sorted(data.features[:, 1].tolist()) == [0, 4, 8, 12, 16]
+
+
+def test_the_sql_sandbox_refuses_files_databases_extensions_and_settings() -> None:
+    connection = sandboxed_connection()
+    for forbidden in (
+        "select * from read_csv('/etc/passwd')",
+        "attach '/tmp/icetrain-forbidden.db'",
+        "copy (select 1) to '/tmp/icetrain-forbidden.csv'",
+        "install httpfs",
+        "set enable_external_access = true",
+    ):
+        with pytest.raises(Exception, match="(?i)permission|cannot change|disabled"):
+            connection.sql(forbidden)
+
+
+@pytest.mark.parametrize(
+    ("spec", "error", "message"),
+    [
+        (ReadSpec(row_filter="label >>> 3"), FilterError, "cannot parse row filter"),
+        (ReadSpec(row_filter="nope > 3"), FilterError, "columns: id, x1, x2, label"),
+        (ReadSpec(label="target"), LabelError, "label column 'target' not found"),
+        (ReadSpec(features=("x9",)), ColumnError, "x9"),
+        (ReadSpec(row_filter="id > 1000"), EmptyDataError, "no rows matching filter"),
+        (ReadSpec(sql="select * from elsewhere"), TransformError, "SQL transform failed"),
+        (ReadSpec(sql="select * from read_csv('/etc/passwd')"), TransformError, "disabled"),
+    ],
+)
+def test_bad_read_specs_fail_with_one_line_errors(catalog, spec, error, message) -> None:
+    write_appends(catalog, "demo.rows", [9])
+    table, pinned = pin(catalog)
+    with pytest.raises(error, match=message) as raised:
+        read_tensors(table, pinned, spec)
+    assert "\n" not in str(raised.value)
+
+
+def test_null_labels_are_refused(catalog) -> None:
+    rows = tabular_rows(0, 4).set_column(3, "label", pa.array([0, None, 1, 2], pa.int64()))
+    append_arrow(catalog, "demo.rows", rows, source="test")
+    table, pinned = pin(catalog)
+    with pytest.raises(LabelError, match="1 null values"):
+        read_tensors(table, pinned, ReadSpec())
