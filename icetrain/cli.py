@@ -147,8 +147,6 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.run import train_on_snapshot
-
     request = SnapshotRequest(
         table=args.table,
         snapshot_id=args.snapshot_id,
@@ -171,6 +169,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
+    from training.run import train_on_snapshot  # torch and MLflow load slowly; config errors should not wait
+
     result = train_on_snapshot(Settings.from_env(), request, spec, config)
     pinned = result.pinned
     print(f"trained on {pinned.table} snapshot {pinned.snapshot_id} (asked by {pinned.asked_by}), {result.row_count} rows")

@@ -15,6 +15,15 @@ from pipeline.config import Settings
 from pipeline.demo_data import ingest_digits
 from pipeline.ingest import append_arrow
 
+def all_runs(settings: Settings) -> list:
+    """Every MLflow run in the settings' tracking store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments) if experiments else []
+
+
 ISOLATED_ENV = ("ICETRAIN_HOME", "ICETRAIN_CATALOG", "ICETRAIN_EXPERIMENT", "MLFLOW_TRACKING_URI", "DAGSTER_HOME")
 
 

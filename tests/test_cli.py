@@ -1,0 +1,117 @@
+"""The icetrain command, run as a user would: real subprocesses on a temporary ICETRAIN_HOME."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus
+
+from icetrain.servers import free_port
+from pipeline.catalog import load_table
+from tests.conftest import all_runs, tabular_rows
+
+ICETRAIN = str(Path(sys.executable).parent / "icetrain")
+
+
+def icetrain(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ICETRAIN, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_snapshots_lists_the_history(catalog, digits) -> None:
+    out = icetrain("snapshots", "demo.digits")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:2] == ["snapshot_id", "committed_at"]
+    assert [line.split()[0] for line in lines[1:]] == [str(i) for i in digits]
+    assert [line.split()[5] for line in lines[1:]] == ["900", "1400", "1797"]
+
+
+def test_ingest_tag_and_train_on_the_tag(settings, catalog, tmp_path) -> None:
+    import pyarrow.csv as pa_csv
+
+    csv_file = tmp_path / "rows.csv"
+    pa_csv.write_csv(tabular_rows(0, 90), csv_file)
+    assert icetrain("ingest", "demo.rows", str(csv_file)).returncode == 0
+    first = load_table(catalog, "demo.rows").current_snapshot().snapshot_id
+    assert icetrain("ingest", "demo.rows", str(csv_file)).returncode == 0
+
+    tagged = icetrain("tag", "demo.rows", "v1", "--snapshot-id", str(first))
+    assert tagged.returncode == 0, tagged.stderr
+    trained = icetrain("train", "--table", "demo.rows", "--ref", "v1", "--features", "x1,x2", "--epochs", "1", "--no-progress")
+
+    assert trained.returncode == 0, trained.stderr
+    assert f"snapshot {first} (asked by tag), 90 rows" in trained.stdout
+    (run,) = all_runs(settings)
+    assert run.data.tags["icetrain.snapshot_id"] == str(first)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--table", "demo.nope"], "table 'demo.nope' not found"),
+        (["train", "--table", "demo.digits", "--snapshot-id", "7"], "snapshot 7 not found"),
+        (["train", "--table", "demo.digits", "--as-of", "yesterday"], "neither ISO 8601"),
+        (["train", "--table", "demo.digits", "--filter", "label >>> 2"], "cannot parse row filter"),
+        (["train", "--table", "demo.digits", "--sql", "select * from read_csv('/etc/passwd')"], "SQL transform failed"),
+        (["snapshots", "demo.nope"], "not found"),
+    ],
+)
+def test_user_mistakes_print_one_line_and_exit_1(settings, digits, args, message) -> None:
+    out = icetrain(*args)
+    assert out.returncode == 1
+    assert out.stderr.startswith("icetrain: error: ")
+    assert message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert all_runs(settings) == []
+
+
+def test_demo_materializes_the_graph_into_dagster_home(settings, tmp_path, monkeypatch) -> None:
+    dagster_home = tmp_path / "dagster_home"
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+
+    out = icetrain("demo")
+
+    assert out.returncode == 0, out.stderr
+    with DagsterInstance.get() as instance:
+        (run,) = instance.get_runs()
+        assert run.job_name == "demo_job" and run.status == DagsterRunStatus.SUCCESS
+    (mlflow_run,) = all_runs(settings)
+    assert f"MLflow run:  {mlflow_run.info.run_id}" in out.stdout
+    assert f"Trained on snapshot {mlflow_run.data.tags['icetrain.snapshot_id']}" in out.stdout
+    assert f"Dagster run: {run.run_id}" in out.stdout
+
+
+def test_ui_serves_dagster_and_mlflow_until_stopped(settings, digits, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    dagster_port, mlflow_port = free_port(), free_port()
+    ui = subprocess.Popen(
+        [ICETRAIN, "ui", "--dagster-port", str(dagster_port), "--mlflow-port", str(mlflow_port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        lines = [ui.stdout.readline() for _ in range(3)]
+        assert lines[0].startswith(f"Dagster UI: http://127.0.0.1:{dagster_port}"), lines
+        assert lines[1].startswith(f"MLflow UI:  http://127.0.0.1:{mlflow_port}"), lines
+        query = b'{"query": "{ assetNodes { assetKey { path } } }"}'
+        request = urllib.request.Request(f"http://127.0.0.1:{dagster_port}/graphql", data=query, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert b"trained_model" in response.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{mlflow_port}/health", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        ui.send_signal(signal.SIGTERM)
+        ui.wait(timeout=60)
+        if ui.poll() is None:  # pragma: no cover - only if the ui command failed to stop its servers
+            os.killpg(ui.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    for port in (dagster_port, mlflow_port):
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
