@@ -4,9 +4,16 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install demo test ui bench clean
+.PHONY: install system-deps demo test ui bench clean
 
 install: $(VENV)/.installed
+
+# Debian's PostgreSQL, for the tests that run a throwaway catalog cluster.
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "installing Debian's postgresql"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +24,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: install
 	$(BIN)/icetrain demo
 
-test: install
+test: install system-deps
 	$(BIN)/python -m pytest -q
 
 ui: install
