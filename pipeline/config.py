@@ -159,20 +159,66 @@ class ReadSpec:
         row_filter: a PyIceberg filter expression (``"label >= 3 and id < 100"``), pushed
             into the scan.
         sql: an optional DuckDB query over the pinned rows, visible as the table ``snapshot``.
-        batch_size: rows per Arrow record batch while streaming.
+            It runs on each row group separately, so it must be row-local (select, where,
+            expressions, casts); an aggregate or ORDER BY sees one row group at a time.
     """
 
     label: str = "label"
     features: tuple[str, ...] | None = None
     row_filter: str | None = None
     sql: str | None = None
-    batch_size: int = 1024
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be positive, got {self.batch_size}")
         if self.features is not None and self.label in self.features:
             raise ConfigError(f"label column {self.label!r} cannot also be a feature")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How a pinned snapshot is streamed into batches.
+
+    What to iterate:
+        split: 'all', 'train' or 'val'; rows are assigned by a hash of (data file, position),
+            so a row keeps its split across snapshots, workers and ranks.
+        val_fraction, split_seed: the share of rows in 'val', and the hash seed.
+    How:
+        batch_size: rows per batch. drop_last: drop each rank's final short batch.
+        num_workers: DataLoader worker processes that decode row groups (0: decode in this
+            process with ``decode_threads`` threads). Never changes the order of rows.
+        rank, world_size: this process's share; None reads torch.distributed (or 1 process).
+    Shuffling and determinism:
+        shuffle: permute row groups per epoch from (seed, epoch), then rows within blocks of
+            ``block_rows`` (the shuffle buffer: peak memory is about this many rows, plus the
+            row groups being decoded).
+        seed: same snapshot + seed + epoch gives the same order, on any number of workers.
+    """
+
+    batch_size: int = 1024
+    shuffle: bool = True
+    seed: int = 0
+    block_rows: int = 65536
+    num_workers: int = 0
+    decode_threads: int = 2
+    drop_last: bool = False
+    split: str = "all"
+    val_fraction: float = 0.0
+    split_seed: int = 0
+    rank: int | None = None
+    world_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.block_rows < 1:
+            raise ConfigError(f"batch size and block rows must be positive, got {self.batch_size} and {self.block_rows}")
+        if self.num_workers < 0 or self.decode_threads < 1:
+            raise ConfigError("num_workers must be >= 0 and decode_threads >= 1")
+        if self.split not in ("all", "train", "val"):
+            raise ConfigError(f"split must be all, train or val; got {self.split!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
+        if (self.rank is None) != (self.world_size is None):
+            raise ConfigError("give both rank and world_size, or neither")
+        if self.world_size is not None and not 0 <= (self.rank or 0) < self.world_size:
+            raise ConfigError(f"rank {self.rank} is outside world size {self.world_size}")
 
 
 @dataclass(frozen=True)
@@ -192,6 +238,8 @@ class TrainConfig:
     val_fraction: float = 0.2
     model: str = "auto"
     device: str = "auto"
+    num_workers: int = 0
+    block_rows: int = 65536
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -47,3 +47,7 @@ class TransformError(IcetrainError):
 
 class IngestError(IcetrainError):
     """Data could not be appended; nothing was committed."""
+
+
+class ResumeError(IcetrainError):
+    """A saved loader state does not fit the loader it is restored into."""

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
-import pyarrow.compute as pc
 from pyiceberg.table import Table
 
-from pipeline.config import ReadSpec
-from pipeline.reading import open_stream
+from pipeline.config import LoaderConfig, ReadSpec
+from pipeline.reading import prepare_read
+from pipeline.rows import profile_rows
 from pipeline.snapshots import PinnedSnapshot
 from pipeline.tensors import declared_classes
 
@@ -42,22 +41,17 @@ class LabelProfile:
 def profile_labels(table: Table, pinned: PinnedSnapshot, spec: ReadSpec) -> LabelProfile:
     """Count rows, null labels and classes in the rows ``spec`` selects from the snapshot.
 
+    Reads only the label and filter columns (or runs the SQL transform).
+
     Raises:
         FilterError, LabelError, ColumnError, TransformError: the spec does not fit the snapshot.
     """
-    stream = open_stream(table, pinned, spec)
-    rows, nulls = 0, 0
-    counts: Counter[str] = Counter()
-    for batch in stream.batches:
-        labels = batch.column(stream.layout.label)
-        rows += batch.num_rows
-        nulls += labels.null_count
-        for entry in pc.value_counts(labels.drop_null()).to_pylist():
-            counts[str(entry["values"])] += int(entry["counts"])
+    read = prepare_read(table, pinned, spec)
+    profile = profile_rows(read.source(LoaderConfig()), read.layout.label)
     return LabelProfile(
-        row_count=rows,
-        null_labels=nulls,
-        class_counts=dict(sorted(counts.items())),
+        row_count=profile.total_rows,
+        null_labels=profile.null_labels,
+        class_counts={str(value): count for value, count in profile.class_counts.items()},
         declared_classes=declared_classes(table.properties),
     )
 

@@ -1,17 +1,15 @@
-"""Reading a pinned snapshot: a filtered, projected stream of Arrow record batches.
+"""Opening a pinned snapshot for reading: validate the request, plan it, and build the loader.
 
-Filter and projection are validated against the snapshot's own schema (not the table's
-current one) and pushed into the Iceberg scan; an optional SQL transform runs on the stream.
+Filter and columns are checked against the snapshot's own schema (not the table's current
+one); the filter prunes files through Iceberg's manifests and is applied to each row group.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import torch
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 from pyiceberg.expressions.parser import parse
 from pyiceberg.expressions.visitors import bind
@@ -19,34 +17,28 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyparsing import ParseException
 
-from pipeline.config import ReadSpec
-from pipeline.errors import EmptyDataError, FilterError
+from pipeline.config import LoaderConfig, ReadSpec
+from pipeline.errors import EmptyDataError, FilterError, LabelError
+from pipeline.loader import IcebergLoader
+from pipeline.rows import RowProfile, RowSource, profile_rows
+from pipeline.scan import ScanPlan, plan_scan
 from pipeline.snapshots import PinnedSnapshot
-from pipeline.tensors import TensorLayout, features_to_tensor, label_values, layout_for
-from pipeline.transform import transform
+from pipeline.tensors import LabelVocabulary, TensorLayout, declared_classes, layout_for
+from pipeline.transform import sandboxed_connection, transform_batch
 
 
 @dataclass(frozen=True)
-class SnapshotStream:
-    """An open stream of a pinned snapshot's rows and the tensor layout they map to."""
+class PreparedRead:
+    """A validated, planned read of a pinned snapshot, before any rows are decoded."""
 
-    batches: pa.RecordBatchReader
+    table: Table
+    plan: ScanPlan
     layout: TensorLayout
+    spec: ReadSpec
+    output_schema: pa.Schema
 
-
-@dataclass(frozen=True)
-class TensorData:
-    """A pinned snapshot's rows as tensors, with the raw label values and a content digest."""
-
-    features: torch.Tensor
-    labels: np.ndarray
-    layout: TensorLayout
-    schema: pa.Schema
-    digest: str
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.features.shape[0])
+    def source(self, config: LoaderConfig) -> RowSource:
+        return RowSource(self.plan, self.spec.sql, config.split, config.split_seed, config.val_fraction)
 
 
 def snapshot_schema(table: Table, pinned: PinnedSnapshot) -> Schema:
@@ -80,11 +72,11 @@ def parse_filter(text: str | None, schema: Schema, pinned: PinnedSnapshot) -> Bo
     return expression
 
 
-def open_stream(table: Table, pinned: PinnedSnapshot, spec: ReadSpec) -> SnapshotStream:
-    """Open a stream of the pinned snapshot's rows, filtered, projected and transformed.
+def prepare_read(table: Table, pinned: PinnedSnapshot, spec: ReadSpec) -> PreparedRead:
+    """Validate ``spec`` against the snapshot and plan its row groups.
 
-    Without a SQL transform only the label and feature columns are read; with one, every
-    column is read and the query's output decides the layout.
+    Without a SQL transform only the label, feature and filter columns are read; with one,
+    every column is read and the query's output (tried on no rows first) decides the layout.
 
     Raises:
         FilterError, LabelError, ColumnError, TransformError: the spec does not fit the snapshot.
@@ -92,55 +84,66 @@ def open_stream(table: Table, pinned: PinnedSnapshot, spec: ReadSpec) -> Snapsho
     schema = snapshot_schema(table, pinned)
     row_filter = parse_filter(spec.row_filter, schema, pinned)
     identifiers = [schema.find_column_name(i) for i in schema.identifier_field_ids]
-    properties = table.properties
     if spec.sql:
-        scan = table.scan(snapshot_id=pinned.snapshot_id, row_filter=row_filter)
-        batches = transform(scan.to_arrow_batch_reader(), spec.sql, spec.batch_size)
-        layout = layout_for(batches.schema, properties, spec, identifiers)
-        return SnapshotStream(batches, layout)
-    layout = layout_for(schema.as_arrow(), properties, spec, identifiers)
-    scan = table.scan(
-        snapshot_id=pinned.snapshot_id,
-        row_filter=row_filter,
-        selected_fields=(layout.label, *layout.features),
-    )
-    return SnapshotStream(scan.to_arrow_batch_reader(), layout)
+        plan = plan_scan(table, pinned, schema, row_filter, None)
+        empty = pa.RecordBatch.from_pylist([], schema=schema.as_arrow())
+        output = transform_batch(sandboxed_connection(), empty, spec.sql).schema
+        layout = layout_for(output, table.properties, spec, identifiers)
+    else:
+        output = schema.as_arrow()
+        layout = layout_for(output, table.properties, spec, identifiers)
+        plan = plan_scan(table, pinned, schema, row_filter, (layout.label, *layout.features))
+    columns = (layout.label, *layout.features)
+    return PreparedRead(table, plan, layout, spec, pa.schema([output.field(name) for name in columns]))
 
 
-def read_tensors(table: Table, pinned: PinnedSnapshot, spec: ReadSpec) -> TensorData:
-    """Read the pinned snapshot into memory as tensors (the walking skeleton's small-table path).
+def open_loader(
+    table: Table,
+    pinned: PinnedSnapshot,
+    spec: ReadSpec,
+    config: LoaderConfig = LoaderConfig(),
+    *,
+    prepared: PreparedRead | None = None,
+) -> IcebergLoader:
+    """A loader of ``(features, class indices)`` batches over the pinned snapshot.
+
+    Counts every row group's rows and the label's classes first (reading only the label and
+    filter columns, or running the SQL), which makes ``len()``, the equal split across ranks
+    and the label vocabulary exact.
 
     Raises:
-        EmptyDataError: no rows remain after filter and transform.
-        FilterError, LabelError, ColumnError, TransformError: the spec does not fit the snapshot.
+        EmptyDataError: no rows are selected.
+        LabelError: the label has nulls or a value outside the table's declared classes.
+        FilterError, ColumnError, TransformError: the spec does not fit the snapshot.
     """
-    stream = open_stream(table, pinned, spec)
-    features, labels = [], []
-    digest = hashlib.sha256()
-    for batch in stream.batches:
-        if batch.num_rows == 0:
-            continue
-        batch_features = features_to_tensor(batch, stream.layout)
-        batch_labels = label_values(batch, stream.layout)
-        digest.update(batch_features.numpy().tobytes())
-        digest.update(_label_bytes(batch_labels))
-        features.append(batch_features)
-        labels.append(batch_labels)
-    if not features:
-        asked = f" matching filter {spec.row_filter!r}" if spec.row_filter else ""
-        via = " after the SQL transform" if spec.sql else ""
-        raise EmptyDataError(f"snapshot {pinned.snapshot_id} of {pinned.table!r} has no rows{asked}{via}")
-    return TensorData(
-        features=torch.cat(features),
-        labels=np.concatenate(labels),
-        layout=stream.layout,
-        schema=stream.batches.schema,
-        digest=digest.hexdigest()[:16],
-    )
+    read = prepared or prepare_read(table, pinned, spec)
+    source = read.source(config)
+    profile = profile_rows(source, read.layout.label, config.decode_threads)
+    check_profile(profile, read, config)
+    vocabulary = label_vocabulary(read, profile)
+    return IcebergLoader(source, read.layout, vocabulary, profile, config)
 
 
-def _label_bytes(labels: np.ndarray) -> bytes:
-    """Label values as bytes for the digest; strings go through a fixed-width unicode array."""
-    if labels.dtype.kind in "OUS":
-        return labels.astype("U").tobytes()
-    return np.ascontiguousarray(labels).tobytes()
+def check_profile(profile: RowProfile, read: PreparedRead, config: LoaderConfig) -> None:
+    """Refuse data no model should train on: nulls in the label, or no rows at all."""
+    pinned = read.plan.pinned
+    if profile.null_labels:
+        raise LabelError(f"label column {read.layout.label!r} has {profile.null_labels} null values in snapshot {pinned.snapshot_id} of {pinned.table!r}")
+    if profile.total_rows == 0:
+        asked = f" matching filter {read.spec.row_filter!r}" if read.spec.row_filter else ""
+        via = " after the SQL transform" if read.spec.sql else ""
+        split = f" in the {config.split!r} split" if config.split != "all" else ""
+        raise EmptyDataError(f"snapshot {pinned.snapshot_id} of {pinned.table!r} has no rows{asked}{via}{split}")
+
+
+def label_vocabulary(read: PreparedRead, profile: RowProfile) -> LabelVocabulary:
+    """The table's declared classes if it declares them, else the label values present in the selected rows."""
+    declared = declared_classes(read.table.properties)
+    values = list(profile.class_counts)
+    if declared is not None:
+        vocabulary = LabelVocabulary.from_values(np.array(values), declared)
+        unknown = [v for v in values if v not in vocabulary.classes]
+        if unknown:
+            raise LabelError(f"label value {unknown[0]!r} is not one of the table's declared classes {list(vocabulary.classes)}")
+        return vocabulary
+    return LabelVocabulary(tuple(sorted(values)))

@@ -54,6 +54,30 @@ def transform(rows: pa.RecordBatchReader, sql: str, batch_size: int) -> pa.Recor
     return pa.RecordBatchReader.from_batches(result.schema, _guarded(result, connection))
 
 
+def transform_batch(connection: duckdb.DuckDBPyConnection, rows: pa.RecordBatch, sql: str, batch_size: int = 65536) -> pa.RecordBatch:
+    """Run ``sql`` over one bounded batch of rows (a row group) and return its result.
+
+    The result is streamed out of DuckDB in record batches and joined; it is bounded by the
+    input row group.
+
+    Raises:
+        TransformError: the query fails, is forbidden by the sandbox, or returns no rows relation.
+    """
+    connection.register(SOURCE_RELATION, rows)
+    try:
+        relation = connection.sql(sql)
+        if relation is None:
+            raise TransformError(f"SQL transform must be a query that returns rows, got: {sql.strip()[:80]!r}")
+        reader = relation.to_arrow_reader(batch_size)
+        result = pa.Table.from_batches(list(reader), schema=reader.schema)
+    except duckdb.Error as exc:
+        raise TransformError(f"SQL transform failed: {_one_line(exc)}") from exc
+    finally:
+        connection.unregister(SOURCE_RELATION)
+    combined = result.combine_chunks().to_batches()
+    return combined[0] if combined else pa.RecordBatch.from_pylist([], schema=result.schema)
+
+
 def _guarded(result: pa.RecordBatchReader, connection: duckdb.DuckDBPyConnection) -> Iterator[pa.RecordBatch]:
     """Yield the result's batches, keeping the connection alive until they are consumed."""
     try:

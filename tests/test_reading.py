@@ -7,10 +7,10 @@ from pyiceberg.expressions import EqualTo
 from pyiceberg.types import DoubleType
 
 from pipeline.catalog import load_table
-from pipeline.config import ReadSpec, SnapshotRequest
+from pipeline.config import LoaderConfig, ReadSpec, SnapshotRequest
 from pipeline.errors import ColumnError, EmptyDataError, FilterError, LabelError, TransformError
 from pipeline.ingest import append_arrow
-from pipeline.reading import open_stream, read_tensors
+from pipeline.reading import open_loader, prepare_read
 from pipeline.snapshots import resolve_snapshot
 from pipeline.transform import sandboxed_connection
 from tests.conftest import tabular_rows, write_appends
@@ -21,9 +21,15 @@ def pin(catalog, identifier="demo.rows", **asked):
     return table, resolve_snapshot(table, SnapshotRequest(identifier, **asked), "icetrain")
 
 
+def read_all(table, pinned, spec):
+    """Every row of the pinned snapshot, in the loader's unshuffled order, as (features, labels)."""
+    batches = list(open_loader(table, pinned, spec, LoaderConfig(shuffle=False, batch_size=64)))
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
 def read_ids(catalog, snapshot_id, spec=ReadSpec(features=("id",))):
     table, pinned = pin(catalog, snapshot_id=snapshot_id)
-    return sorted(int(v) for v in read_tensors(table, pinned, spec).features[:, 0])
+    return sorted(int(v) for v in read_all(table, pinned, spec)[0][:, 0])
 
 
 def test_each_snapshot_reads_exactly_its_own_rows_after_later_commits(catalog) -> None:
@@ -42,45 +48,45 @@ def test_old_snapshots_keep_their_schema_after_a_column_is_added(catalog) -> Non
     with table.update_schema() as update:
         update.add_column("x3", DoubleType())
     _, pinned = pin(catalog, snapshot_id=ids[0])
-    stream = open_stream(load_table(catalog, "demo.rows"), pinned, ReadSpec())
-    assert stream.layout.features == ("x1", "x2")
+    assert prepare_read(load_table(catalog, "demo.rows"), pinned, ReadSpec()).layout.features == ("x1", "x2")
 
 
 def test_filter_and_projection_are_pushed_into_the_scan(catalog) -> None:
     write_appends(catalog, "demo.rows", [30])
     table, pinned = pin(catalog)
-    stream = open_stream(table, pinned, ReadSpec(features=("x1",), row_filter="id >= 20 and label = 1"))
-    rows = stream.batches.read_all()
-    assert sorted(rows.column_names) == ["label", "x1"]
-    assert rows.num_rows == len([i for i in range(20, 30) if i % 3 == 1])
+    read = prepare_read(table, pinned, ReadSpec(features=("x1",), row_filter="id >= 20 and label = 1"))
+    assert sorted(f.name for f in read.plan.read_schema.fields) == ["id", "label", "x1"]
+    features, labels = read_all(table, pinned, read.spec)
+    assert features.shape == (len([i for i in range(20, 30) if i % 3 == 1]), 1)
+    assert set(labels.tolist()) == {0}  # label 1 is the only class present, so it is class index 0
 
 
 def test_tabular_features_become_float_matrices(catalog) -> None:
     write_appends(catalog, "demo.rows", [12])
     table, pinned = pin(catalog)
-    data = read_tensors(table, pinned, ReadSpec())
-    assert data.layout.features == ("x1", "x2")  # id is the table's identifier field, not a feature
-    assert data.features.shape == (12, 2) and data.features.dtype == torch.float32
-    assert sorted(data.labels.tolist()) == sorted(i % 3 for i in range(12))
+    assert prepare_read(table, pinned, ReadSpec()).layout.features == ("x1", "x2")  # id is the identifier field
+    features, labels = read_all(table, pinned, ReadSpec())
+    assert features.shape == (12, 2) and features.dtype == torch.float32
+    assert sorted(labels.tolist()) == sorted(i % 3 for i in range(12))
 
 
 def test_digit_images_become_b_1_8_8_tensors_matching_sklearn(catalog, digits) -> None:
     from sklearn.datasets import load_digits
 
     table, pinned = pin(catalog, "demo.digits")
-    data = read_tensors(table, pinned, ReadSpec(row_filter="id < 5"))
-    assert data.features.shape == (5, 1, 8, 8)
+    features, labels = read_all(table, pinned, ReadSpec(row_filter="id < 5"))
+    assert features.shape == (5, 1, 8, 8)
     expected = torch.from_numpy(load_digits().images[:5]).float() / 16
-    assert torch.allclose(data.features[:, 0], expected)
-    assert data.labels.tolist() == load_digits().target[:5].tolist()
+    assert torch.allclose(features[:, 0], expected)
+    assert labels.tolist() == load_digits().target[:5].tolist()
 
 
 def test_sql_transform_runs_on_the_pinned_rows_only(catalog) -> None:
     ids = write_appends(catalog, "demo.rows", [10, 10])
     table, pinned = pin(catalog, snapshot_id=ids[0])
     spec = ReadSpec(features=("x2", "twice"), sql="select x2, id * 2 as twice, label from snapshot where id % 2 = 0")
-    data = read_tensors(table, pinned, spec)
-    assert sorted(data.features[:, 1].tolist()) == [0, 4, 8, 12, 16]
+    features, _ = read_all(table, pinned, spec)
+    assert sorted(features[:, 1].tolist()) == [0, 4, 8, 12, 16]
 
 
 def test_the_sql_sandbox_refuses_files_databases_extensions_and_settings() -> None:
@@ -112,7 +118,7 @@ def test_bad_read_specs_fail_with_one_line_errors(catalog, spec, error, message)
     write_appends(catalog, "demo.rows", [9])
     table, pinned = pin(catalog)
     with pytest.raises(error, match=message) as raised:
-        read_tensors(table, pinned, spec)
+        open_loader(table, pinned, spec)
     assert "\n" not in str(raised.value)
 
 
@@ -121,4 +127,4 @@ def test_null_labels_are_refused(catalog) -> None:
     append_arrow(catalog, "demo.rows", rows, source="test")
     table, pinned = pin(catalog)
     with pytest.raises(LabelError, match="1 null values"):
-        read_tensors(table, pinned, ReadSpec())
+        open_loader(table, pinned, ReadSpec())

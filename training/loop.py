@@ -1,16 +1,24 @@
-"""The training loop: epochs over a train split, evaluation on a validation split."""
+"""The training loop: epochs over a train loader, evaluation on a validation loader."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from pipeline.config import TrainConfig
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class EpochLoader(Iterable[Batch], Sized, Protocol):
+    """What the loop needs from a loader: batches, a length, and a per-epoch reshuffle."""
+
+    def set_epoch(self, epoch: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -36,35 +44,27 @@ class EpochMetrics:
         return text
 
 
-def split_indices(num_rows: int, val_fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A train/validation split of row positions, the same for the same seed and row count."""
-    order = torch.randperm(num_rows, generator=generator)
-    val_count = int(round(num_rows * val_fraction))
-    return order[val_count:], order[:val_count]
-
-
 def fit(
     model: nn.Module,
-    train: TensorDataset,
-    val: TensorDataset | None,
+    train: EpochLoader,
+    val: EpochLoader | None,
     config: TrainConfig,
     device: torch.device,
-    generator: torch.Generator,
     on_epoch: Callable[[EpochMetrics], None] = lambda metrics: None,
 ) -> list[EpochMetrics]:
     """Train ``model`` for ``config.epochs`` epochs, calling ``on_epoch`` after each.
 
-    Batches are shuffled by ``generator``, so the same seed gives the same order.
+    The loader decides the order (seeded, per epoch), so the same seed trains the same model.
     """
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     loss_fn = nn.CrossEntropyLoss()
-    loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=False)
     history = []
     for epoch in range(1, config.epochs + 1):
         model.train()
+        train.set_epoch(epoch - 1)
         total_loss, correct, seen = 0.0, 0, 0
-        batches = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=None if config.progress else True)
+        batches = tqdm(train, total=len(train), desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=None if config.progress else True)
         for features, labels in batches:
             features, labels = features.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
@@ -75,7 +75,7 @@ def fit(
             total_loss += loss.item() * len(labels)
             correct += int((logits.argmax(1) == labels).sum())
             seen += len(labels)
-        val_loss, val_accuracy = evaluate(model, val, config.batch_size, device) if val is not None and len(val) else (None, None)
+        val_loss, val_accuracy = evaluate(model, val, device) if val is not None else (None, None)
         metrics = EpochMetrics(epoch, total_loss / seen, correct / seen, val_loss, val_accuracy)
         if config.progress:
             tqdm.write(metrics.describe())
@@ -85,14 +85,16 @@ def fit(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TensorDataset, batch_size: int, device: torch.device) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` on ``data``."""
+def evaluate(model: nn.Module, data: EpochLoader, device: torch.device) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` over one pass of ``data``."""
     model.eval()
+    data.set_epoch(0)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    total_loss, correct = 0.0, 0
-    for features, labels in DataLoader(data, batch_size=batch_size):
+    total_loss, correct, seen = 0.0, 0, 0
+    for features, labels in data:
         features, labels = features.to(device), labels.to(device)
         logits = model(features)
         total_loss += float(loss_fn(logits, labels))
         correct += int((logits.argmax(1) == labels).sum())
-    return total_loss / len(data), correct / len(data)
+        seen += len(labels)
+    return total_loss / seen, correct / seen

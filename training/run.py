@@ -8,24 +8,24 @@ a failure during training ends the run as FAILED, never RUNNING.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import mlflow
 import mlflow.pytorch
 import torch
 from mlflow.models import infer_signature
-from torch.utils.data import TensorDataset
 
 from pipeline.catalog import load_table, open_catalog
-from pipeline.config import ReadSpec, Settings, SnapshotRequest, TrainConfig, as_params
+from pipeline.config import LoaderConfig, ReadSpec, Settings, SnapshotRequest, TrainConfig, as_params
 from pipeline.errors import SnapshotNotFoundError
 from pipeline.lineage import IcebergDatasetSource, IcebergSnapshotDataset, ensure_experiment, lineage_tags, register_sources
-from pipeline.reading import TensorData, read_tensors
+from pipeline.loader import IcebergLoader
+from pipeline.reading import PreparedRead, open_loader, prepare_read
 from pipeline.snapshots import PinnedSnapshot, resolve_snapshot
-from pipeline.tensors import LabelVocabulary, declared_classes
+from pipeline.tensors import LabelVocabulary
 from training.determinism import pick_device, seed_everything
-from training.loop import EpochMetrics, fit, split_indices
+from training.loop import EpochMetrics, fit
 from training.models import build_model
 
 MODEL_ARTIFACT = "model"
@@ -76,64 +76,97 @@ def train_on_snapshot(
         pinned = target
     else:
         pinned = resolve_snapshot(table, target, settings.catalog_name)
-    data = read_tensors(table, pinned, spec)
-    vocabulary = LabelVocabulary.from_values(data.labels, declared_classes(table.properties))
-    labels = vocabulary.encode(data.labels)
+    read = prepare_read(table, pinned, spec)
+    train_loader, val_loader = _loaders(read, config)
+    layout, vocabulary = train_loader.layout, train_loader.vocabulary
+    row_count = train_loader.profile.total_rows + (val_loader.profile.total_rows if val_loader else 0)
+    digest = train_loader.plan_digest
 
     device = pick_device(config.device)
-    generator = seed_everything(config.seed)
-    train_rows, val_rows = split_indices(data.num_rows, config.val_fraction, generator)
-    model = build_model(config.model, data.layout.feature_shape, len(vocabulary.classes), data.features[train_rows])
-    train_set = TensorDataset(data.features[train_rows], labels[train_rows])
-    val_set = TensorDataset(data.features[val_rows], labels[val_rows]) if len(val_rows) else None
+    seed_everything(config.seed)
+    model = build_model(config.model, layout.feature_shape, len(vocabulary.classes), _feature_sample(train_loader))
 
     experiment_id = ensure_experiment(settings)
     register_sources()
-    tags = lineage_tags(pinned, spec, data.layout, row_count=data.num_rows, digest=data.digest, dagster_run_id=dagster_run_id)
+    tags = lineage_tags(pinned, spec, layout, row_count=row_count, digest=digest, dagster_run_id=dagster_run_id)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params(
             {
                 **as_params(spec, config),
                 "data.snapshot_id": str(pinned.snapshot_id),
                 "data.classes": ",".join(str(c) for c in vocabulary.classes),
-                "data.train_rows": str(len(train_rows)),
-                "data.val_rows": str(len(val_rows)),
+                "data.train_rows": str(train_loader.profile.total_rows),
+                "data.val_rows": str(val_loader.profile.total_rows if val_loader else 0),
+                "data.row_groups": str(len(read.plan.row_groups)),
                 "model.class": type(model).__name__,
                 "device": str(device),
             }
         )
-        mlflow.log_input(_dataset(pinned, spec, data), context="training")
+        mlflow.log_input(_dataset(read, row_count, digest), context="training")
         history = fit(
             model,
-            train_set,
-            val_set,
+            train_loader,
+            val_loader,
             config,
             device,
-            generator,
             on_epoch=lambda m: mlflow.log_metrics(m.as_dict(), step=m.epoch),
         )
         model.to("cpu").eval()
-        _log_model(model, data.features[:4])
+        _log_model(model, _feature_sample(train_loader, rows=4))
         _log_checkpoint(model, pinned, spec, config, vocabulary)
     return TrainResult(
         run_id=run.info.run_id,
         experiment_id=experiment_id,
         pinned=pinned,
-        row_count=data.num_rows,
-        digest=data.digest,
+        row_count=row_count,
+        digest=digest,
         classes=vocabulary.classes,
         history=tuple(history),
     )
 
 
-def _dataset(pinned: PinnedSnapshot, spec: ReadSpec, data: TensorData) -> IcebergSnapshotDataset:
+def _loaders(read: PreparedRead, config: TrainConfig) -> tuple[IcebergLoader, IcebergLoader | None]:
+    """A shuffled train loader and, with a validation fraction, an unshuffled one for the held-out rows."""
+    table, pinned, spec = read.table, read.plan.pinned, read.spec
+    train = LoaderConfig(
+        batch_size=config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        block_rows=config.block_rows,
+        num_workers=config.num_workers,
+        split="train" if config.val_fraction > 0 else "all",
+        val_fraction=config.val_fraction,
+        split_seed=config.seed,
+    )
+    train_loader = open_loader(table, pinned, spec, train, prepared=read)
+    if config.val_fraction <= 0:
+        return train_loader, None
+    val = replace(train, split="val", shuffle=False, batch_size=max(config.batch_size, 1024))
+    return train_loader, open_loader(table, pinned, spec, val, prepared=read)
+
+
+def _feature_sample(loader: IcebergLoader, rows: int = 4096) -> torch.Tensor:
+    """The first rows of the loader's epoch 0, without moving its position (for input statistics)."""
+    state = loader.state_dict()
+    loader.set_epoch(0)
+    taken: list[torch.Tensor] = []
+    for features, _ in loader:
+        taken.append(features)
+        if sum(len(t) for t in taken) >= rows:
+            break
+    loader.load_state_dict(state)
+    return torch.cat(taken)[:rows]
+
+
+def _dataset(read: PreparedRead, row_count: int, digest: str) -> IcebergSnapshotDataset:
+    pinned, spec = read.plan.pinned, read.spec
     source = IcebergDatasetSource(pinned.catalog, pinned.table, pinned.snapshot_id, spec.row_filter or "", spec.sql or "")
     return IcebergSnapshotDataset(
         source,
         name=f"{pinned.table}@{pinned.snapshot_id}",
-        digest=data.digest,
-        schema=data.schema,
-        num_rows=data.num_rows,
+        digest=digest,
+        schema=read.output_schema,
+        num_rows=row_count,
     )
 
 

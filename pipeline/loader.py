@@ -1,0 +1,285 @@
+"""The loader: a pinned Iceberg snapshot streamed into PyTorch batches, exactly and resumably.
+
+Row groups are decoded in bulk (by threads of this process, or by DataLoader workers, which
+each decode whole shuffle blocks dealt round-robin); this process only cuts the blocks, which
+arrive in their canonical order, into batches. So the sample order is a function of the
+snapshot, seed, epoch, rank and world size alone, never of the number of workers.
+
+Resume state (``state_dict``) is a few integers and ids: the epoch and how many batches this
+rank has handed out in it. Restoring recomputes the epoch's blocks, re-decodes the block the
+next row is in, and skips to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipeline.config import LoaderConfig
+from pipeline.errors import ConfigError, ResumeError
+from pipeline.order import Block, EpochPlan, block_permutation, locate, plan_epoch
+from pipeline.rows import RowProfile, RowSource, piece_tensors
+from pipeline.tensors import LabelVocabulary, TensorLayout
+
+STATE_VERSION = 1
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class IcebergLoader(IterableDataset):
+    """Batches of ``(features, class indices)`` from one pinned snapshot.
+
+    Build it with ``pipeline.reading.open_loader``. Iterate it directly, or hand it to
+    ``torchdata.stateful_dataloader.StatefulDataLoader(loader, batch_size=None)`` (it is an
+    ``IterableDataset`` with ``state_dict``/``load_state_dict``); decode parallelism is set
+    here with ``LoaderConfig.num_workers``, never on the outer DataLoader.
+
+    Exactly once: per epoch every selected row is yielded once across all ranks, except the
+    fewer than ``world_size`` rows dropped so that ranks get equal batches
+    (``dropped_rows``). Call ``set_epoch`` before each epoch, as with ``DistributedSampler``.
+    """
+
+    def __init__(
+        self,
+        source: RowSource,
+        layout: TensorLayout,
+        vocabulary: LabelVocabulary,
+        profile: RowProfile,
+        config: LoaderConfig,
+    ):
+        super().__init__()
+        self.source = source
+        self.layout = layout
+        self.vocabulary = vocabulary
+        self.profile = profile
+        self.config = config
+        self.rank, self.world_size = _rank_and_world(config)
+        self.epoch = 0
+        self._batches_done = 0
+        self._pin = torch.cuda.is_available()
+
+    @property
+    def plan_digest(self) -> str:
+        """Identifies the rows this loader reads: snapshot, filter, SQL, split and per-row-group counts."""
+        digest = hashlib.sha256()
+        plan = self.source.plan
+        for part in (
+            plan.metadata.table_uuid,
+            plan.pinned.snapshot_id,
+            plan.row_filter,
+            self.source.sql,
+            self.layout,
+            self.config.split,
+            self.config.val_fraction,
+            self.config.split_seed,
+            self.profile.unit_rows.tobytes(),
+        ):
+            digest.update(repr(part).encode())
+        return digest.hexdigest()[:16]
+
+    def epoch_plan(self, epoch: int | None = None) -> EpochPlan:
+        """This rank's blocks for ``epoch`` (the current one by default)."""
+        return plan_epoch(
+            self.profile.unit_rows,
+            seed=self.config.seed,
+            epoch=self.epoch if epoch is None else epoch,
+            shuffle=self.config.shuffle,
+            rank=self.rank,
+            world_size=self.world_size,
+            block_rows=self.config.block_rows,
+        )
+
+    @property
+    def rows_per_epoch(self) -> int:
+        """Rows this rank reads per epoch (the same on every rank)."""
+        return self.profile.total_rows // self.world_size
+
+    @property
+    def dropped_rows(self) -> int:
+        """Rows left out per epoch so that every rank reads the same number (< world_size)."""
+        return self.profile.total_rows - self.rows_per_epoch * self.world_size
+
+    def __len__(self) -> int:
+        rows, size = self.rows_per_epoch, self.config.batch_size
+        return rows // size if self.config.drop_last else -(-rows // size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` next; keeps a restored mid-epoch position if it is that epoch."""
+        if epoch != self.epoch:
+            self.epoch, self._batches_done = epoch, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this rank is: small, versioned, and tied to the snapshot, seed and world size."""
+        plan = self.source.plan
+        return {
+            "version": STATE_VERSION,
+            "table": plan.pinned.table,
+            "snapshot_id": str(plan.pinned.snapshot_id),
+            "plan_digest": self.plan_digest,
+            "seed": self.config.seed,
+            "shuffle": self.config.shuffle,
+            "batch_size": self.config.batch_size,
+            "block_rows": self.config.block_rows,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "epoch": self.epoch,
+            "batches_done": self._batches_done,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved position.
+
+        Raises:
+            ResumeError: the state is from another version, snapshot, data selection, seed,
+                batch size, shuffle buffer, rank or world size.
+        """
+        if state.get("version") != STATE_VERSION:
+            raise ResumeError(f"loader state version {state.get('version')} is not {STATE_VERSION}; cannot resume")
+        mine = self.state_dict()
+        labels = {
+            "snapshot_id": "snapshot",
+            "plan_digest": "data selection (filter, SQL, split or columns)",
+            "seed": "seed",
+            "shuffle": "shuffle setting",
+            "batch_size": "batch size",
+            "block_rows": "shuffle block size",
+            "world_size": "number of ranks (data-parallel degree)",
+            "rank": "rank",
+        }
+        for key, what in labels.items():
+            if state.get(key) != mine[key]:
+                raise ResumeError(f"cannot resume after changing the {what}: saved {state.get(key)!r}, now {mine[key]!r}")
+        self.epoch, self._batches_done = int(state["epoch"]), int(state["batches_done"])
+
+    def __iter__(self) -> Iterator[Batch]:
+        if get_worker_info() is not None:
+            raise ConfigError("IcebergLoader decodes in its own workers: set LoaderConfig.num_workers, and num_workers=0 on the outer DataLoader")
+        epoch_plan = self.epoch_plan()
+        skip_rows = self._batches_done * self.config.batch_size
+        first_block, offset = locate(epoch_plan.blocks, skip_rows)
+        remaining = epoch_plan.rows - skip_rows
+        if self.config.drop_last:
+            remaining -= remaining % self.config.batch_size
+        chunks = self._chunks(epoch_plan.blocks[first_block:], offset)
+        for features, labels in _cut(chunks, self.config.batch_size, remaining):
+            self._batches_done += 1
+            yield (features.pin_memory(), labels.pin_memory()) if self._pin else (features, labels)
+        self.epoch, self._batches_done = self.epoch + 1, 0
+
+    def _chunks(self, blocks: tuple[Block, ...], offset: int) -> Iterator[Batch]:
+        if not blocks:
+            return iter(())
+        if self.config.num_workers == 0:
+            return self._local_chunks(blocks, offset)
+        workers = DataLoader(
+            _BlockStream(self, blocks, offset),
+            batch_size=None,
+            num_workers=min(self.config.num_workers, len(blocks)),
+            prefetch_factor=1,
+        )
+        return (chunk for block_chunks in workers for chunk in block_chunks)
+
+    def _local_chunks(self, blocks: tuple[Block, ...], offset: int) -> Iterator[Batch]:
+        """Decode pieces a few ahead on threads (PyArrow decodes without the GIL), in order."""
+        jobs = [(block, piece) for block in blocks for piece in block.pieces]
+        ahead = self.config.decode_threads + 1
+        with ThreadPoolExecutor(max_workers=self.config.decode_threads) as pool:
+            pending: deque[Future[Batch]] = deque()
+            next_job = 0
+            parts: list[Batch] = []
+            for block in blocks:
+                for _ in block.pieces:
+                    while next_job < len(jobs) and len(pending) < ahead:
+                        _, piece = jobs[next_job]
+                        pending.append(pool.submit(piece_tensors, self.source, self.layout, self.vocabulary, piece.unit, piece.start, piece.stop))
+                        next_job += 1
+                    parts.append(pending.popleft().result())
+                yield from self.arrange(block, parts, offset if block is blocks[0] else 0)
+                parts = []
+
+    def arrange(self, block: Block, parts: list[Batch], offset: int) -> Iterator[Batch]:
+        """A block's rows in their epoch order (shuffled within the block), from ``offset`` on."""
+        if not self.config.shuffle:
+            for features, labels in parts:
+                if offset >= len(labels):
+                    offset -= len(labels)
+                    continue
+                yield features[offset:], labels[offset:]
+                offset = 0
+            return
+        features = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        labels = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+        order = torch.from_numpy(block_permutation(len(labels), self.config.seed, self.epoch, self.rank, block.index)[offset:])
+        yield features[order], labels[order]
+
+    def describe(self) -> dict[str, Any]:
+        """The loader's settings and plan, for logging."""
+        return {
+            **asdict(self.config),
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "rows_per_epoch": self.rows_per_epoch,
+            "dropped_rows_per_epoch": self.dropped_rows,
+            "row_groups": len(self.source.plan.row_groups),
+        }
+
+
+class _BlockStream(IterableDataset):
+    """Inside DataLoader worker i of N: decode blocks i, i + N, i + 2N, ...
+
+    The DataLoader returns worker results round-robin, so blocks come out in their order.
+    """
+
+    def __init__(self, loader: IcebergLoader, blocks: tuple[Block, ...], offset: int):
+        super().__init__()
+        self.loader, self.blocks, self.offset = loader, blocks, offset
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        loader = self.loader
+        for position in range(worker, len(self.blocks), workers):
+            block = self.blocks[position]
+            parts = [piece_tensors(loader.source, loader.layout, loader.vocabulary, p.unit, p.start, p.stop) for p in block.pieces]
+            yield list(loader.arrange(block, parts, self.offset if position == 0 else 0))
+
+
+def _cut(chunks: Iterator[Batch], batch_size: int, rows: int) -> Iterator[Batch]:
+    """Consecutive batches of ``batch_size`` rows (the last may be short) from a stream of chunks, ``rows`` in all.
+
+    Full batches inside a chunk are views of it; only batches that straddle chunks are copied.
+    """
+    carry: list[Batch] = []
+    carried = 0
+    for features, labels in chunks:
+        start, available = 0, len(labels)
+        while start < available and rows > 0:
+            target = min(batch_size, rows)
+            take = min(target - carried, available - start)
+            if carried == 0 and take == target:
+                yield features[start : start + take], labels[start : start + take]
+                rows -= take
+            else:
+                carry.append((features[start : start + take], labels[start : start + take]))
+                carried += take
+                if carried == target:
+                    yield torch.cat([c[0] for c in carry]), torch.cat([c[1] for c in carry])
+                    rows -= carried
+                    carry, carried = [], 0
+            start += take
+        if rows <= 0:
+            return
+
+
+def _rank_and_world(config: LoaderConfig) -> tuple[int, int]:
+    if config.world_size is not None:
+        return int(config.rank or 0), config.world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1

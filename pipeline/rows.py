@@ -1,0 +1,151 @@
+"""From one planned row group to the rows a loader yields: split, SQL transform, tensors.
+
+Everything here runs inside whichever process decodes the row group (the trainer, a thread
+of it, or a DataLoader worker), so it only holds picklable state.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.expressions.visitors import extract_field_ids
+from pyiceberg.schema import Schema
+
+from pipeline.errors import LabelError
+from pipeline.scan import ScanPlan, read_row_group
+from pipeline.split import split_mask
+from pipeline.tensors import LabelVocabulary, TensorLayout, features_to_tensor, label_values
+from pipeline.transform import sandboxed_connection, transform_batch
+
+
+@dataclass(frozen=True)
+class RowSource:
+    """A scan plan plus the per-row steps after it: split selection and the SQL transform.
+
+    The SQL transform runs on each row group separately (it must be row-local: projections,
+    filters, expressions; aggregates or ORDER BY would see one row group at a time), which is
+    what lets row groups be decoded in parallel and counted exactly.
+    """
+
+    plan: ScanPlan
+    sql: str | None = None
+    split: str = "all"
+    split_seed: int = 0
+    val_fraction: float = 0.0
+    _local: threading.local = field(default_factory=threading.local, compare=False, repr=False)
+
+    def rows(self, unit: int, schema: Schema | None = None, split: str | None = None) -> pa.RecordBatch:
+        """Row group ``unit`` after deletes, filter, split and SQL.
+
+        Args:
+            schema: narrows the columns read (ignored with SQL, which may use any column).
+            split: overrides the source's split ('all' for the label vocabulary).
+        """
+        group = self.plan.row_groups[unit]
+        batch, positions = read_row_group(self.plan, group, None if self.sql else schema)
+        salt = self.plan.files[group.file_index].salt
+        mask = split_mask(split or self.split, salt, positions, self.split_seed, self.val_fraction)
+        if mask is not None:
+            batch = batch.filter(pa.array(mask))
+        if self.sql:
+            batch = transform_batch(self._connection(), batch, self.sql)
+        return batch
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        """One sandboxed DuckDB connection per thread: a connection serves one query at a time."""
+        if not hasattr(self._local, "connection"):
+            self._local.connection = sandboxed_connection()
+        return self._local.connection
+
+    def __getstate__(self) -> dict[str, object]:
+        return {key: value for key, value in self.__dict__.items() if key != "_local"}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        object.__setattr__(self, "_local", threading.local())
+
+
+@dataclass(frozen=True)
+class RowProfile:
+    """Exact rows per row group (of the source's split) and the label's counts over all selected rows.
+
+    Class counts ignore the split, so train and validation loaders share one label vocabulary.
+    """
+
+    unit_rows: np.ndarray
+    class_counts: dict[object, int]
+    null_labels: int
+
+    @property
+    def total_rows(self) -> int:
+        return int(self.unit_rows.sum())
+
+
+def profile_rows(source: RowSource, label: str, threads: int = 2) -> RowProfile:
+    """Count each row group's rows and the label's values, reading only the label and filter columns.
+
+    Raises:
+        LabelError: the label column is missing from the rows (e.g. the SQL dropped it).
+    """
+    plan = source.plan
+    schema = _label_schema(plan, label)
+
+    def count(unit: int) -> tuple[int, Counter[object], int]:
+        everything = source.rows(unit, schema, split="all")
+        if label not in everything.schema.names:
+            raise LabelError(f"label column {label!r} not found; columns: {', '.join(everything.schema.names)}")
+        column = everything.column(label)
+        counts: Counter[object] = Counter()
+        if column.null_count < len(column):
+            for entry in pc.value_counts(column.drop_null()).to_pylist():
+                counts[entry["values"]] += int(entry["counts"])
+        selected = everything.num_rows if source.split == "all" else source.rows(unit, schema).num_rows
+        return selected, counts, column.null_count
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        results = list(pool.map(count, range(len(plan.row_groups))))
+    totals: Counter[object] = Counter()
+    for _, counts, _ in results:
+        totals.update(counts)
+    return RowProfile(
+        unit_rows=np.array([rows for rows, _, _ in results], dtype=np.int64),
+        class_counts=dict(sorted(totals.items(), key=lambda item: str(item[0]))),
+        null_labels=sum(nulls for _, _, nulls in results),
+    )
+
+
+def piece_tensors(
+    source: RowSource,
+    layout: TensorLayout,
+    vocabulary: LabelVocabulary,
+    unit: int,
+    start: int,
+    stop: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [start, stop) of row group ``unit`` as (features, class indices)."""
+    batch = source.rows(unit).slice(start, stop - start)
+    return features_to_tensor(batch, layout), vocabulary.encode(label_values(batch, layout))
+
+
+def _label_schema(plan: ScanPlan, label: str) -> Schema | None:
+    """The read schema without feature columns: the label plus whatever the filter needs."""
+    names = [f.name for f in plan.read_schema.fields]
+    if label not in names:
+        return None
+    feature_free = [name for name in names if name == label or name in _filter_names(plan)]
+    return plan.read_schema.select(*feature_free)
+
+
+def _filter_names(plan: ScanPlan) -> set[str]:
+    if plan.row_filter == AlwaysTrue():
+        return set()
+    return {plan.snapshot_schema.find_column_name(i) for i in extract_field_ids(plan.row_filter)}

@@ -1,0 +1,222 @@
+"""Planning a pinned snapshot into Parquet row groups, and reading one row group exactly.
+
+A row group is the unit of work: small enough to bound memory, large enough to decode in
+bulk. Reading one follows PyIceberg's own rules (columns matched by field id, so renamed,
+added and widened columns read correctly; positional deletes applied; the row filter
+applied after deletes), using PyIceberg's Arrow helpers, which are private API: icetrain pins
+PyIceberg below 0.13 for that reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.expressions.visitors import bind, extract_field_ids, translate_column_names
+from pyiceberg.io import FileIO, load_file_io
+from pyiceberg.io.pyarrow import (
+    _get_column_projection_values,
+    _get_file_format,
+    _read_all_delete_files,
+    _to_requested_schema,
+    expression_to_pyarrow,
+    pyarrow_to_schema,
+)
+from pyiceberg.manifest import DataFileContent, FileFormat
+from pyiceberg.schema import Schema, prune_columns
+from pyiceberg.table import FileScanTask, Table
+from pyiceberg.table.metadata import TableMetadata
+
+from pipeline.errors import ColumnError, IcetrainError
+from pipeline.snapshots import PinnedSnapshot
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """One Parquet row group of one data file: rows [first_row, first_row + num_rows) of the file."""
+
+    file_index: int
+    row_group: int
+    first_row: int
+    num_rows: int
+
+
+@dataclass(frozen=True)
+class DataFileRef:
+    """A data file of the plan with its positional deletes, already read (file positions, sorted)."""
+
+    task: FileScanTask
+    deleted_positions: np.ndarray
+
+    @property
+    def path(self) -> str:
+        return self.task.file.file_path
+
+    @property
+    def salt(self) -> int:
+        """A stable 63-bit number for this file, used to split rows into train and validation."""
+        return int.from_bytes(hashlib.blake2b(self.path.encode(), digest_size=8).digest(), "little") >> 1
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """Everything needed to read a pinned snapshot's row groups, in any process.
+
+    Attributes:
+        files: the data files the (pruned) scan needs, sorted by path.
+        row_groups: every row group of those files, in canonical order (file, row group).
+        read_schema: the snapshot's schema pruned to the columns read (outputs + filter columns).
+        row_filter: the filter bound to the snapshot schema (AlwaysTrue when none).
+    """
+
+    pinned: PinnedSnapshot
+    metadata: TableMetadata
+    io_properties: dict[str, str]
+    snapshot_schema: Schema
+    read_schema: Schema
+    row_filter: BooleanExpression
+    files: tuple[DataFileRef, ...]
+    row_groups: tuple[RowGroup, ...]
+    _io: list[FileIO] = field(default_factory=list, compare=False, repr=False)
+
+    def io(self) -> FileIO:
+        """The FileIO for this process (made lazily: FileIO objects are not shared across processes)."""
+        if not self._io:
+            self._io.append(load_file_io(self.io_properties, self.metadata.location))
+        return self._io[0]
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state["_io"] = []
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+
+
+def plan_scan(
+    table: Table,
+    pinned: PinnedSnapshot,
+    snapshot_schema: Schema,
+    row_filter: BooleanExpression,
+    columns: tuple[str, ...] | None,
+) -> ScanPlan:
+    """Plan the snapshot's files (pruned by the filter through manifests and column stats) into row groups.
+
+    Args:
+        columns: the output columns to read; None reads every column (for SQL transforms).
+
+    Raises:
+        ColumnError: a column is not in the snapshot's schema.
+        IcetrainError: the snapshot has equality deletes, which icetrain cannot apply yet.
+    """
+    bound_filter = bind(snapshot_schema, row_filter, case_sensitive=True) if row_filter != AlwaysTrue() else AlwaysTrue()
+    read_schema = _read_schema(snapshot_schema, row_filter, columns)
+    scan = table.scan(snapshot_id=pinned.snapshot_id, row_filter=row_filter)
+    tasks = sorted(scan.plan_files(), key=lambda task: task.file.file_path)
+    for task in tasks:
+        if any(delete.content == DataFileContent.EQUALITY_DELETES for delete in task.delete_files):
+            raise IcetrainError(f"snapshot {pinned.snapshot_id} of {pinned.table!r} has equality deletes, which icetrain cannot read yet")
+        if task.file.file_format != FileFormat.PARQUET:
+            raise IcetrainError(f"data file {task.file.file_path} is {task.file.file_format}; icetrain reads Parquet only")
+    deletes = _read_all_delete_files(table.io, tasks)
+    files = tuple(
+        DataFileRef(task, np.unique(np.concatenate([np.asarray(c, dtype=np.int64) for c in deletes.get(task.file.file_path, [])] or [np.empty(0, np.int64)])))
+        for task in tasks
+    )
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        footers = list(pool.map(lambda ref: _row_group_sizes(table.io, ref.path), files))
+    row_groups = []
+    for file_index, sizes in enumerate(footers):
+        first = 0
+        for index, rows in enumerate(sizes):
+            row_groups.append(RowGroup(file_index, index, first, rows))
+            first += rows
+    return ScanPlan(
+        pinned=pinned,
+        metadata=table.metadata,
+        io_properties=dict(table.io.properties),
+        snapshot_schema=snapshot_schema,
+        read_schema=read_schema,
+        row_filter=bound_filter,
+        files=files,
+        row_groups=tuple(row_groups),
+    )
+
+
+def read_row_group(plan: ScanPlan, group: RowGroup, schema: Schema | None = None) -> tuple[pa.RecordBatch, np.ndarray]:
+    """Read one row group with deletes and filter applied.
+
+    Args:
+        schema: the columns to return (a subset of ``plan.read_schema`` that keeps the filter
+            columns); the plan's read schema by default.
+
+    Returns:
+        The rows (columns named and typed by the snapshot's schema) and each row's position
+        in its data file, which identifies the row for the train/validation split.
+    """
+    ref = plan.files[group.file_index]
+    task = ref.task
+    wanted = schema if schema is not None else plan.read_schema
+    format_version = plan.metadata.format_version
+    downcast = format_version <= 2
+    with plan.io().new_input(ref.path).open() as source:
+        fragment = _get_file_format(FileFormat.PARQUET, pre_buffer=True).make_fragment(source, row_groups=[group.row_group])
+        physical = fragment.physical_schema
+        file_schema = pyarrow_to_schema(physical, plan.metadata.name_mapping(), downcast_ns_timestamp_to_us=downcast, format_version=format_version)
+        missing_values = _get_column_projection_values(
+            task.file, wanted, plan.metadata.schema(), plan.metadata.specs().get(task.file.spec_id), file_schema.field_ids
+        )
+        file_read_schema = prune_columns(file_schema, wanted.field_ids, select_full_types=False)
+        table = fragment.to_table(schema=physical, columns=[column.name for column in file_read_schema.columns])
+    positions = np.arange(group.first_row, group.first_row + table.num_rows, dtype=np.int64)
+    if len(ref.deleted_positions):
+        keep = ~np.isin(positions, ref.deleted_positions, assume_unique=True)
+        table, positions = table.filter(pa.array(keep)), positions[keep]
+    if plan.row_filter != AlwaysTrue() and table.num_rows:
+        translated = translate_column_names(plan.row_filter, file_schema, case_sensitive=True, projected_field_values=missing_values)
+        predicate = expression_to_pyarrow(bind(file_schema, translated, case_sensitive=True), file_schema)
+        keep_mask = pc.fill_null(_evaluate(table, predicate), False)
+        table, positions = table.filter(keep_mask), positions[np.asarray(keep_mask)]
+    batch = table.combine_chunks().to_batches()
+    raw = batch[0] if batch else pa.RecordBatch.from_pylist([], schema=table.schema)
+    requested = _to_requested_schema(
+        wanted, file_read_schema, raw, downcast_ns_timestamp_to_us=downcast, projected_missing_fields=missing_values,
+        allow_timestamp_tz_mismatch=True,
+    )  # fmt: skip
+    return requested, positions
+
+
+def _evaluate(table: pa.Table, predicate: pc.Expression) -> pa.ChunkedArray:
+    """A filter expression evaluated to a boolean mask (no row dropped yet, so positions stay aligned)."""
+    return ds.dataset(table).to_table(columns={"keep": predicate}).column("keep")
+
+
+def _read_schema(schema: Schema, row_filter: BooleanExpression, columns: tuple[str, ...] | None) -> Schema:
+    if columns is None:
+        return schema
+    names = list(dict.fromkeys([*columns, *_filter_columns(schema, row_filter)]))
+    known = {f.name for f in schema.fields}
+    missing = [name for name in names if name not in known]
+    if missing:
+        raise ColumnError(f"column(s) {', '.join(missing)} not found; columns: {', '.join(f.name for f in schema.fields)}")
+    return schema.select(*names, case_sensitive=True)
+
+
+def _filter_columns(schema: Schema, row_filter: BooleanExpression) -> list[str]:
+    if row_filter == AlwaysTrue():
+        return []
+    return [schema.find_column_name(field_id) for field_id in extract_field_ids(bind(schema, row_filter, case_sensitive=True))]
+
+
+def _row_group_sizes(io: FileIO, path: str) -> list[int]:
+    with io.new_input(path).open() as source:
+        metadata = pq.ParquetFile(source).metadata
+        return [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
