@@ -30,5 +30,10 @@ test: install system-deps
 ui: install
 	$(BIN)/icetrain ui
 
+# The loader benchmark (about 5 minutes at the default 4,000,000 rows; ROWS=400000 for a quick look).
+ROWS ?= 4000000
+bench: install
+	$(BIN)/python bench/loader_bench.py --rows $(ROWS)
+
 clean:
 	rm -rf .icetrain mlruns mlartifacts dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

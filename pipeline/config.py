@@ -189,14 +189,15 @@ class LoaderConfig:
     Shuffling and determinism:
         shuffle: permute row groups per epoch from (seed, epoch), then rows within blocks of
             ``block_rows`` (the shuffle buffer: peak memory is about this many rows, plus the
-            row groups being decoded).
+            row groups being decoded). None sizes blocks to ``buffer_mb`` of tensors.
         seed: same snapshot + seed + epoch gives the same order, on any number of workers.
     """
 
     batch_size: int = 1024
     shuffle: bool = True
     seed: int = 0
-    block_rows: int = 65536
+    block_rows: int | None = None
+    buffer_mb: int = 32
     num_workers: int = 0
     decode_threads: int = 2
     drop_last: bool = False
@@ -207,8 +208,8 @@ class LoaderConfig:
     world_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.block_rows < 1:
-            raise ConfigError(f"batch size and block rows must be positive, got {self.batch_size} and {self.block_rows}")
+        if self.batch_size < 1 or (self.block_rows is not None and self.block_rows < 1) or self.buffer_mb < 1:
+            raise ConfigError(f"batch size, block rows and buffer size must be positive, got {self.batch_size}, {self.block_rows}, {self.buffer_mb}")
         if self.num_workers < 0 or self.decode_threads < 1:
             raise ConfigError("num_workers must be >= 0 and decode_threads >= 1")
         if self.split not in ("all", "train", "val"):
@@ -239,7 +240,7 @@ class TrainConfig:
     model: str = "auto"
     device: str = "auto"
     num_workers: int = 0
-    block_rows: int = 65536
+    block_rows: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -13,6 +13,7 @@ next row is in, and skips to it.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -60,6 +61,7 @@ class IcebergLoader(IterableDataset):
         self.profile = profile
         self.config = config
         self.rank, self.world_size = _rank_and_world(config)
+        self.block_rows = config.block_rows or _block_rows_for(layout, config)
         self.epoch = 0
         self._batches_done = 0
         self._pin = torch.cuda.is_available()
@@ -92,7 +94,7 @@ class IcebergLoader(IterableDataset):
             shuffle=self.config.shuffle,
             rank=self.rank,
             world_size=self.world_size,
-            block_rows=self.config.block_rows,
+            block_rows=self.block_rows,
         )
 
     @property
@@ -125,7 +127,7 @@ class IcebergLoader(IterableDataset):
             "seed": self.config.seed,
             "shuffle": self.config.shuffle,
             "batch_size": self.config.batch_size,
-            "block_rows": self.config.block_rows,
+            "block_rows": self.block_rows,
             "rank": self.rank,
             "world_size": self.world_size,
             "epoch": self.epoch,
@@ -222,6 +224,7 @@ class IcebergLoader(IterableDataset):
         """The loader's settings and plan, for logging."""
         return {
             **asdict(self.config),
+            "block_rows": self.block_rows,
             "rank": self.rank,
             "world_size": self.world_size,
             "rows_per_epoch": self.rows_per_epoch,
@@ -275,6 +278,12 @@ def _cut(chunks: Iterator[Batch], batch_size: int, rows: int) -> Iterator[Batch]
             start += take
         if rows <= 0:
             return
+
+
+def _block_rows_for(layout: TensorLayout, config: LoaderConfig) -> int:
+    """Rows of float32 features (and an int64 label) that fit the shuffle buffer's megabytes."""
+    row_bytes = 4 * math.prod(layout.feature_shape) + 8
+    return max(config.batch_size, config.buffer_mb * 2**20 // row_bytes)
 
 
 def _rank_and_world(config: LoaderConfig) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from pyparsing import ParseException
 from pipeline.config import LoaderConfig, ReadSpec
 from pipeline.errors import EmptyDataError, FilterError, LabelError
 from pipeline.loader import IcebergLoader
-from pipeline.rows import RowProfile, RowSource, profile_rows
+from pipeline.rows import RowProfile, RowSource, profile_from_metadata, profile_rows
 from pipeline.scan import ScanPlan, plan_scan
 from pipeline.snapshots import PinnedSnapshot
 from pipeline.tensors import LabelVocabulary, TensorLayout, declared_classes, layout_for
@@ -118,7 +118,7 @@ def open_loader(
     """
     read = prepared or prepare_read(table, pinned, spec)
     source = read.source(config)
-    profile = profile_rows(source, read.layout.label, config.decode_threads)
+    profile = profile_from_metadata(source, read.layout.label) or profile_rows(source, read.layout.label, config.decode_threads)
     check_profile(profile, read, config)
     vocabulary = label_vocabulary(read, profile)
     return IcebergLoader(source, read.layout, vocabulary, profile, config)
@@ -137,8 +137,18 @@ def check_profile(profile: RowProfile, read: PreparedRead, config: LoaderConfig)
 
 
 def label_vocabulary(read: PreparedRead, profile: RowProfile) -> LabelVocabulary:
-    """The table's declared classes if it declares them, else the label values present in the selected rows."""
+    """The classes a label maps to.
+
+    The table's declared classes if it declares them; else, for non-negative integer labels
+    known from column statistics, 0..max (labels are class indices, as PyTorch expects);
+    else the label values present in the selected rows.
+    """
     declared = declared_classes(read.table.properties)
+    if profile.class_counts is None:
+        assert profile.label_range is not None
+        if declared is not None:
+            return LabelVocabulary.from_values(np.array([0]), declared)
+        return LabelVocabulary(tuple(range(profile.label_range[1] + 1)))
     values = list(profile.class_counts)
     if declared is not None:
         vocabulary = LabelVocabulary.from_values(np.array(values), declared)

@@ -18,7 +18,9 @@ import pyarrow.compute as pc
 import torch
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.expressions.visitors import extract_field_ids
+from pyiceberg.conversions import from_bytes
 from pyiceberg.schema import Schema
+from pyiceberg.types import IntegerType, LongType
 
 from pipeline.errors import LabelError
 from pipeline.scan import ScanPlan, read_row_group
@@ -76,14 +78,17 @@ class RowSource:
 
 @dataclass(frozen=True)
 class RowProfile:
-    """Exact rows per row group (of the source's split) and the label's counts over all selected rows.
+    """Exact rows per row group (of the source's split) and what is known of the label.
 
-    Class counts ignore the split, so train and validation loaders share one label vocabulary.
+    Either ``class_counts`` (from a pass over the label column; they ignore the split, so
+    train and validation loaders share one vocabulary) or, from the table's column
+    statistics alone, ``label_range``: the smallest and largest integer label.
     """
 
     unit_rows: np.ndarray
-    class_counts: dict[object, int]
+    class_counts: dict[object, int] | None
     null_labels: int
+    label_range: tuple[int, int] | None = None
 
     @property
     def total_rows(self) -> int:
@@ -121,6 +126,43 @@ def profile_rows(source: RowSource, label: str, threads: int = 2) -> RowProfile:
         class_counts=dict(sorted(totals.items(), key=lambda item: str(item[0]))),
         null_labels=sum(nulls for _, _, nulls in results),
     )
+
+
+def profile_from_metadata(source: RowSource, label: str) -> RowProfile | None:
+    """Row counts and the label's range without reading any data, when metadata suffices.
+
+    That is the case without a filter or SQL transform, for an integer label whose column
+    statistics show no nulls and no negative values: counts come from the Parquet footers
+    minus positional deletes (and the split, a function of row positions), the classes from
+    the Iceberg manifests' bounds. Returns None otherwise.
+    """
+    plan = source.plan
+    if source.sql or plan.row_filter != AlwaysTrue():
+        return None
+    field = plan.read_schema.find_field(label)
+    if not isinstance(field.field_type, (IntegerType, LongType)):
+        return None
+    lows, highs, nulls = [], [], 0
+    for ref in plan.files:
+        data_file = ref.task.file
+        lower, upper = (data_file.lower_bounds or {}).get(field.field_id), (data_file.upper_bounds or {}).get(field.field_id)
+        if lower is None or upper is None:
+            return None
+        lows.append(from_bytes(field.field_type, lower))
+        highs.append(from_bytes(field.field_type, upper))
+        nulls += (data_file.null_value_counts or {}).get(field.field_id, 0)
+    if nulls or (lows and min(lows) < 0):
+        return None
+    counts = []
+    for group in plan.row_groups:
+        ref = plan.files[group.file_index]
+        positions = np.arange(group.first_row, group.first_row + group.num_rows, dtype=np.int64)
+        if len(ref.deleted_positions):
+            positions = positions[~np.isin(positions, ref.deleted_positions, assume_unique=True)]
+        mask = split_mask(source.split, ref.salt, positions, source.split_seed, source.val_fraction)
+        counts.append(len(positions) if mask is None else int(mask.sum()))
+    label_range = (min(lows), max(highs)) if lows else None
+    return RowProfile(np.array(counts, dtype=np.int64), None, 0, label_range)
 
 
 def piece_tensors(

@@ -33,6 +33,7 @@ from pyiceberg.manifest import DataFileContent, FileFormat
 from pyiceberg.schema import Schema, prune_columns
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.types import ListType, MapType
 
 from pipeline.errors import ColumnError, IcetrainError
 from pipeline.snapshots import PinnedSnapshot
@@ -174,7 +175,7 @@ def read_row_group(plan: ScanPlan, group: RowGroup, schema: Schema | None = None
         missing_values = _get_column_projection_values(
             task.file, wanted, plan.metadata.schema(), plan.metadata.specs().get(task.file.spec_id), file_schema.field_ids
         )
-        file_read_schema = prune_columns(file_schema, wanted.field_ids, select_full_types=False)
+        file_read_schema = prune_columns(file_schema, _leaf_and_struct_ids(wanted), select_full_types=False)
         table = fragment.to_table(schema=physical, columns=[column.name for column in file_read_schema.columns])
     positions = np.arange(group.first_row, group.first_row + table.num_rows, dtype=np.int64)
     if len(ref.deleted_positions):
@@ -192,6 +193,11 @@ def read_row_group(plan: ScanPlan, group: RowGroup, schema: Schema | None = None
         allow_timestamp_tz_mismatch=True,
     )  # fmt: skip
     return requested, positions
+
+
+def _leaf_and_struct_ids(schema: Schema) -> set[int]:
+    """Field ids to project, without list and map ids (their element ids select them), as PyIceberg does."""
+    return {i for i in schema.field_ids if not isinstance(schema.find_type(i), (ListType, MapType))}
 
 
 def _evaluate(table: pa.Table, predicate: pc.Expression) -> pa.ChunkedArray:

@@ -123,10 +123,12 @@ def features_to_tensor(batch: pa.RecordBatch, layout: TensorLayout) -> torch.Ten
         images = raw.reshape(batch.num_rows, *layout.image_shape).astype(np.float32)
         images /= layout.image_scale
         return torch.from_numpy(images)
-    out = np.empty((batch.num_rows, len(layout.features)), dtype=np.float32)
+    # Filling rows of a [F, B] matrix is contiguous (column j is one Arrow buffer); one
+    # transposing copy then gives the row-major [B, F] that models want, faster than strided writes.
+    columns = np.empty((len(layout.features), batch.num_rows), dtype=np.float32)
     for j, name in enumerate(layout.features):
-        out[:, j] = batch.column(name).to_numpy(zero_copy_only=False)
-    return torch.from_numpy(out)
+        columns[j] = batch.column(name).to_numpy(zero_copy_only=False)
+    return torch.from_numpy(np.ascontiguousarray(columns.T))
 
 
 def label_values(batch: pa.RecordBatch, layout: TensorLayout) -> np.ndarray:

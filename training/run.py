@@ -99,6 +99,7 @@ def train_on_snapshot(
                 "data.val_rows": str(val_loader.profile.total_rows if val_loader else 0),
                 "data.row_groups": str(len(read.plan.row_groups)),
                 "model.class": type(model).__name__,
+                **{f"loader.{key}": str(value) for key, value in train_loader.describe().items()},
                 "device": str(device),
             }
         )
