@@ -133,12 +133,13 @@ def plan_scan(
         for task in tasks
     )
     with ThreadPoolExecutor(max_workers=8) as pool:
-        footers = list(pool.map(lambda ref: _row_group_sizes(table.io, ref.path), files))
+        footers = list(pool.map(lambda ref: _row_groups_of(table.io, ref.path, bound_filter, table.metadata), files))
     row_groups = []
-    for file_index, sizes in enumerate(footers):
+    for file_index, (sizes, kept) in enumerate(footers):
         first = 0
         for index, rows in enumerate(sizes):
-            row_groups.append(RowGroup(file_index, index, first, rows))
+            if index in kept:
+                row_groups.append(RowGroup(file_index, index, first, rows))
             first += rows
     return ScanPlan(
         pinned=pinned,
@@ -222,7 +223,19 @@ def _filter_columns(schema: Schema, row_filter: BooleanExpression) -> list[str]:
     return [schema.find_column_name(field_id) for field_id in extract_field_ids(bind(schema, row_filter, case_sensitive=True))]
 
 
-def _row_group_sizes(io: FileIO, path: str) -> list[int]:
+def _row_groups_of(io: FileIO, path: str, bound_filter: BooleanExpression, metadata: TableMetadata) -> tuple[list[int], set[int]]:
+    """Every row group's size, and the row groups whose Parquet statistics may match the filter."""
     with io.new_input(path).open() as source:
-        metadata = pq.ParquetFile(source).metadata
-        return [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        fragment = _get_file_format(FileFormat.PARQUET).make_fragment(source)
+        sizes = [group.num_rows for group in fragment.row_groups]
+        everything = set(range(len(sizes)))
+        if bound_filter == AlwaysTrue():
+            return sizes, everything
+        physical = fragment.physical_schema
+        file_schema = pyarrow_to_schema(physical, metadata.name_mapping(), format_version=metadata.format_version)
+        if not extract_field_ids(bound_filter) <= file_schema.field_ids:
+            return sizes, everything  # a filter column the file lacks: decide row by row
+        translated = translate_column_names(bound_filter, file_schema, case_sensitive=True)
+        predicate = expression_to_pyarrow(bind(file_schema, translated, case_sensitive=True), file_schema)
+        kept = {group.id for group in fragment.subset(filter=predicate, schema=physical).row_groups}
+        return sizes, kept

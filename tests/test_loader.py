@@ -235,3 +235,23 @@ def test_the_sql_transform_runs_per_row_group_in_the_sandbox(catalog) -> None:
     rows = sorted(int(v) for features, _ in loader_for(table, spec, shuffle=False, num_workers=0) for v in features[:, 0])
     assert rows == [i * 2 for i in range(40) if i % 4 == 0]
     assert sum(len(l) for _, l in loader_for(table, spec, rank=1, world_size=2)) == 5
+
+
+def test_a_filter_prunes_row_groups_by_their_parquet_statistics(catalog) -> None:
+    table = table_of_shape(catalog, [100], 10)
+    loader = loader_for(table, ReadSpec(features=("id",), row_filter="id >= 42 and id < 57"), shuffle=False)
+    assert len(loader.source.plan.row_groups) == 2
+    assert sorted(ids(loader)) == list(range(42, 57))
+
+
+def test_string_labels_map_through_a_sorted_vocabulary(catalog) -> None:
+    from pipeline.ingest import append_arrow
+
+    names = ["owl", "cat", "emu"]
+    rows = tabular_rows(0, 30)
+    rows = rows.set_column(3, "label", pa.array([names[i % 3] for i in range(30)]).dictionary_encode().cast(pa.string()))
+    append_arrow(catalog, "shapes.strings", rows, source="test")
+    loader = loader_for(catalog.load_table("shapes.strings"), shuffle=False)
+    assert loader.vocabulary.classes == ("cat", "emu", "owl")
+    labels = torch.cat([batch_labels for _, batch_labels in loader])
+    assert Counter(labels.tolist()) == {0: 10, 1: 10, 2: 10}
