@@ -15,6 +15,7 @@ _EXPORTS = {
     "SnapshotRequest": "pipeline.config",
     "ReadSpec": "pipeline.config",
     "TrainConfig": "pipeline.config",
+    "LoaderConfig": "pipeline.config",
     "IcetrainError": "pipeline.errors",
     "open_catalog": "pipeline.catalog",
     "load_table": "pipeline.catalog",
@@ -25,8 +26,9 @@ _EXPORTS = {
     "resolve_snapshot": "pipeline.snapshots",
     "list_snapshots": "pipeline.snapshots",
     "PinnedSnapshot": "pipeline.snapshots",
-    "open_stream": "pipeline.reading",
-    "read_tensors": "pipeline.reading",
+    "open_loader": "pipeline.reading",
+    "prepare_read": "pipeline.reading",
+    "IcebergLoader": "pipeline.loader",
     "train_on_snapshot": "training.run",
 }
 

@@ -45,7 +45,7 @@ class RowSource:
     val_fraction: float = 0.0
     _local: threading.local = field(default_factory=threading.local, compare=False, repr=False)
 
-    def rows(self, unit: int, schema: Schema | None = None, split: str | None = None) -> pa.RecordBatch:
+    def rows(self, unit: int, schema: Schema | None = None, split: str | None = None) -> pa.Table | pa.RecordBatch:
         """Row group ``unit`` after deletes, filter, split and SQL.
 
         Args:
@@ -174,8 +174,17 @@ def piece_tensors(
     stop: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows [start, stop) of row group ``unit`` as (features, class indices)."""
-    batch = source.rows(unit).slice(start, stop - start)
+    rows = source.rows(unit).slice(start, stop - start)
+    batch = rows if isinstance(rows, pa.RecordBatch) else _single_batch(rows)
     return features_to_tensor(batch, layout), vocabulary.encode(label_values(batch, layout))
+
+
+def _single_batch(table: pa.Table) -> pa.RecordBatch:
+    """One record batch for the bulk conversions (a copy only when the row group came in several chunks)."""
+    if table.num_rows == 0:
+        return pa.RecordBatch.from_pylist([], schema=table.schema)
+    batches = table.to_batches()
+    return batches[0] if len(batches) == 1 else table.combine_chunks().to_batches()[0]
 
 
 def _label_schema(plan: ScanPlan, label: str) -> Schema | None:

@@ -86,6 +86,7 @@ class ScanPlan:
     files: tuple[DataFileRef, ...]
     row_groups: tuple[RowGroup, ...]
     _io: list[FileIO] = field(default_factory=list, compare=False, repr=False)
+    _projections: dict[tuple[int, tuple[int, ...]], object] = field(default_factory=dict, compare=False, repr=False)
 
     def io(self) -> FileIO:
         """The FileIO for this process (made lazily: FileIO objects are not shared across processes)."""
@@ -93,9 +94,14 @@ class ScanPlan:
             self._io.append(load_file_io(self.io_properties, self.metadata.location))
         return self._io[0]
 
+    def projections(self) -> dict[tuple[int, tuple[int, ...]], object]:
+        """Per-process cache of how each data file's columns map onto a requested schema."""
+        return self._projections
+
     def __getstate__(self) -> dict[str, object]:
         state = dict(self.__dict__)
         state["_io"] = []
+        state["_projections"] = {}
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -153,7 +159,43 @@ def plan_scan(
     )
 
 
-def read_row_group(plan: ScanPlan, group: RowGroup, schema: Schema | None = None) -> tuple[pa.RecordBatch, np.ndarray]:
+@dataclass(frozen=True)
+class _FileProjection:
+    """How one data file's columns map onto the requested schema (worked out once per file)."""
+
+    file_schema: Schema
+    file_read_schema: Schema
+    columns: list[str]
+    missing_values: dict[int, object]
+    predicate: pc.Expression | None
+    identical: bool
+
+
+def _projection(plan: ScanPlan, file_index: int, physical: pa.Schema, wanted: Schema) -> _FileProjection:
+    key = (file_index, tuple(sorted(wanted.field_ids)))
+    cache = plan.projections()
+    if key in cache:
+        return cache[key]
+    task = plan.files[file_index].task
+    format_version = plan.metadata.format_version
+    file_schema = pyarrow_to_schema(physical, plan.metadata.name_mapping(), downcast_ns_timestamp_to_us=format_version <= 2, format_version=format_version)
+    missing_values = _get_column_projection_values(
+        task.file, wanted, plan.metadata.schema(), plan.metadata.specs().get(task.file.spec_id), file_schema.field_ids
+    )
+    file_read_schema = prune_columns(file_schema, _leaf_and_struct_ids(wanted), select_full_types=False)
+    predicate = None
+    if plan.row_filter != AlwaysTrue():
+        translated = translate_column_names(plan.row_filter, file_schema, case_sensitive=True, projected_field_values=missing_values)
+        predicate = expression_to_pyarrow(bind(file_schema, translated, case_sensitive=True), file_schema)
+    identical = not missing_values and [(f.field_id, f.name, f.field_type) for f in file_read_schema.fields] == [
+        (f.field_id, f.name, f.field_type) for f in wanted.fields
+    ]
+    projection = _FileProjection(file_schema, file_read_schema, [c.name for c in file_read_schema.columns], missing_values, predicate, identical)
+    cache[key] = projection
+    return projection
+
+
+def read_row_group(plan: ScanPlan, group: RowGroup, schema: Schema | None = None) -> tuple[pa.Table, np.ndarray]:
     """Read one row group with deletes and filter applied.
 
     Args:
@@ -165,35 +207,28 @@ def read_row_group(plan: ScanPlan, group: RowGroup, schema: Schema | None = None
         in its data file, which identifies the row for the train/validation split.
     """
     ref = plan.files[group.file_index]
-    task = ref.task
     wanted = schema if schema is not None else plan.read_schema
-    format_version = plan.metadata.format_version
-    downcast = format_version <= 2
     with plan.io().new_input(ref.path).open() as source:
         fragment = _get_file_format(FileFormat.PARQUET, pre_buffer=True).make_fragment(source, row_groups=[group.row_group])
         physical = fragment.physical_schema
-        file_schema = pyarrow_to_schema(physical, plan.metadata.name_mapping(), downcast_ns_timestamp_to_us=downcast, format_version=format_version)
-        missing_values = _get_column_projection_values(
-            task.file, wanted, plan.metadata.schema(), plan.metadata.specs().get(task.file.spec_id), file_schema.field_ids
-        )
-        file_read_schema = prune_columns(file_schema, _leaf_and_struct_ids(wanted), select_full_types=False)
-        table = fragment.to_table(schema=physical, columns=[column.name for column in file_read_schema.columns])
+        projection = _projection(plan, group.file_index, physical, wanted)
+        table = fragment.to_table(schema=physical, columns=projection.columns)
     positions = np.arange(group.first_row, group.first_row + table.num_rows, dtype=np.int64)
     if len(ref.deleted_positions):
         keep = ~np.isin(positions, ref.deleted_positions, assume_unique=True)
         table, positions = table.filter(pa.array(keep)), positions[keep]
-    if plan.row_filter != AlwaysTrue() and table.num_rows:
-        translated = translate_column_names(plan.row_filter, file_schema, case_sensitive=True, projected_field_values=missing_values)
-        predicate = expression_to_pyarrow(bind(file_schema, translated, case_sensitive=True), file_schema)
-        keep_mask = pc.fill_null(_evaluate(table, predicate), False)
+    if projection.predicate is not None and table.num_rows:
+        keep_mask = pc.fill_null(_evaluate(table, projection.predicate), False)
         table, positions = table.filter(keep_mask), positions[np.asarray(keep_mask)]
+    if projection.identical:
+        return table.select([f.name for f in wanted.fields]), positions
     batch = table.combine_chunks().to_batches()
     raw = batch[0] if batch else pa.RecordBatch.from_pylist([], schema=table.schema)
     requested = _to_requested_schema(
-        wanted, file_read_schema, raw, downcast_ns_timestamp_to_us=downcast, projected_missing_fields=missing_values,
-        allow_timestamp_tz_mismatch=True,
+        wanted, projection.file_read_schema, raw, downcast_ns_timestamp_to_us=plan.metadata.format_version <= 2,
+        projected_missing_fields=projection.missing_values, allow_timestamp_tz_mismatch=True,
     )  # fmt: skip
-    return requested, positions
+    return pa.Table.from_batches([requested]), positions
 
 
 def _leaf_and_struct_ids(schema: Schema) -> set[int]:

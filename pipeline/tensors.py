@@ -159,12 +159,22 @@ class LabelVocabulary:
             return cls(tuple(np.sort(typed).tolist()))
         return cls(tuple(np.unique(values).tolist()))
 
+    @property
+    def _are_indices(self) -> bool:
+        """Classes 0..K-1: integer labels are their own class indices."""
+        return self.classes == tuple(range(len(self.classes)))
+
     def encode(self, values: np.ndarray) -> torch.Tensor:
         """Class indices (int64) for label values.
 
         Raises:
             LabelError: a value is not one of the classes.
         """
+        if self._are_indices and values.dtype.kind in "iu":
+            if len(values) and (values.min() < 0 or values.max() >= len(self.classes)):
+                bad = values[(values < 0) | (values >= len(self.classes))][0]
+                raise LabelError(f"label value {bad!r} is not one of the classes 0..{len(self.classes) - 1}")
+            return torch.from_numpy(values.astype(np.int64, copy=True))
         classes = np.array(self.classes)
         index = np.searchsorted(classes, values)
         index = np.clip(index, 0, len(classes) - 1)
