@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -215,10 +216,11 @@ class IcebergLoader(IterableDataset):
                 yield features[offset:], labels[offset:]
                 offset = 0
             return
-        features = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-        labels = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
-        order = torch.from_numpy(block_permutation(len(labels), self.config.seed, self.epoch, self.rank, block.index)[offset:])
-        yield features[order], labels[order]
+        # NumPy's take gathers rows several times faster than torch's advanced indexing on CPU.
+        features = np.concatenate([p[0].numpy() for p in parts]) if len(parts) > 1 else parts[0][0].numpy()
+        labels = np.concatenate([p[1].numpy() for p in parts]) if len(parts) > 1 else parts[0][1].numpy()
+        order = block_permutation(len(labels), self.config.seed, self.epoch, self.rank, block.index)[offset:]
+        yield torch.from_numpy(np.take(features, order, axis=0)), torch.from_numpy(np.take(labels, order))
 
     def describe(self) -> dict[str, Any]:
         """The loader's settings and plan, for logging."""
