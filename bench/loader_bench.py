@@ -273,8 +273,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="measure only these rows")
     parser.add_argument("--repeat", type=int, default=2, help="runs per row; the fastest is reported (this machine is noisy)")
     parser.add_argument("--row", help=argparse.SUPPRESS)
+    parser.add_argument("--reprint", type=Path, help="print the table of a saved results.json again")
     parser.add_argument("--warehouse", type=Path, help="keep (or reuse) the benchmark tables in this folder")
     args = parser.parse_args()
+    if args.reprint:
+        report(json.loads(args.reprint.read_text()), args.out)
+        return
     if args.row:
         print(json.dumps(measure(args.row, args.warehouse, args.rows)))
         return
@@ -332,8 +336,11 @@ def report(results: list[dict], out: Path) -> None:
         bound = r["rss_after_imports_mb"] + buffer_mb + 300
         verdict = "ok" if r["peak_rss_mb"] <= bound else "MISSED"
         print(f"{'icetrain shuffled peak RSS <= imports + buffer + 300 MB':<52} {r['peak_rss_mb']:6.0f} <= {bound:.0f} MB  {verdict}")
-        ttfb = max(by_name[n]["ttfb_s"] for n in by_name if n.startswith("icetrain"))
-        print(f"{'icetrain time to first batch (worst) < 0.5 s':<52} {ttfb:6.3f}  {'ok' if ttfb < 0.5 else 'MISSED'}")
+        ttfb = max(by_name[n]["ttfb_s"] for n in by_name if n.startswith("icetrain") and n != "icetrain_sql")
+        print(f"{'icetrain time to first batch (worst, no SQL) < 0.5 s':<52} {ttfb:6.3f}  {'ok' if ttfb < 0.5 else 'MISSED'}")
+        if "icetrain_sql" in by_name:
+            sql_ttfb = by_name["icetrain_sql"]["ttfb_s"]
+            print(f"{'icetrain_sql time to first batch < 0.5 s (counts first)':<52} {sql_ttfb:6.3f}  {'ok' if sql_ttfb < 0.5 else 'MISSED'}")
     if {"icetrain", "icetrain_filtered"} <= set(by_name):
         full, pruned = by_name["icetrain"]["bytes_planned"], by_name["icetrain_filtered"]["bytes_planned"]
         print(f"{'filter id < rows/4 prunes files: bytes planned':<52} {pruned / 2**20:6.0f} of {full / 2**20:.0f} MB")
