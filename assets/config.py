@@ -47,6 +47,7 @@ class ModelConfig(Config):
     val_fraction: float = 0.2
     model: str = Field(default="auto", description="auto, cnn or mlp.")
     device: str = Field(default="auto", description="auto, cpu or cuda.")
+    num_workers: int = Field(default=0, description="Processes decoding row groups; never changes the order.")
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -57,5 +58,6 @@ class ModelConfig(Config):
             val_fraction=self.val_fraction,
             model=self.model,
             device=self.device,
+            num_workers=self.num_workers,
             progress=False,
         )

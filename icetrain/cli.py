@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
     train.add_argument("--model", default=defaults.model, choices=("auto", "cnn", "mlp"))
     train.add_argument("--device", default=defaults.device, choices=("auto", "cpu", "cuda"))
+    train.add_argument("--workers", type=int, default=defaults.num_workers, help="processes decoding row groups (never changes the order)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=cmd_train)
 
@@ -167,6 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         model=args.model,
         device=args.device,
+        num_workers=args.workers,
         progress=not args.no_progress,
     )
     from training.run import train_on_snapshot  # torch and MLflow load slowly; config errors should not wait

@@ -7,8 +7,6 @@ query cannot read files, attach databases, install extensions or write anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import duckdb
 import pyarrow as pa
 
@@ -27,31 +25,6 @@ _SANDBOX = {
 def sandboxed_connection() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection that cannot touch the file system or the network."""
     return duckdb.connect(":memory:", config=dict(_SANDBOX))
-
-
-def transform(rows: pa.RecordBatchReader, sql: str, batch_size: int) -> pa.RecordBatchReader:
-    """Run ``sql`` over ``rows`` (visible as ``snapshot``) and stream its result in batches.
-
-    Raises:
-        TransformError: the query fails to plan or run, is forbidden by the sandbox, or
-            returns no rows relation (e.g. a DDL statement).
-    """
-    connection = sandboxed_connection()
-    connection.register(SOURCE_RELATION, rows)
-    try:
-        relation = connection.sql(sql)
-    except duckdb.Error as exc:
-        connection.close()
-        raise TransformError(f"SQL transform failed: {_one_line(exc)}") from exc
-    if relation is None:
-        connection.close()
-        raise TransformError(f"SQL transform must be a query that returns rows, got: {sql.strip()[:80]!r}")
-    try:
-        result = relation.to_arrow_reader(batch_size)
-    except duckdb.Error as exc:
-        connection.close()
-        raise TransformError(f"SQL transform failed: {_one_line(exc)}") from exc
-    return pa.RecordBatchReader.from_batches(result.schema, _guarded(result, connection))
 
 
 def transform_batch(connection: duckdb.DuckDBPyConnection, rows: pa.RecordBatch, sql: str, batch_size: int = 65536) -> pa.RecordBatch:
@@ -76,17 +49,6 @@ def transform_batch(connection: duckdb.DuckDBPyConnection, rows: pa.RecordBatch,
         connection.unregister(SOURCE_RELATION)
     combined = result.combine_chunks().to_batches()
     return combined[0] if combined else pa.RecordBatch.from_pylist([], schema=result.schema)
-
-
-def _guarded(result: pa.RecordBatchReader, connection: duckdb.DuckDBPyConnection) -> Iterator[pa.RecordBatch]:
-    """Yield the result's batches, keeping the connection alive until they are consumed."""
-    try:
-        for batch in result:
-            yield batch
-    except (duckdb.Error, pa.ArrowException) as exc:
-        raise TransformError(f"SQL transform failed while streaming: {_one_line(exc)}") from exc
-    finally:
-        connection.close()
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,7 +1,8 @@
 """Seeds and devices, set in one place.
 
-Shuffles and splits take the explicit generator returned here; the global torch seed is
-set only because layer initialisation draws from it. Still nondeterministic: CUDA kernels
+Data order and the train/validation split are seeded explicitly inside the loader
+(``pipeline.order``, ``pipeline.split``); the global torch seed is set only because layer
+initialisation and dropout draw from it. Still nondeterministic: CUDA kernels
 that have no deterministic implementation (we do not force ``use_deterministic_algorithms``,
 which would make some models fail on GPU).
 """
@@ -13,12 +14,9 @@ import torch
 from pipeline.errors import ConfigError
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch's global RNG (for weight init) and return a generator for data order."""
+def seed_everything(seed: int) -> None:
+    """Seed torch's global RNG, which weight initialisation draws from."""
     torch.manual_seed(seed)
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return generator
 
 
 def pick_device(requested: str = "auto") -> torch.device:
