@@ -12,9 +12,10 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from pipeline.config import ReadSpec, Settings, SnapshotRequest, TrainConfig, parse_as_of
-from pipeline.errors import IcetrainError
+from pipeline.errors import ConfigError, IcetrainError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     tag.set_defaults(handler=cmd_tag)
 
     train = commands.add_parser("train", help="train on one pinned snapshot and record it in MLflow")
-    train.add_argument("--table", required=True, help="'namespace.table'")
+    train.add_argument("--table", help="'namespace.table'")
+    train.add_argument("--from-run", metavar="RUN_ID", help="train again exactly as this MLflow run did: same snapshot, rows and config")
     which = train.add_mutually_exclusive_group()
     which.add_argument("--snapshot-id", type=int, help="train on this snapshot")
     which.add_argument("--ref", help="train on the snapshot a tag or branch points at")
@@ -107,7 +109,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Dagster run: {outcome.dagster_run_id}")
     print(f"MLflow run:  {outcome.mlflow_run_id}  (tracking URI {settings.tracking_uri})")
     print("\nOpen both UIs:  icetrain ui   (or: make ui)")
-    print(f"Train again on the same data:  icetrain train --table {DIGITS_TABLE} --snapshot-id {outcome.snapshot_id}")
+    print(f"Train again on exactly the same data:  icetrain train --from-run {outcome.mlflow_run_id}")
     return 0
 
 
@@ -148,6 +150,15 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.from_run:
+        from pipeline.lineage import replay_request
+
+        settings = Settings.from_env()
+        request, spec, config = replay_request(settings, args.from_run)
+        config = replace(config, progress=not args.no_progress)
+        return _train_and_report(settings, request, spec, config)
+    if not args.table:
+        raise ConfigError("give --table (or --from-run RUN_ID to train again on an earlier run's data)")
     request = SnapshotRequest(
         table=args.table,
         snapshot_id=args.snapshot_id,
@@ -171,9 +182,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         progress=not args.no_progress,
     )
+    return _train_and_report(Settings.from_env(), request, spec, config)
+
+
+def _train_and_report(settings: Settings, request: SnapshotRequest, spec: ReadSpec, config: TrainConfig) -> int:
     from training.run import train_on_snapshot  # torch and MLflow load slowly; config errors should not wait
 
-    result = train_on_snapshot(Settings.from_env(), request, spec, config)
+    result = train_on_snapshot(settings, request, spec, config)
     pinned = result.pinned
     print(f"trained on {pinned.table} snapshot {pinned.snapshot_id} (asked by {pinned.asked_by}), {result.row_count} rows")
     print("  " + "  ".join(f"{name} {value:.3f}" for name, value in result.final_metrics.items()))

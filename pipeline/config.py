@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -267,12 +267,36 @@ def as_params(*configs: object) -> dict[str, str]:
     return params
 
 
+def from_params(cls: type, params: dict[str, str]) -> object:
+    """Rebuild a config dataclass from the params ``as_params`` logged (absent params keep their defaults)."""
+    prefix = cls.__name__.removesuffix("Config").removesuffix("Spec").lower()
+    values: dict[str, object] = {}
+    for field in fields(cls):
+        text = params.get(f"{prefix}.{field.name}")
+        if text is not None:
+            values[field.name] = _parse(str(field.type), text)
+    return cls(**values)
+
+
+def _parse(annotation: str, text: str) -> object:
+    if annotation.startswith("tuple"):
+        return tuple(text.split(",")) if text else ()
+    if annotation.startswith("bool"):
+        return text == "True"
+    if annotation.startswith("int"):
+        return int(text)
+    if annotation.startswith("float"):
+        return float(text)
+    return text
+
+
 __all__ = [
     "ReadSpec",
     "Settings",
     "SnapshotRequest",
     "TrainConfig",
     "as_params",
+    "from_params",
     "parse_as_of",
     "parse_snapshot_id",
 ]

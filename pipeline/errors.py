@@ -51,3 +51,7 @@ class IngestError(IcetrainError):
 
 class ResumeError(IcetrainError):
     """A saved loader state does not fit the loader it is restored into."""
+
+
+class RunNotFoundError(IcetrainError):
+    """An MLflow run to replay does not exist or carries no icetrain lineage."""

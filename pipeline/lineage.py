@@ -15,9 +15,12 @@ import pyarrow as pa
 from mlflow.data.dataset import Dataset
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import register_dataset_source
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, DataType, Schema
 
-from pipeline.config import ReadSpec, Settings
+from pipeline.config import ReadSpec, Settings, SnapshotRequest, TrainConfig, from_params
+from pipeline.errors import RunNotFoundError
 from pipeline.snapshots import PinnedSnapshot
 from pipeline.tensors import TensorLayout
 
@@ -172,6 +175,26 @@ def ensure_experiment(settings: Settings) -> str:
     if settings.artifact_root is not None:
         location = (settings.artifact_root / settings.experiment).as_uri()
     return mlflow.create_experiment(settings.experiment, artifact_location=location)
+
+
+def replay_request(settings: Settings, run_id: str) -> tuple[SnapshotRequest, ReadSpec, TrainConfig]:
+    """The exact request an earlier run trained on: same table, snapshot id, columns, filter, SQL and config.
+
+    Raises:
+        RunNotFoundError: the tracking store has no such run, or it was not made by icetrain.
+    """
+    client = MlflowClient(settings.tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise RunNotFoundError(f"no MLflow run {run_id!r} in tracking store {settings.tracking_uri}") from exc
+    tags, params = run.data.tags, run.data.params
+    if SNAPSHOT_ID_TAG not in tags or TABLE_TAG not in tags:
+        raise RunNotFoundError(f"MLflow run {run_id!r} has no icetrain lineage tags; it was not trained by icetrain")
+    request = SnapshotRequest(table=tags[TABLE_TAG], snapshot_id=int(tags[SNAPSHOT_ID_TAG]))
+    spec = from_params(ReadSpec, params)
+    config = from_params(TrainConfig, params)
+    return request, spec, config  # type: ignore[return-value]
 
 
 def _mlflow_type(data_type: pa.DataType) -> DataType:

@@ -49,6 +49,10 @@ def test_ingest_tag_and_train_on_the_tag(settings, catalog, tmp_path) -> None:
     (run,) = all_runs(settings)
     assert run.data.tags["icetrain.snapshot_id"] == str(first)
 
+    replayed = icetrain("train", "--from-run", run.info.run_id, "--no-progress")
+    assert replayed.returncode == 0, replayed.stderr
+    assert f"snapshot {first} (asked by id), 90 rows" in replayed.stdout
+
 
 @pytest.mark.parametrize(
     ("args", "message"),

@@ -139,3 +139,27 @@ def test_bad_input_raises_one_line_and_writes_nothing(settings, catalog, make_ta
     assert "\n" not in str(raised.value)
     assert all_runs(settings) == []
     assert load_table(catalog, "demo.rows").metadata_location == metadata_before
+
+
+def test_a_run_can_be_replayed_on_exactly_the_same_data(settings, catalog) -> None:
+    from pipeline.lineage import replay_request
+
+    ids = write_appends(catalog, "demo.rows", [80, 40])
+    spec = ReadSpec(features=("x1",), row_filter="id >= 10", sql="select x1, label from snapshot where id % 5 <> 0")
+    first = train_on_snapshot(settings, SnapshotRequest("demo.rows", snapshot_id=ids[0]), spec, TrainConfig(epochs=2, seed=3, progress=False))
+    write_appends(catalog, "demo.more", [5])
+
+    request, replayed_spec, config = replay_request(settings, first.run_id)
+    again = train_on_snapshot(settings, request, replayed_spec, config)
+
+    assert (request.snapshot_id, replayed_spec, config.seed, config.epochs) == (ids[0], spec, 3, 2)
+    assert again.digest == first.digest and again.row_count == first.row_count
+    assert again.history == first.history
+
+
+def test_replaying_an_unknown_run_is_a_clear_error(settings) -> None:
+    from pipeline.errors import RunNotFoundError
+    from pipeline.lineage import replay_request
+
+    with pytest.raises(RunNotFoundError, match="no MLflow run 'nope'"):
+        replay_request(settings, "nope")
