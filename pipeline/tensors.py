@@ -79,7 +79,8 @@ def layout_for(
     names = schema.names
     if spec.label not in names:
         raise LabelError(f"label column {spec.label!r} not found; columns: {', '.join(names)}")
-    images = {name: _image_shape(properties, name) for name in names if _image_shape(properties, name)}
+    shapes = {name: _image_shape(properties, name) for name in names}
+    images = {name: shape for name, shape in shapes.items() if shape is not None}
     if spec.features is not None:
         missing = [name for name in spec.features if name not in names]
         if missing:
