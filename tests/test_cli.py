@@ -1,5 +1,6 @@
 """The icetrain command, run as a user would: real subprocesses on a temporary ICETRAIN_HOME."""
 
+import json
 import os
 import signal
 import subprocess
@@ -74,24 +75,30 @@ def test_user_mistakes_print_one_line_and_exit_1(settings, digits, args, message
     assert all_runs(settings) == []
 
 
-def test_demo_materializes_the_graph_into_dagster_home(settings, tmp_path, monkeypatch) -> None:
-    dagster_home = tmp_path / "dagster_home"
-    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+def post_json(url: str, payload: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
 
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_demo_runs_and_both_uis_show_it_until_stopped(settings, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     out = icetrain("demo")
-
     assert out.returncode == 0, out.stderr
     with DagsterInstance.get() as instance:
         (run,) = instance.get_runs()
         assert run.job_name == "demo_job" and run.status == DagsterRunStatus.SUCCESS
     (mlflow_run,) = all_runs(settings)
+    snapshot_id = mlflow_run.data.tags["icetrain.snapshot_id"]
     assert f"MLflow run:  {mlflow_run.info.run_id}" in out.stdout
-    assert f"Trained on snapshot {mlflow_run.data.tags['icetrain.snapshot_id']}" in out.stdout
+    assert f"Trained on snapshot {snapshot_id}" in out.stdout
     assert f"Dagster run: {run.run_id}" in out.stdout
 
-
-def test_ui_serves_dagster_and_mlflow_until_stopped(settings, digits, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     dagster_port, mlflow_port = free_port(), free_port()
     ui = subprocess.Popen(
         [ICETRAIN, "ui", "--dagster-port", str(dagster_port), "--mlflow-port", str(mlflow_port)],
@@ -104,12 +111,14 @@ def test_ui_serves_dagster_and_mlflow_until_stopped(settings, digits, tmp_path, 
         lines = [ui.stdout.readline() for _ in range(3)]
         assert lines[0].startswith(f"Dagster UI: http://127.0.0.1:{dagster_port}"), lines
         assert lines[1].startswith(f"MLflow UI:  http://127.0.0.1:{mlflow_port}"), lines
-        query = b'{"query": "{ assetNodes { assetKey { path } } }"}'
-        request = urllib.request.Request(f"http://127.0.0.1:{dagster_port}/graphql", data=query, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert b"trained_model" in response.read()
-        with urllib.request.urlopen(f"http://127.0.0.1:{mlflow_port}/health", timeout=10) as response:
-            assert response.status == 200
+        graphql = f"http://127.0.0.1:{dagster_port}/graphql"
+        runs = post_json(graphql, {"query": "{ runsOrError { ... on Runs { results { runId status jobName } } } }"})
+        assert runs["data"]["runsOrError"]["results"] == [{"runId": run.run_id, "status": "SUCCESS", "jobName": "demo_job"}]
+        nodes = post_json(graphql, {"query": "{ assetNodes { assetKey { path } } }"})["data"]["assetNodes"]
+        assert {"trained_model", "training_data", "digits_table"} <= {node["assetKey"]["path"][0] for node in nodes}
+        shown = get_json(f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/runs/get?run_id={mlflow_run.info.run_id}")["run"]
+        assert {"key": "icetrain.snapshot_id", "value": snapshot_id} in shown["data"]["tags"]
+        assert shown["inputs"]["dataset_inputs"][0]["dataset"]["source_type"] == "iceberg"
     finally:
         ui.send_signal(signal.SIGTERM)
         ui.wait(timeout=60)
