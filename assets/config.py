@@ -50,14 +50,5 @@ class ModelConfig(Config):
     num_workers: int = Field(default=0, description="Processes decoding row groups; never changes the order.")
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            seed=self.seed,
-            val_fraction=self.val_fraction,
-            model=self.model,
-            device=self.device,
-            num_workers=self.num_workers,
-            progress=False,
-        )
+        """The same fields, named alike, as icetrain's own config; no progress bar inside Dagster."""
+        return TrainConfig(**self.model_dump(), progress=False)

@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from pyiceberg.expressions import AlwaysTrue
-from pyiceberg.expressions.visitors import extract_field_ids
 from pyiceberg.conversions import from_bytes
 from pyiceberg.schema import Schema
 from pyiceberg.types import IntegerType, LongType
@@ -52,15 +51,22 @@ class RowSource:
             schema: narrows the columns read (ignored with SQL, which may use any column).
             split: overrides the source's split ('all' for the label vocabulary).
         """
-        group = self.plan.row_groups[unit]
-        batch, positions = read_row_group(self.plan, group, None if self.sql else schema)
-        salt = self.plan.files[group.file_index].salt
-        mask = split_mask(split or self.split, salt, positions, self.split_seed, self.val_fraction)
+        batch, positions = read_row_group(self.plan, self.plan.row_groups[unit], None if self.sql else schema)
+        return self.after_read(unit, batch, positions, split or self.split)
+
+    def after_read(self, unit: int, batch: pa.Table, positions: np.ndarray, split: str) -> pa.Table | pa.RecordBatch:
+        """The steps after reading: keep ``split``'s rows, then run the SQL transform."""
+        mask = self.split_rows(unit, positions, split)
         if mask is not None:
             batch = batch.filter(pa.array(mask))
         if self.sql:
             batch = transform_batch(self._connection(), batch, self.sql)
         return batch
+
+    def split_rows(self, unit: int, positions: np.ndarray, split: str | None = None) -> np.ndarray | None:
+        """Which of row group ``unit``'s rows (by file position) are in the split; None when all are."""
+        salt = self.plan.files[self.plan.row_groups[unit].file_index].salt
+        return split_mask(split or self.split, salt, positions, self.split_seed, self.val_fraction)
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         """One sandboxed DuckDB connection per thread: a connection serves one query at a time."""
@@ -105,7 +111,8 @@ def profile_rows(source: RowSource, label: str, threads: int = 2) -> RowProfile:
     schema = _label_schema(plan, label)
 
     def count(unit: int) -> tuple[int, Counter[object], int]:
-        everything = source.rows(unit, schema, split="all")
+        read, positions = read_row_group(plan, plan.row_groups[unit], None if source.sql else schema)
+        everything = source.after_read(unit, read, positions, "all")
         if label not in everything.schema.names:
             raise LabelError(f"label column {label!r} not found; columns: {', '.join(everything.schema.names)}")
         column = everything.column(label)
@@ -113,7 +120,12 @@ def profile_rows(source: RowSource, label: str, threads: int = 2) -> RowProfile:
         if column.null_count < len(column):
             for entry in pc.value_counts(column.drop_null()).to_pylist():
                 counts[entry["values"]] += int(entry["counts"])
-        selected = everything.num_rows if source.split == "all" else source.rows(unit, schema).num_rows
+        if source.split == "all":
+            selected = everything.num_rows
+        elif not source.sql:
+            selected = int(source.split_rows(unit, positions).sum())
+        else:  # the split comes before the SQL, so the query runs again on the split's rows
+            selected = source.after_read(unit, read, positions, source.split).num_rows
         return selected, counts, column.null_count
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -154,12 +166,15 @@ def profile_from_metadata(source: RowSource, label: str) -> RowProfile | None:
     if nulls or (lows and min(lows) < 0):
         return None
     counts = []
-    for group in plan.row_groups:
-        ref = plan.files[group.file_index]
+    for unit, group in enumerate(plan.row_groups):
+        deleted = plan.files[group.file_index].deleted_positions
+        if source.split == "all" and not len(deleted):
+            counts.append(group.num_rows)
+            continue
         positions = np.arange(group.first_row, group.first_row + group.num_rows, dtype=np.int64)
-        if len(ref.deleted_positions):
-            positions = positions[~np.isin(positions, ref.deleted_positions, assume_unique=True)]
-        mask = split_mask(source.split, ref.salt, positions, source.split_seed, source.val_fraction)
+        if len(deleted):
+            positions = positions[~np.isin(positions, deleted, assume_unique=True)]
+        mask = source.split_rows(unit, positions)
         counts.append(len(positions) if mask is None else int(mask.sum()))
     label_range = (min(lows), max(highs)) if lows else None
     return RowProfile(np.array(counts, dtype=np.int64), None, 0, label_range)
@@ -192,11 +207,5 @@ def _label_schema(plan: ScanPlan, label: str) -> Schema | None:
     names = [f.name for f in plan.read_schema.fields]
     if label not in names:
         return None
-    feature_free = [name for name in names if name == label or name in _filter_names(plan)]
-    return plan.read_schema.select(*feature_free)
-
-
-def _filter_names(plan: ScanPlan) -> set[str]:
-    if plan.row_filter == AlwaysTrue():
-        return set()
-    return {plan.snapshot_schema.find_column_name(i) for i in extract_field_ids(plan.row_filter)}
+    keep = {label, *plan.filter_columns()}
+    return plan.read_schema.select(*[name for name in names if name in keep])

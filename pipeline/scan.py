@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 from pyiceberg.expressions.visitors import bind, extract_field_ids, translate_column_names
 from pyiceberg.io import FileIO, load_file_io
@@ -93,6 +92,10 @@ class ScanPlan:
         if not self._io:
             self._io.append(load_file_io(self.io_properties, self.metadata.location))
         return self._io[0]
+
+    def filter_columns(self) -> list[str]:
+        """The columns the row filter reads."""
+        return _bound_filter_columns(self.snapshot_schema, self.row_filter)
 
     def projections(self) -> dict[tuple[int, tuple[int, ...]], object]:
         """Per-process cache of how each data file's columns map onto a requested schema."""
@@ -255,7 +258,13 @@ def _read_schema(schema: Schema, row_filter: BooleanExpression, columns: tuple[s
 def _filter_columns(schema: Schema, row_filter: BooleanExpression) -> list[str]:
     if row_filter == AlwaysTrue():
         return []
-    return [schema.find_column_name(field_id) for field_id in extract_field_ids(bind(schema, row_filter, case_sensitive=True))]
+    return _bound_filter_columns(schema, bind(schema, row_filter, case_sensitive=True))
+
+
+def _bound_filter_columns(schema: Schema, bound_filter: BooleanExpression) -> list[str]:
+    if bound_filter == AlwaysTrue():
+        return []
+    return [schema.find_column_name(field_id) for field_id in sorted(extract_field_ids(bound_filter))]
 
 
 def _row_groups_of(io: FileIO, path: str, bound_filter: BooleanExpression, metadata: TableMetadata) -> tuple[list[int], set[int]]:
