@@ -84,7 +84,8 @@ def train_on_snapshot(
 
     device = pick_device(config.device)
     seed_everything(config.seed)
-    model = build_model(config.model, layout.feature_shape, len(vocabulary.classes), _feature_sample(train_loader))
+    sample = _feature_sample(train_loader)
+    model = build_model(config.model, layout.feature_shape, len(vocabulary.classes), sample)
 
     experiment_id = ensure_experiment(settings)
     register_sources()
@@ -113,7 +114,7 @@ def train_on_snapshot(
             on_epoch=lambda m: mlflow.log_metrics(m.as_dict(), step=m.epoch),
         )
         model.to("cpu").eval()
-        _log_model(model, _feature_sample(train_loader, rows=4))
+        _log_model(model, sample[:4])
         _log_checkpoint(model, pinned, spec, config, vocabulary)
     return TrainResult(
         run_id=run.info.run_id,
