@@ -1,117 +1,131 @@
-"""The asset graph: demo table -> pinned training data -> trained model.
+"""A declared pipeline's assets: pinned training data -> trained model.
 
 The training-data asset resolves the snapshot once; the model asset trains on exactly that
-snapshot id and never asks for "latest" again.
+snapshot id and never asks for "latest" again. Both are keyed by the pipeline's name and
+depend on the Iceberg table's asset key (``namespace/table``), whoever produces it.
 """
-
 
 from dataclasses import dataclass
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, Output, TableColumn, TableSchema, asset
+from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetsDefinition, MaterializeResult, MetadataValue, Output, TableColumn, TableSchema, asset
 
-from assets.config import ModelConfig, TrainingDataConfig
+from assets.config import PinConfig
 from assets.failures import user_errors_as_failures
 from assets.resources import IcebergResource, MlflowResource, combined_settings
 from pipeline.catalog import load_table
-from pipeline.config import ReadSpec
-from pipeline.demo_data import DIGITS_TABLE, ingest_digits
-from pipeline.quality import LabelProfile, profile_labels
-from pipeline.reading import snapshot_schema
-from pipeline.snapshots import PinnedSnapshot, list_snapshots, resolve_snapshot
-from training.run import train_on_snapshot
-
-GROUP = "icetrain"
+from pipeline.config import PipelineConfig
+from pipeline.gate import DataReport, inspect_data
+from pipeline.project import Pipeline
+from pipeline.reading import prepare_read, snapshot_schema
+from pipeline.snapshots import PinnedSnapshot
+from training.data import pin
 
 
 @dataclass(frozen=True)
 class TrainingData:
-    """The pinned snapshot, what to read from it, and its label profile: the training-data asset's value."""
+    """The training-data asset's value: the pinned snapshot, the config to train with, and the gate's report."""
 
     pinned: PinnedSnapshot
-    spec: ReadSpec
-    profile: LabelProfile
+    config: PipelineConfig
+    report: DataReport
 
 
-@asset(group_name=GROUP, kinds={"iceberg"}, description="scikit-learn's digits in an Iceberg table, written in three appends.")
-def digits_table(context: AssetExecutionContext, iceberg: IcebergResource) -> MaterializeResult:
-    with user_errors_as_failures():
-        catalog = iceberg.catalog()
-        new_snapshots = ingest_digits(catalog, identifier=DIGITS_TABLE, run_id=context.run_id)
-        history = list_snapshots(load_table(catalog, DIGITS_TABLE))
-    current = history[-1]
-    return MaterializeResult(
-        metadata={
-            "table": DIGITS_TABLE,
-            "current_snapshot_id": str(current.snapshot_id),
-            "new_snapshot_ids": ", ".join(str(s) for s in new_snapshots) or "none (table already holds the digits)",
-            "snapshot_count": len(history),
-            "total_rows": current.total_rows,
-        }
+def table_key(table: str) -> AssetKey:
+    """The asset key of an Iceberg table: its identifier's parts, e.g. ``demo/digits``."""
+    return AssetKey(table.split("."))
+
+
+def training_data_key(pipeline: Pipeline) -> AssetKey:
+    return AssetKey([pipeline.name, "training_data"])
+
+
+def trained_model_key(pipeline: Pipeline) -> AssetKey:
+    return AssetKey([pipeline.name, "trained_model"])
+
+
+def training_data_asset(pipeline: Pipeline) -> AssetsDefinition:
+    """Resolves the requested snapshot once, pins it, and profiles the rows for the gate."""
+
+    @asset(
+        key=training_data_key(pipeline),
+        deps=[table_key(pipeline.table)],
+        group_name=pipeline.name,
+        kinds={"iceberg"},
+        description=f"Pins one snapshot of {pipeline.table} (id, tag/branch, as-of or latest) for pipeline {pipeline.name!r}.",
+        metadata={"pipeline": pipeline.name, "table": pipeline.table},
     )
-
-
-@asset(
-    group_name=GROUP,
-    deps=[digits_table],
-    kinds={"iceberg"},
-    description="Resolves the requested snapshot (id, tag/branch, as-of or latest) and pins it for training.",
-)
-def training_data(context: AssetExecutionContext, config: TrainingDataConfig, iceberg: IcebergResource) -> Output[TrainingData]:
-    with user_errors_as_failures():
-        settings = iceberg.settings()
-        table = load_table(iceberg.catalog(), config.table)
-        pinned = resolve_snapshot(table, config.request(), settings.catalog_name)
-        spec = config.read_spec()
-        profile = profile_labels(table, pinned, spec)
-        schema = snapshot_schema(table, pinned).as_arrow()
-    context.log.info(f"pinned {pinned.table} at snapshot {pinned.snapshot_id} (asked by {pinned.asked_by})")
-    return Output(
-        TrainingData(pinned=pinned, spec=spec, profile=profile),
-        metadata={
-            "table": pinned.table,
-            "snapshot_id": str(pinned.snapshot_id),
-            "asked_by": pinned.asked_by,
-            "asked_value": pinned.asked_value,
-            "snapshot_committed_at": pinned.committed_at.isoformat(),
-            "row_count": profile.row_count,
-            "row_filter": spec.row_filter or "",
-            "sql": spec.sql or "",
-            "label_counts": MetadataValue.json(profile.class_counts),
-            "dagster/column_schema": _table_schema(schema),
-        },
-    )
-
-
-@asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, description="Trains on the pinned snapshot and records the run in MLflow.")
-def trained_model(
-    context: AssetExecutionContext,
-    config: ModelConfig,
-    training_data: TrainingData,
-    iceberg: IcebergResource,
-    mlflow: MlflowResource,
-) -> MaterializeResult:
-    with user_errors_as_failures():
-        result = train_on_snapshot(
-            combined_settings(iceberg, mlflow),
-            training_data.pinned,
-            training_data.spec,
-            config.train_config(),
-            dagster_run_id=context.run_id,
-            run_name=f"dagster-{context.run_id[:8]}",
+    def training_data(context: AssetExecutionContext, config: PinConfig, iceberg: IcebergResource) -> Output[TrainingData]:
+        with user_errors_as_failures():
+            settings = iceberg.settings()
+            run_config = config.apply(pipeline.config)
+            pinned = pin(settings, run_config)
+            table = load_table(iceberg.catalog(), pinned.table)
+            read = prepare_read(table, pinned, run_config.data.read_spec())
+            report, _ = inspect_data(read, min_rows=run_config.data.min_rows, count_classes=run_config.data.task == "classification")
+            schema = snapshot_schema(table, pinned).as_arrow()
+        context.log.info(f"pinned {pinned.table} at snapshot {pinned.snapshot_id} (asked by {pinned.asked_by})")
+        return Output(
+            TrainingData(pinned=pinned, config=run_config, report=report),
+            metadata={
+                "table": pinned.table,
+                "snapshot_id": str(pinned.snapshot_id),
+                "asked_by": pinned.asked_by,
+                "asked_value": pinned.asked_value,
+                "snapshot_committed_at": pinned.committed_at.isoformat(),
+                "row_count": report.row_count,
+                "row_filter": run_config.data.filter or "",
+                "sql": run_config.data.sql or "",
+                "label_counts": MetadataValue.json(report.class_counts or {}),
+                "dagster/column_schema": _table_schema(schema),
+            },
         )
-    metrics = {name: round(value, 4) for name, value in result.final_metrics.items()}
-    return MaterializeResult(
-        metadata={
-            "mlflow_run_id": result.run_id,
-            "mlflow_experiment_id": result.experiment_id,
-            "snapshot_id": str(result.pinned.snapshot_id),
-            "table": result.pinned.table,
-            "row_count": result.row_count,
-            "dataset_digest": result.digest,
-            **metrics,
-        }
+
+    return training_data
+
+
+def trained_model_asset(pipeline: Pipeline) -> AssetsDefinition:
+    """Trains on the pinned snapshot (under torchrun when compute.nproc > 1) and records the run in MLflow."""
+
+    @asset(
+        key=trained_model_key(pipeline),
+        ins={"training_data": AssetIn(key=training_data_key(pipeline))},
+        group_name=pipeline.name,
+        kinds={"pytorch", "mlflow"},
+        description=f"Trains pipeline {pipeline.name!r} ({pipeline.config.model.factory}) on the pinned snapshot and records the run in MLflow.",
+        metadata={"pipeline": pipeline.name, "model_factory": pipeline.config.model.factory},
     )
+    def trained_model(context: AssetExecutionContext, training_data: TrainingData, iceberg: IcebergResource, mlflow: MlflowResource) -> MaterializeResult:
+        config = training_data.config
+        if not config.tracking.run_name:
+            config = config.updated({"tracking.run_name": f"{pipeline.name}-dagster-{context.run_id[:8]}"})
+        with user_errors_as_failures():
+            summary = _train(combined_settings(iceberg, mlflow), config, training_data.pinned, pipeline.name, context.run_id)
+        metrics = {name: round(value, 4) for name, value in summary["metrics"].items()}
+        return MaterializeResult(
+            metadata={
+                "mlflow_run_id": summary["run_id"],
+                "mlflow_experiment_id": summary["experiment_id"],
+                "snapshot_id": summary["snapshot_id"],
+                "table": summary["table"],
+                "row_count": summary["row_count"],
+                "world_size": summary["world_size"],
+                **metrics,
+            }
+        )
+
+    return trained_model
+
+
+def _train(settings, config: PipelineConfig, pinned: PinnedSnapshot, pipeline: str, dagster_run_id: str) -> dict:
+    from dataclasses import asdict
+
+    from training.launch import launch
+    from training.train import result_summary, train
+
+    if config.compute.nproc > 1:
+        return launch(settings, config, asdict(pinned), pipeline, dagster_run_id=dagster_run_id)
+    return result_summary(train(settings, config, pinned=pinned, pipeline=pipeline, dagster_run_id=dagster_run_id, progress_bar=False))
 
 
 def _table_schema(schema: pa.Schema) -> TableSchema:

@@ -1,19 +1,9 @@
-"""The code location: collects icetrain's Dagster definitions, nothing else."""
+"""The code location: the pipelines declared in the pipelines file (``icetrain.yaml``), nothing else.
 
-from dagster import Definitions
+The file is found as ``icetrain train`` finds it: ``$ICETRAIN_CONFIG``, else ``./icetrain.yaml``.
+"""
 
-from assets.assets import digits_table, trained_model, training_data
-from assets.checks import training_data_is_trainable
-from assets.jobs import demo_job, train_job
-from assets.resources import IcebergResource, MlflowResource
-from assets.schedules import nightly_retrain
-from assets.sensors import new_snapshot_sensor
+from assets.pipelines import project_definitions
+from pipeline.project import load_project
 
-defs = Definitions(
-    assets=[digits_table, training_data, trained_model],
-    asset_checks=[training_data_is_trainable],
-    jobs=[demo_job, train_job],
-    schedules=[nightly_retrain],
-    sensors=[new_snapshot_sensor],
-    resources={"iceberg": IcebergResource(), "mlflow": MlflowResource()},
-)
+defs = project_definitions(load_project())

@@ -1,13 +1,19 @@
-"""Jobs over the asset graph."""
-
+"""A pipeline's retraining job: pin a snapshot, run the gate, train."""
 
 from dagster import AssetSelection, define_asset_job
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from assets.assets import trained_model, training_data
+from assets.assets import trained_model_key, training_data_key
+from pipeline.project import Pipeline
 
-demo_job = define_asset_job("demo_job", selection=AssetSelection.all(), description="Ingest the digits, pin a snapshot, train.")
-train_job = define_asset_job(
-    "train_job",
-    selection=AssetSelection.assets(training_data, trained_model),
-    description="Pin a snapshot of the training table and train on it.",
-)
+
+def job_name(pipeline: Pipeline) -> str:
+    return f"{pipeline.name}_train"
+
+
+def train_job(pipeline: Pipeline) -> UnresolvedAssetJobDefinition:
+    return define_asset_job(
+        job_name(pipeline),
+        selection=AssetSelection.assets(training_data_key(pipeline), trained_model_key(pipeline)),
+        description=f"Pin a snapshot of {pipeline.table}, check it, and train pipeline {pipeline.name!r}.",
+    )

@@ -9,7 +9,7 @@ from dagster import ConfigurableResource
 from pyiceberg.catalog import Catalog
 
 from pipeline.catalog import open_catalog
-from pipeline.config import Settings
+from pipeline.settings import Settings
 
 
 class IcebergResource(ConfigurableResource):

@@ -81,14 +81,14 @@ def _table(warehouse: Path, kind: str):
 
 
 def _pinned(table):
-    from pipeline.config import SnapshotRequest
+    from pipeline.specs import SnapshotRequest
     from pipeline.snapshots import resolve_snapshot
 
     return resolve_snapshot(table, SnapshotRequest(".".join(table.name())), "bench")
 
 
 def _spec(kind: str, **extra):
-    from pipeline.config import ReadSpec
+    from pipeline.specs import ReadSpec
 
     return ReadSpec(features=tuple(FEATURES) if kind == "tabular" else ("pixels",), **extra)
 
@@ -139,7 +139,7 @@ def limit(table, kind: str, shuffle: bool = False) -> Iterator:
 
 
 def _image_block_rows() -> int:
-    from pipeline.config import LoaderConfig
+    from pipeline.specs import LoaderConfig
 
     return LoaderConfig().buffer_mb * 2**20 // (4 * 784 + 8)
 
@@ -170,7 +170,7 @@ def batch_reader(table, kind: str) -> Iterator:
 
 
 def icetrain(table, kind: str, shuffle: bool, workers: int = 0, sql: str | None = None, row_filter: str | None = None) -> Iterator:
-    from pipeline.config import LoaderConfig
+    from pipeline.specs import LoaderConfig
     from pipeline.reading import open_loader
 
     spec = _spec(kind, sql=sql, row_filter=row_filter)

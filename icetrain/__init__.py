@@ -2,8 +2,9 @@
 
 The Python API in a few names (imported lazily, so the CLI starts fast)::
 
-    from icetrain import Settings, SnapshotRequest, ReadSpec, TrainConfig, train_on_snapshot
-    result = train_on_snapshot(Settings.from_env(), SnapshotRequest("demo.digits", ref="v1"))
+    from icetrain import Settings, load_project, train
+    pipeline = load_project().pipeline("digits")
+    result = train(Settings.from_env(), pipeline.with_overrides(["data.ref=v1"]), pipeline=pipeline.name)
     result.run_id, result.pinned.snapshot_id
 """
 
@@ -11,11 +12,14 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "Settings": "pipeline.config",
-    "SnapshotRequest": "pipeline.config",
-    "ReadSpec": "pipeline.config",
-    "TrainConfig": "pipeline.config",
-    "LoaderConfig": "pipeline.config",
+    "Settings": "pipeline.settings",
+    "PipelineConfig": "pipeline.config",
+    "parse_config": "pipeline.config",
+    "load_project": "pipeline.project",
+    "Pipeline": "pipeline.project",
+    "SnapshotRequest": "pipeline.specs",
+    "ReadSpec": "pipeline.specs",
+    "LoaderConfig": "pipeline.specs",
     "IcetrainError": "pipeline.errors",
     "open_catalog": "pipeline.catalog",
     "load_table": "pipeline.catalog",
@@ -29,7 +33,10 @@ _EXPORTS = {
     "open_loader": "pipeline.reading",
     "prepare_read": "pipeline.reading",
     "IcebergLoader": "pipeline.loader",
-    "train_on_snapshot": "training.run",
+    "train": "training.train",
+    "TrainResult": "training.train",
+    "replay_config": "pipeline.lineage",
+    "inspect_data": "pipeline.gate",
 }
 
 __all__ = sorted(_EXPORTS)

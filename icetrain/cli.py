@@ -1,4 +1,4 @@
-"""The ``icetrain`` command: demo, ingest, snapshots, tag, train, ui.
+"""The ``icetrain`` command: demo, ingest, snapshots, tag, train, pipelines, ui.
 
 User mistakes end with one line on stderr and exit code 1; ``--debug`` shows the traceback.
 """
@@ -6,16 +6,42 @@ User mistakes end with one line on stderr and exit code 1; ``--debug`` shows the
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 
-from pipeline.config import ReadSpec, Settings, SnapshotRequest, TrainConfig, parse_as_of
+from icetrain.training import TrainRequest
+from pipeline.config import PipelineConfig, apply_overrides, parse_config
 from pipeline.errors import ConfigError, IcetrainError
+from pipeline.settings import Settings
+
+# Config flags of ``icetrain train``: each sets one key path of the config tree.
+TRAIN_FLAGS = (
+    ("--table", "data.table", "'namespace.table'"),
+    ("--snapshot-id", "data.snapshot_id", "train on this snapshot"),
+    ("--ref", "data.ref", "train on the snapshot a tag or branch points at"),
+    ("--as-of", "data.as_of", "train on the snapshot current at this time (ISO 8601 or epoch ms)"),
+    ("--filter", "data.filter", "row filter, e.g. \"label >= 3 and id < 100\""),
+    ("--features", "data.features", "comma-separated feature columns"),
+    ("--label", "data.label", "the label column"),
+    ("--sql", "data.sql", "DuckDB query over the pinned rows, as table 'snapshot'"),
+    ("--val-fraction", "data.val_fraction", "share of rows held out for validation"),
+    ("--model", "model.factory", "a built-in model (auto, cnn, mlp, linear) or 'package.module:function'"),
+    ("--epochs", "optim.epochs", "epochs"),
+    ("--lr", "optim.lr", "learning rate"),
+    ("--batch-size", "loader.batch_size", "rows per batch"),
+    ("--workers", "loader.num_workers", "processes decoding row groups (never changes the order)"),
+    ("--seed", "seed", "seeds initialisation and data order"),
+    ("--device", "compute.device", "auto, cpu, cuda or cuda:N"),
+    ("--precision", "compute.precision", "fp32, bf16 or fp16"),
+    ("--nproc", "compute.nproc", "processes (DistributedDataParallel through torchrun when > 1)"),
+    ("--experiment", "tracking.experiment", "MLflow experiment"),
+)
+SNAPSHOT_KEYS = ("data.snapshot_id", "data.ref", "data.as_of")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="ingest the digits demo table and run the whole Dagster job")
+    demo = commands.add_parser("demo", help="ingest the digits demo table and run the demo's Dagster job")
     demo.set_defaults(handler=cmd_demo)
 
     ingest = commands.add_parser("ingest", help="append Parquet or CSV files to a table, one snapshot each")
@@ -60,31 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
     tag.set_defaults(handler=cmd_tag)
 
     train = commands.add_parser("train", help="train on one pinned snapshot and record it in MLflow")
-    train.add_argument("--table", help="'namespace.table'")
-    train.add_argument("--from-run", metavar="RUN_ID", help="train again exactly as this MLflow run did: same snapshot, rows and config")
+    train.add_argument("--pipeline", help="a pipeline declared in the pipelines file")
+    train.add_argument("--config", help="the pipelines file (default: $ICETRAIN_CONFIG or ./icetrain.yaml)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
+    runs = train.add_mutually_exclusive_group()
+    runs.add_argument("--from-run", metavar="RUN_ID", help="train again exactly as this MLflow run did: same snapshot, rows, config and model")
+    runs.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint, in the same MLflow run")
     which = train.add_mutually_exclusive_group()
-    which.add_argument("--snapshot-id", type=int, help="train on this snapshot")
-    which.add_argument("--ref", help="train on the snapshot a tag or branch points at")
-    which.add_argument("--as-of", help="train on the snapshot current at this time (ISO 8601 or epoch ms)")
-    train.add_argument("--filter", dest="row_filter", help="row filter, e.g. \"label >= 3 and id < 100\"")
-    train.add_argument("--features", help="comma-separated feature columns")
-    train.add_argument("--label", default="label")
-    train.add_argument("--sql", help="DuckDB query over the pinned rows, as table 'snapshot'")
-    defaults = TrainConfig()
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--lr", type=float, default=defaults.learning_rate)
-    train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
-    train.add_argument("--model", default=defaults.model, choices=("auto", "cnn", "mlp"))
-    train.add_argument("--device", default=defaults.device, choices=("auto", "cpu", "cuda"))
-    train.add_argument("--workers", type=int, default=defaults.num_workers, help="processes decoding row groups (never changes the order)")
+    for flag, path, help_text in TRAIN_FLAGS:
+        (which if path in SNAPSHOT_KEYS else train).add_argument(flag, dest=_dest(flag), metavar=path.rsplit(".", 1)[-1].upper(), help=f"{help_text} ({path})")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=cmd_train)
+
+    pipelines = commands.add_parser("pipelines", help="list the declared pipelines with their table, current snapshot and last run")
+    pipelines.add_argument("--config", help="the pipelines file (default: $ICETRAIN_CONFIG or ./icetrain.yaml)")
+    pipelines.set_defaults(handler=cmd_pipelines)
 
     ui = commands.add_parser("ui", help="start the Dagster UI and the MLflow UI on localhost")
     ui.add_argument("--dagster-port", type=int, default=3000)
     ui.add_argument("--mlflow-port", type=int, default=5000)
+    ui.add_argument("--config", help="the pipelines file (default: $ICETRAIN_CONFIG or ./icetrain.yaml)")
     ui.set_defaults(handler=cmd_ui)
     return parser
 
@@ -150,50 +171,73 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from icetrain.training import report, run_training
+
+    return report(run_training(Settings.from_env(), train_request(args), debug=args.debug))
+
+
+def train_request(args: argparse.Namespace) -> TrainRequest:
+    """What ``icetrain train`` was asked: a config (pipeline file, flags, --set), a replay or a resume.
+
+    Raises:
+        ConfigError: contradictory options, or a bad key or value (named by key path).
+    """
+    flags = flag_overrides(args)
+    if args.resume:
+        if flags or args.overrides or args.pipeline:
+            raise ConfigError("--resume continues a run exactly as it was; it takes no --pipeline, --set or config flags")
+        return TrainRequest(resume_run_id=args.resume, progress=not args.no_progress)
     if args.from_run:
-        from pipeline.lineage import replay_request
+        if args.pipeline:
+            raise ConfigError("give --pipeline or --from-run, not both")
+        from pipeline.lineage import replay_config
 
-        settings = Settings.from_env()
-        request, spec, config = replay_request(settings, args.from_run)
-        config = replace(config, progress=not args.no_progress)
-        return _train_and_report(settings, request, spec, config)
-    if not args.table:
-        raise ConfigError("give --table (or --from-run RUN_ID to train again on an earlier run's data)")
-    request = SnapshotRequest(
-        table=args.table,
-        snapshot_id=args.snapshot_id,
-        ref=args.ref,
-        as_of=parse_as_of(args.as_of) if args.as_of else None,
-    )
-    spec = ReadSpec(
-        label=args.label,
-        features=tuple(name.strip() for name in args.features.split(",")) if args.features else None,
-        row_filter=args.row_filter,
-        sql=args.sql,
-    )
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        model=args.model,
-        device=args.device,
-        num_workers=args.workers,
-        progress=not args.no_progress,
-    )
-    return _train_and_report(Settings.from_env(), request, spec, config)
+        base = replay_config(Settings.from_env(), args.from_run)
+        config = parse_config(apply_overrides(base.model_dump(), [*flags, *args.overrides]))
+        return TrainRequest(config=config, progress=not args.no_progress, replays=args.from_run)
+    pipeline_name = None
+    tree: dict[str, object] = PipelineConfig().model_dump()
+    if args.pipeline:
+        from pipeline.project import load_project
+
+        pipeline = load_project(args.config).pipeline(args.pipeline)
+        pipeline_name, tree = pipeline.name, pipeline.config.model_dump()
+    config = parse_config(apply_overrides(tree, [*flags, *args.overrides]))
+    if not config.data.table:
+        raise ConfigError("data.table: required; give --pipeline NAME, --table namespace.table or --set data.table=... (or --from-run RUN_ID)")
+    return TrainRequest(config=config, pipeline=pipeline_name, progress=not args.no_progress)
 
 
-def _train_and_report(settings: Settings, request: SnapshotRequest, spec: ReadSpec, config: TrainConfig) -> int:
-    from training.run import train_on_snapshot  # torch and MLflow load slowly; config errors should not wait
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The given config flags as ``key=value`` overrides (a snapshot flag clears the other two choices)."""
+    overrides = []
+    for flag, path, _ in TRAIN_FLAGS:
+        value = getattr(args, _dest(flag))
+        if value is None:
+            continue
+        if path in SNAPSHOT_KEYS:
+            overrides += [f"{other}=" for other in SNAPSHOT_KEYS if other != path]
+        if path == "data.features":
+            value = json.dumps([name.strip() for name in value.split(",") if name.strip()])
+        overrides.append(f"{path}={value}")
+    return overrides
 
-    result = train_on_snapshot(settings, request, spec, config)
-    pinned = result.pinned
-    print(f"trained on {pinned.table} snapshot {pinned.snapshot_id} (asked by {pinned.asked_by}), {result.row_count} rows")
-    print("  " + "  ".join(f"{name} {value:.3f}" for name, value in result.final_metrics.items()))
-    print(f"MLflow run {result.run_id} in experiment {result.experiment_id}")
+
+def cmd_pipelines(args: argparse.Namespace) -> int:
+    from icetrain.training import pipeline_rows
+
+    rows = pipeline_rows(Settings.from_env(), args.config)
+    if not rows:
+        print("no pipelines declared (write icetrain.yaml, or point ICETRAIN_CONFIG or --config at one)")
+        return 0
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0
+
+
+def _dest(flag: str) -> str:
+    return "flag_" + flag.lstrip("-").replace("-", "_")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -204,7 +248,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     dagster_home = resolve_dagster_home(settings)
     logs = settings.home / "logs"
     signal.signal(signal.SIGTERM, _interrupt)
-    servers = [start_dagster(args.dagster_port, logs / "dagster.log")]
+    from pipeline.project import find_project_file
+
+    servers = [start_dagster(args.dagster_port, logs / "dagster.log", settings.home, find_project_file(args.config))]
     remote_mlflow = settings.tracking_uri.startswith(("http://", "https://"))
     if not remote_mlflow:
         servers.append(start_mlflow(settings, args.mlflow_port, logs / "mlflow.log"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import Settings
+from pipeline.settings import Settings
 from pipeline.errors import IcetrainError
 
 
@@ -41,10 +42,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_dagster(port: int, log: Path) -> Server:
-    """``dagster dev`` on the icetrain code location, against the current DAGSTER_HOME."""
-    command = [_tool("dagster"), "dev", "-m", "assets.definitions", "-h", "127.0.0.1", "-p", str(port)]
-    return Server("dagster", f"http://127.0.0.1:{port}", _spawn(command, log, {}))
+LOCATION_NAME = "icetrain"  # as [tool.dagster] code_location_name, so `dagster dev` in the repo serves the same location
+
+WORKSPACE = """\
+# Written by `icetrain ui`: the icetrain code location, named as `dagster dev` names it from the repo root.
+load_from:
+  - python_module:
+      module_name: assets.definitions
+      location_name: {location}
+      working_directory: {directory}
+"""
+
+
+def start_dagster(port: int, log: Path, workspace_dir: Path, pipelines_file: Path | None) -> Server:
+    """``dagster dev`` on the icetrain code location (named ``icetrain``), against the current DAGSTER_HOME.
+
+    The code location loads the same pipelines file as the CLI (passed as ``ICETRAIN_CONFIG``).
+    """
+    workspace = workspace_dir / "workspace.yaml"
+    workspace.parent.mkdir(parents=True, exist_ok=True)
+    workspace.write_text(WORKSPACE.format(location=LOCATION_NAME, directory=json.dumps(str(Path.cwd()))))
+    command = [_tool("dagster"), "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]
+    env = {"ICETRAIN_CONFIG": str(pipelines_file)} if pipelines_file else {}
+    return Server("dagster", f"http://127.0.0.1:{port}", _spawn(command, log, env))
 
 
 def start_mlflow(settings: Settings, port: int, log: Path) -> Server:

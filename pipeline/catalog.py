@@ -14,7 +14,7 @@ from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.table import Table
 from pyiceberg.utils.config import Config
 
-from pipeline.config import Settings
+from pipeline.settings import Settings
 from pipeline.errors import CatalogError, TableNotFoundError
 
 

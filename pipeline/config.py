@@ -1,302 +1,388 @@
-"""All of icetrain's configuration, as a few frozen dataclasses.
+"""The pipeline configuration: one nested, frozen, validated tree.
 
-The CLI, the Python API and the Dagster ``Config`` classes all map into these; the full
-config is logged to MLflow and saved in every checkpoint.
+Everything that says *what* to train and *how* lives here, once: the CLI's flags and
+``--set section.key=value`` overrides, the pipelines file (``icetrain.yaml``), the Dagster run
+config, the MLflow params (``pipeline.params``), every checkpoint and replay all read and
+write this tree. Key paths such as ``optim.lr`` are the public names; a bad key or value is a
+``ConfigError`` of one line that names the key path and what is allowed.
+
+*Where* data and runs live (project directory, catalog, MLflow store) is ``Settings``
+(``pipeline.settings``), taken from the environment.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
-from pathlib import Path
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest, parse_as_of
 
-HOME_ENV = "ICETRAIN_HOME"
-CATALOG_ENV = "ICETRAIN_CATALOG"
-EXPERIMENT_ENV = "ICETRAIN_EXPERIMENT"
-MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"
-
-DEFAULT_HOME = ".icetrain"
-DEFAULT_CATALOG = "icetrain"
-DEFAULT_EXPERIMENT = "icetrain"
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Where data, catalog and runs live.
+class Section(BaseModel):
+    """A frozen config section that refuses unknown keys; empty strings mean "not given"."""
 
-    With nothing configured, everything sits under one project data directory: an embedded
-    SQLite Iceberg catalog, a local warehouse folder and an MLflow SQLite store.
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
-    Attributes:
-        home: the project data directory (absolute).
-        catalog_name: a catalog defined in pyiceberg's own configuration (``.pyiceberg.yaml``
-            or ``PYICEBERG_CATALOG__<NAME>__...``); if none is defined under this name, the
-            embedded SQLite catalog under ``home`` is used.
-        mlflow_tracking_uri: an explicit MLflow tracking URI, or None for the SQLite store
-            under ``home``.
-        experiment: the MLflow experiment that training runs go to.
-    """
-
-    home: Path
-    catalog_name: str = DEFAULT_CATALOG
-    mlflow_tracking_uri: str | None = None
-    experiment: str = DEFAULT_EXPERIMENT
-
+    @model_validator(mode="before")
     @classmethod
-    def from_env(
-        cls,
-        environ: Mapping[str, str] | None = None,
-        *,
-        home: str | Path | None = None,
-        catalog_name: str | None = None,
-        mlflow_tracking_uri: str | None = None,
-        experiment: str | None = None,
-    ) -> Settings:
-        """Build settings from explicit values, falling back to the environment, then defaults."""
-        env = os.environ if environ is None else environ
-        chosen_home = Path(home or env.get(HOME_ENV) or DEFAULT_HOME).expanduser().resolve()
-        return cls(
-            home=chosen_home,
-            catalog_name=catalog_name or env.get(CATALOG_ENV) or DEFAULT_CATALOG,
-            mlflow_tracking_uri=mlflow_tracking_uri or env.get(MLFLOW_URI_ENV) or None,
-            experiment=experiment or env.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT,
-        )
-
-    @property
-    def warehouse(self) -> Path:
-        """The embedded catalog's warehouse folder."""
-        return self.home / "warehouse"
-
-    @property
-    def catalog_db(self) -> Path:
-        """The embedded catalog's SQLite file."""
-        return self.home / "catalog.db"
-
-    @property
-    def tracking_uri(self) -> str:
-        """The MLflow tracking URI in force."""
-        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
-
-    @property
-    def artifact_root(self) -> Path | None:
-        """Where the embedded MLflow store keeps artifacts; None when a tracking URI is given."""
-        return None if self.mlflow_tracking_uri else self.home / "mlartifacts"
+    def _blank_is_none(cls, values: Any) -> Any:
+        if isinstance(values, Mapping):
+            return {key: (None if value == "" and _optional(cls, key) else value) for key, value in values.items()}
+        return values
 
 
-@dataclass(frozen=True)
-class SnapshotRequest:
-    """Which snapshot of a table to train on: at most one of id, ref (tag or branch), as-of.
+class DataConfig(Section):
+    """Which table and snapshot, which columns, which rows, and how the label is read."""
 
-    Nothing given means the table's current snapshot. Whatever is asked, it is resolved once
-    to a snapshot id (see ``pipeline.snapshots.resolve_snapshot``) and only that id is used
-    downstream.
-    """
+    table: str | None = Field(None, description="Iceberg table, 'namespace.table'.")
+    snapshot_id: int | None = Field(None, ge=0, description="Train on this snapshot (give at most one of snapshot_id, ref, as_of).")
+    ref: str | None = Field(None, description="Train on the snapshot a tag or branch points at.")
+    as_of: str | None = Field(None, description="Train on the snapshot current at this time (ISO 8601 or epoch ms).")
+    label: str = Field("label", min_length=1, description="The label column.")
+    features: tuple[str, ...] | None = Field(None, description="Feature columns; default: the image column, else every numeric column.")
+    filter: str | None = Field(None, description="PyIceberg row filter, e.g. 'label >= 3 and id < 100'.")
+    sql: str | None = Field(None, description="Row-local DuckDB query over the rows, as table 'snapshot'.")
+    task: Literal["classification", "regression"] = "classification"
+    classes: tuple[str, ...] | None = Field(None, description="The label's classes; default: the table's icetrain.label.classes, else the values found.")
+    image_shape: tuple[int, ...] | None = Field(None, description="Per-row shape of the single image feature, e.g. [1, 8, 8].")
+    image_max: float | None = Field(None, gt=0, description="The image's largest raw value (pixels are divided by it).")
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of rows held out for validation.")
+    split_seed: int = Field(0, ge=0, description="Seeds which rows are held out (independent of the training seed).")
+    min_rows: int = Field(1, ge=1, description="Refuse to train on fewer selected rows.")
 
-    table: str
-    snapshot_id: int | None = None
-    ref: str | None = None
-    as_of: datetime | None = None
+    @field_validator("table")
+    @classmethod
+    def _table_name(cls, value: str | None) -> str | None:
+        if value is not None and (value != value.strip() or "." not in value or any(not part for part in value.split("."))):
+            raise ValueError(f"must be 'namespace.table' without surrounding spaces, got {value!r}")
+        return value
 
-    def __post_init__(self) -> None:
+    @field_validator("as_of")
+    @classmethod
+    def _as_of(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_as_of(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_snapshot_choice(self) -> DataConfig:
         given = [name for name in ("snapshot_id", "ref", "as_of") if getattr(self, name) is not None]
         if len(given) > 1:
-            raise ConfigError(f"ask for at most one of snapshot id, ref or as-of time; got {', '.join(given)}")
-        if not self.table or "." not in self.table:
-            raise ConfigError(f"table must be named as 'namespace.table', got {self.table!r}")
-
-    @property
-    def kind(self) -> str:
-        """How the snapshot was asked for: 'id', 'ref', 'as_of' or 'latest'."""
-        if self.snapshot_id is not None:
-            return "id"
-        if self.ref is not None:
-            return "ref"
-        if self.as_of is not None:
-            return "as_of"
-        return "latest"
-
-
-def parse_as_of(text: str) -> datetime:
-    """Parse an ISO 8601 time or epoch milliseconds into an aware UTC datetime.
-
-    Raises:
-        ConfigError: the text is neither.
-    """
-    stripped = text.strip()
-    if stripped.isdigit():
-        return datetime.fromtimestamp(int(stripped) / 1000, tz=timezone.utc)
-    try:
-        parsed = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ConfigError(f"as-of time {text!r} is neither ISO 8601 (2026-11-21T10:00:00Z) nor epoch milliseconds") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def parse_snapshot_id(text: str | int) -> int:
-    """Parse a snapshot id given as text (ids exceed 2^53, so they travel as strings).
-
-    Raises:
-        ConfigError: the text is not an integer.
-    """
-    try:
-        return int(text)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"snapshot id must be an integer, got {text!r}") from exc
-
-
-@dataclass(frozen=True)
-class ReadSpec:
-    """What to read from a pinned snapshot and how it becomes tensors.
-
-    Attributes:
-        label: the label column.
-        features: feature columns; None means the table's image columns if it declares any,
-            otherwise every numeric column but the label and the table's identifier fields.
-        row_filter: a PyIceberg filter expression (``"label >= 3 and id < 100"``), pushed
-            into the scan.
-        sql: an optional DuckDB query over the pinned rows, visible as the table ``snapshot``.
-            It runs on each row group separately, so it must be row-local (select, where,
-            expressions, casts); an aggregate or ORDER BY sees one row group at a time.
-    """
-
-    label: str = "label"
-    features: tuple[str, ...] | None = None
-    row_filter: str | None = None
-    sql: str | None = None
-
-    def __post_init__(self) -> None:
+            raise ValueError(f"give at most one of data.snapshot_id, data.ref, data.as_of; got {', '.join('data.' + g for g in given)}")
         if self.features is not None and self.label in self.features:
-            raise ConfigError(f"label column {self.label!r} cannot also be a feature")
+            raise ValueError(f"label column {self.label!r} cannot also be a feature")
+        if self.image_shape is not None and (self.features is None or len(self.features) != 1):
+            raise ValueError("data.image_shape needs data.features to name exactly one column, the image")
+        return self
+
+    def request(self) -> SnapshotRequest:
+        """The snapshot to resolve.
+
+        Raises:
+            ConfigError: no table is given.
+        """
+        if not self.table:
+            raise ConfigError("data.table: required ('namespace.table'); give --table, --pipeline or --set data.table=...")
+        return SnapshotRequest(self.table, self.snapshot_id, self.ref, parse_as_of(self.as_of) if self.as_of else None)
+
+    def read_spec(self) -> ReadSpec:
+        """What the data library reads from the pinned snapshot."""
+        return ReadSpec(
+            label=self.label,
+            features=self.features,
+            row_filter=self.filter,
+            sql=self.sql,
+            task=self.task,
+            classes=self.classes,
+            image_shape=self.image_shape,
+            image_max=self.image_max,
+        )
 
 
-@dataclass(frozen=True)
-class LoaderConfig:
-    """How a pinned snapshot is streamed into batches.
+class LoaderSection(Section):
+    """How rows are streamed into batches (see ``pipeline.loader.IcebergLoader``)."""
 
-    What to iterate:
-        split: 'all', 'train' or 'val'; rows are assigned by a hash of (data file, position),
-            so a row keeps its split across snapshots, workers and ranks.
-        val_fraction, split_seed: the share of rows in 'val', and the hash seed.
-    How:
-        batch_size: rows per batch. drop_last: drop each rank's final short batch.
-        num_workers: DataLoader worker processes that decode row groups (0: decode in this
-            process with ``decode_threads`` threads). Never changes the order of rows.
-        rank, world_size: this process's share; None reads torch.distributed (or 1 process).
-    Shuffling and determinism:
-        shuffle: permute row groups per epoch from (seed, epoch), then rows within blocks of
-            ``block_rows`` (the shuffle buffer: peak memory is about this many rows, plus the
-            row groups being decoded). None sizes blocks to ``buffer_mb`` of tensors.
-        seed: same snapshot + seed + epoch gives the same order, on any number of workers.
-    """
-
-    batch_size: int = 1024
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0, description="Processes decoding row groups; never changes the order of rows.")
+    decode_threads: int = Field(2, ge=1)
+    block_rows: int | None = Field(None, ge=1, description="Shuffle buffer in rows; default: buffer_mb of tensors.")
+    buffer_mb: int = Field(32, ge=1)
     shuffle: bool = True
-    seed: int = 0
-    block_rows: int | None = None
-    buffer_mb: int = 32
-    num_workers: int = 0
-    decode_threads: int = 2
-    drop_last: bool = False
-    split: str = "all"
-    val_fraction: float = 0.0
-    split_seed: int = 0
-    rank: int | None = None
-    world_size: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or (self.block_rows is not None and self.block_rows < 1) or self.buffer_mb < 1:
-            raise ConfigError(f"batch size, block rows and buffer size must be positive, got {self.batch_size}, {self.block_rows}, {self.buffer_mb}")
-        if self.num_workers < 0 or self.decode_threads < 1:
-            raise ConfigError("num_workers must be >= 0 and decode_threads >= 1")
-        if self.split not in ("all", "train", "val"):
-            raise ConfigError(f"split must be all, train or val; got {self.split!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
-        if (self.rank is None) != (self.world_size is None):
-            raise ConfigError("give both rank and world_size, or neither")
-        if self.world_size is not None and not 0 <= (self.rank or 0) < self.world_size:
-            raise ConfigError(f"rank {self.rank} is outside world size {self.world_size}")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train: model, optimisation and the deterministic split.
+class ModelSection(Section):
+    """The model: a built-in name or 'package.module:function', called as f(feature_shape, num_classes, **kwargs)."""
 
-    Attributes:
-        model: 'cnn' for image features, 'mlp' for tabular, 'auto' to pick by feature shape.
-        val_fraction: share of rows held out for validation, chosen by a seeded permutation.
-        device: 'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'.
+    factory: str = Field("auto", min_length=1)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kwargs")
+    @classmethod
+    def _json_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"must hold JSON values (numbers, strings, lists, mappings): {exc}") from None
+        return value
+
+
+class EarlyStopping(Section):
+    """Stop when a validation metric has not improved for ``patience`` epochs."""
+
+    metric: str | None = Field(None, description="e.g. 'val_loss' or 'val_accuracy'; None: never stop early.")
+    patience: int = Field(3, ge=1)
+    mode: Literal["auto", "min", "max"] = Field("auto", description="auto: 'min' for losses and errors, else 'max'.")
+
+
+class OptimSection(Section):
+    """Optimisation: optimizer, learning rate and its schedule, epochs, class weights, early stopping."""
+
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(3e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only.")
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    step_epochs: int = Field(10, ge=1, description="'step' schedule: multiply the rate by step_gamma every this many epochs.")
+    step_gamma: float = Field(0.1, gt=0, le=1)
+    epochs: int = Field(10, ge=1, le=100_000)
+    class_weights: Literal["none", "balanced"] = Field("none", description="'balanced' weighs each class by rows / (classes * its rows).")
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+
+
+class ComputeSection(Section):
+    """Where and how the arithmetic runs."""
+
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 run under autocast; fp16 with a GradScaler.")
+    nproc: int = Field(1, ge=1, le=1024, description="Processes on this machine (DistributedDataParallel when > 1).")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+
+class CheckpointSection(Section):
+    """Checkpoints: every epoch, and every ``every_steps`` optimizer steps when given."""
+
+    every_steps: int | None = Field(None, ge=1)
+
+
+class TrackingSection(Section):
+    """Where the run is recorded in MLflow."""
+
+    experiment: str | None = Field(None, description="Default: ICETRAIN_EXPERIMENT, else 'icetrain'.")
+    run_name: str | None = None
+    registered_model: str | None = Field(None, description="Register the trained model under this name.")
+
+
+class RetrainSection(Section):
+    """When Dagster retrains a declared pipeline (both off until turned on, in the UI or here)."""
+
+    schedule: str = Field("0 3 * * *", description="Cron schedule of the retraining job.")
+    schedule_on: bool = False
+    sensor_on: bool = False
+    sensor_interval_s: int = Field(60, ge=5)
+    train_on_first_snapshot: bool = Field(False, description="Whether a newly started sensor trains on the snapshot it finds.")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        parts = value.split()
+        if len(parts) != 5 or not all(_CRON_FIELD.match(part) for part in parts):
+            raise ValueError(f"must be a 5-field cron expression like '0 3 * * *', got {value!r}")
+        return value
+
+
+class PipelineConfig(Section):
+    """The whole tree. ``seed`` seeds weight initialisation and the data order."""
+
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    loader: LoaderSection = Field(default_factory=LoaderSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    compute: ComputeSection = Field(default_factory=ComputeSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+    retrain: RetrainSection = Field(default_factory=RetrainSection)
+
+    def loader_config(self, split: str, *, shuffle: bool | None = None, batch_size: int | None = None) -> LoaderConfig:
+        """The data library's loader settings for one split ('all', 'train' or 'val')."""
+        return LoaderConfig(
+            batch_size=batch_size or self.loader.batch_size,
+            shuffle=self.loader.shuffle if shuffle is None else shuffle,
+            seed=self.seed,
+            block_rows=self.loader.block_rows,
+            buffer_mb=self.loader.buffer_mb,
+            num_workers=self.loader.num_workers,
+            decode_threads=self.loader.decode_threads,
+            split=split,
+            val_fraction=self.data.val_fraction,
+            split_seed=self.data.split_seed,
+        )
+
+    def updated(self, values: Mapping[str, Any]) -> PipelineConfig:
+        """A copy with ``{"optim.lr": 0.01, ...}`` applied and validated again."""
+        tree = self.model_dump()
+        for path, value in values.items():
+            _assign(tree, path, value)
+        return parse_config(tree)
+
+
+def parse_config(tree: Mapping[str, Any], *, where: str = "") -> PipelineConfig:
+    """Validate a nested mapping (from YAML, JSON, run config or params) into a config.
+
+    Raises:
+        ConfigError: one line naming the first bad key path and what is allowed there.
     """
-
-    epochs: int = 10
-    batch_size: int = 64
-    learning_rate: float = 3e-3
-    seed: int = 0
-    val_fraction: float = 0.2
-    model: str = "auto"
-    device: str = "auto"
-    num_workers: int = 0
-    block_rows: int | None = None
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be positive, got {self.batch_size}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
-        if self.model not in ("auto", "cnn", "mlp"):
-            raise ConfigError(f"model must be one of auto, cnn, mlp; got {self.model!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
+    try:
+        return PipelineConfig.model_validate(dict(tree))
+    except ValidationError as exc:
+        raise ConfigError(f"{where}{describe_error(exc)}") from None
 
 
-def as_params(*configs: object) -> dict[str, str]:
-    """Flatten config dataclasses into MLflow-style string params, prefixed by class."""
-    params: dict[str, str] = {}
-    for config in configs:
-        prefix = type(config).__name__.removesuffix("Config").removesuffix("Spec").lower()
-        for key, value in asdict(config).items():  # type: ignore[call-overload]
-            if value is not None:
-                params[f"{prefix}.{key}"] = ",".join(value) if isinstance(value, tuple) else str(value)
-    return params
+def describe_error(exc: ValidationError) -> str:
+    """The first validation error as 'key.path: what is wrong (got X)'."""
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    path = ".".join(loc) or "config"
+    if error["type"] == "extra_forbidden":
+        allowed = ", ".join(_section_keys(PipelineConfig, loc[:-1]))
+        return f"{path}: unknown key; allowed here: {allowed}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"{path}: required"
+    got = error.get("input")
+    shown = "" if isinstance(got, (Mapping, list)) or got is None or error["type"] == "value_error" else f" (got {got!r})"
+    return f"{path}: {message}{shown}"
 
 
-def from_params(cls: type, params: dict[str, str]) -> object:
-    """Rebuild a config dataclass from the params ``as_params`` logged (absent params keep their defaults)."""
-    prefix = cls.__name__.removesuffix("Config").removesuffix("Spec").lower()
-    values: dict[str, object] = {}
-    for field in fields(cls):
-        text = params.get(f"{prefix}.{field.name}")
-        if text is not None:
-            values[field.name] = _parse(str(field.type), text)
-    return cls(**values)
+def apply_overrides(tree: dict[str, Any], assignments: Iterable[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a nested mapping (a copy is returned).
+
+    Values are read as YAML (``3``, ``0.1``, ``[a, b]``, ``null``, ``{hidden: 64}``), except for
+    keys that hold text (filters, SQL, names), which take the text as it is.
+
+    Raises:
+        ConfigError: the assignment is malformed or its key path does not exist.
+    """
+    result = json.loads(json.dumps(tree))
+    for assignment in assignments:
+        path, sep, text = assignment.partition("=")
+        path = path.strip()
+        if not sep or not path:
+            raise ConfigError(f"--set expects section.key=value, got {assignment!r}")
+        annotation = field_annotation(path)
+        if _is_text(annotation):
+            value: Any = text
+        else:
+            try:
+                value = yaml.safe_load(text) if text.strip() else None
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: cannot read value {text!r} ({str(exc).splitlines()[0]})") from None
+        _assign(result, path, value)
+    return result
 
 
-def _parse(annotation: str, text: str) -> object:
-    if annotation.startswith("tuple"):
-        return tuple(text.split(",")) if text else ()
-    if annotation.startswith("bool"):
-        return text == "True"
-    if annotation.startswith("int"):
-        return int(text)
-    if annotation.startswith("float"):
-        return float(text)
-    return text
+def field_annotation(path: str) -> Any:
+    """The type annotation at a key path (``Any`` inside free-form mappings such as model.kwargs).
+
+    Raises:
+        ConfigError: a part of the path is not a key of its section.
+    """
+    model: type[BaseModel] = PipelineConfig
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            where = ".".join(parts[:depth]) or "the top level"
+            raise ConfigError(f"{'.'.join(parts[: depth + 1])}: unknown key; allowed in {where}: {', '.join(fields)}")
+        annotation = fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+            continue
+        if depth < len(parts) - 1:
+            if get_origin(annotation) is dict:
+                return Any
+            raise ConfigError(f"{'.'.join(parts[: depth + 1])} is a value, not a section; cannot set {path}")
+        return annotation
+    raise ConfigError(f"{path} is a section; set one of its keys: {', '.join(model.model_fields)}")
+
+
+def merge_trees(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` laid over ``base``, section by section (mappings merge, other values replace)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) and key != "kwargs":
+            merged[key] = merge_trees(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _assign(tree: dict[str, Any], path: str, value: Any) -> None:
+    field_annotation(path)
+    parts = path.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _section_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    for part in loc:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _optional(model: type[BaseModel], key: str) -> bool:
+    field = model.model_fields.get(key)
+    return field is not None and type(None) in get_args(field.annotation)
+
+
+def _is_text(annotation: Any) -> bool:
+    if annotation is str:
+        return True
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    return get_origin(annotation) is not Literal and len(args) == 1 and args[0] is str
 
 
 __all__ = [
-    "ReadSpec",
-    "Settings",
-    "SnapshotRequest",
-    "TrainConfig",
-    "as_params",
-    "from_params",
-    "parse_as_of",
-    "parse_snapshot_id",
+    "CheckpointSection",
+    "ComputeSection",
+    "DataConfig",
+    "EarlyStopping",
+    "LoaderSection",
+    "ModelSection",
+    "OptimSection",
+    "PipelineConfig",
+    "RetrainSection",
+    "TrackingSection",
+    "apply_overrides",
+    "describe_error",
+    "field_annotation",
+    "merge_trees",
+    "parse_config",
 ]

@@ -55,3 +55,11 @@ class ResumeError(IcetrainError):
 
 class RunNotFoundError(IcetrainError):
     """An MLflow run to replay does not exist or carries no icetrain lineage."""
+
+
+class ModelError(IcetrainError):
+    """The model factory cannot be imported, rejects its arguments, or returns no module."""
+
+
+class CheckpointError(IcetrainError):
+    """A run cannot be resumed: no checkpoint, an unreadable one, or a run that already finished."""

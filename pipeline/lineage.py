@@ -7,20 +7,23 @@ and the MLflow and Dagster UIs are JavaScript, which would round a number).
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-import mlflow
 import pyarrow as pa
 from mlflow.data.dataset import Dataset
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import register_dataset_source
 from mlflow.exceptions import MlflowException
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, DataType, Schema
 
-from pipeline.config import ReadSpec, Settings, SnapshotRequest, TrainConfig, from_params
+from pipeline.config import PipelineConfig
 from pipeline.errors import RunNotFoundError
+from pipeline.params import from_params
+from pipeline.settings import Settings
+from pipeline.specs import ReadSpec
 from pipeline.snapshots import PinnedSnapshot
 from pipeline.tensors import TensorLayout
 
@@ -28,6 +31,7 @@ TAG_PREFIX = "icetrain."
 SNAPSHOT_ID_TAG = "icetrain.snapshot_id"
 TABLE_TAG = "icetrain.table"
 DAGSTER_RUN_TAG = "icetrain.dagster_run_id"
+PIPELINE_TAG = "icetrain.pipeline"
 
 
 def lineage_tags(
@@ -38,6 +42,7 @@ def lineage_tags(
     row_count: int,
     digest: str,
     dagster_run_id: str | None = None,
+    pipeline: str | None = None,
 ) -> dict[str, str]:
     """Tags that say exactly which data a run saw, enough to read it again."""
     tags = {
@@ -56,6 +61,8 @@ def lineage_tags(
     }
     if dagster_run_id:
         tags[DAGSTER_RUN_TAG] = dagster_run_id
+    if pipeline:
+        tags[PIPELINE_TAG] = pipeline
     return tags
 
 
@@ -160,41 +167,66 @@ def register_sources() -> None:
     register_dataset_source(IcebergDatasetSource)
 
 
-def ensure_experiment(settings: Settings) -> str:
-    """Point MLflow at the configured store and return the experiment id, creating it if needed.
+def ensure_experiment(client: MlflowClient, settings: Settings, name: str | None = None) -> str:
+    """The id of experiment ``name`` (default: the settings' experiment), created if needed.
 
     With the embedded store, artifacts go under the project data directory rather than the
     current working directory.
     """
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    experiment = mlflow.get_experiment_by_name(settings.experiment)
+    name = name or settings.experiment
+    experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     location = None
     if settings.artifact_root is not None:
-        location = (settings.artifact_root / settings.experiment).as_uri()
-    return mlflow.create_experiment(settings.experiment, artifact_location=location)
+        location = (settings.artifact_root / name).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a concurrent run
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
-def replay_request(settings: Settings, run_id: str) -> tuple[SnapshotRequest, ReadSpec, TrainConfig]:
-    """The exact request an earlier run trained on: same table, snapshot id, columns, filter, SQL and config.
+def get_run(settings: Settings, run_id: str) -> Run:
+    """An icetrain run from the tracking store.
 
     Raises:
-        RunNotFoundError: the tracking store has no such run, or it was not made by icetrain.
+        RunNotFoundError: the store has no such run, or the run carries no icetrain lineage.
     """
     client = MlflowClient(settings.tracking_uri)
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
-        raise RunNotFoundError(f"no MLflow run {run_id!r} in tracking store {settings.tracking_uri}") from exc
-    tags, params = run.data.tags, run.data.params
-    if SNAPSHOT_ID_TAG not in tags or TABLE_TAG not in tags:
+        raise RunNotFoundError(f"no MLflow run {run_id!r} in tracking store {redact(settings.tracking_uri)}") from exc
+    if SNAPSHOT_ID_TAG not in run.data.tags or TABLE_TAG not in run.data.tags:
         raise RunNotFoundError(f"MLflow run {run_id!r} has no icetrain lineage tags; it was not trained by icetrain")
-    request = SnapshotRequest(table=tags[TABLE_TAG], snapshot_id=int(tags[SNAPSHOT_ID_TAG]))
-    spec = from_params(ReadSpec, params)
-    config = from_params(TrainConfig, params)
-    return request, spec, config  # type: ignore[return-value]
+    return run
+
+
+def replay_config(settings: Settings, run_id: str) -> PipelineConfig:
+    """The config an earlier run trained with: its table, snapshot id, columns, filter, SQL,
+    label classes, image layout, model factory and settings, whatever icetrain version made it.
+
+    Raises:
+        RunNotFoundError: no such run, or not icetrain's.
+        ConfigError: its recorded config no longer validates (the message names the key).
+    """
+    run = get_run(settings, run_id)
+    tags = run.data.tags
+    config = from_params(run.data.params, run_id=run_id)
+    return config.updated({"data.table": tags[TABLE_TAG], "data.snapshot_id": int(tags[SNAPSHOT_ID_TAG]), "data.ref": None, "data.as_of": None})
+
+
+def redact(uri: str) -> str:
+    """A URI without its password, for messages."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _mlflow_type(data_type: pa.DataType) -> DataType:

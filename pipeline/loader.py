@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.config import LoaderConfig
+from pipeline.specs import LoaderConfig
 from pipeline.errors import ConfigError, ResumeError
 from pipeline.order import Block, EpochPlan, block_permutation, locate, plan_epoch
 from pipeline.rows import RowProfile, RowSource, piece_tensors

@@ -17,13 +17,13 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyparsing import ParseException
 
-from pipeline.config import LoaderConfig, ReadSpec
-from pipeline.errors import EmptyDataError, FilterError, LabelError
+from pipeline.specs import LoaderConfig, ReadSpec
+from pipeline.errors import FilterError
 from pipeline.loader import IcebergLoader
 from pipeline.rows import RowProfile, RowSource, profile_from_metadata, profile_rows
 from pipeline.scan import ScanPlan, plan_scan
 from pipeline.snapshots import PinnedSnapshot
-from pipeline.tensors import LabelVocabulary, TensorLayout, declared_classes, layout_for
+from pipeline.tensors import LabelVocabulary, NumericTarget, TensorLayout, declared_classes, layout_for
 from pipeline.transform import sandboxed_connection, transform_batch
 
 
@@ -105,45 +105,57 @@ def open_loader(
     *,
     prepared: PreparedRead | None = None,
 ) -> IcebergLoader:
-    """A loader of ``(features, class indices)`` batches over the pinned snapshot.
+    """A loader of ``(features, targets)`` batches over the pinned snapshot.
 
-    Counts every row group's rows and the label's classes first (reading only the label and
-    filter columns, or running the SQL), which makes ``len()``, the equal split across ranks
-    and the label vocabulary exact.
+    Counts every row group's rows first (from metadata when it suffices, else reading only
+    the label and filter columns, or running the SQL), which makes ``len()``, the equal split
+    across ranks and the label vocabulary exact; then judges the rows with the data gate
+    (``pipeline.gate``). Targets are class indices for classification, float32 for regression.
 
     Raises:
         EmptyDataError: no rows are selected.
-        LabelError: the label has nulls or a value outside the table's declared classes.
+        LabelError: the label has nulls or a value outside the declared classes.
         FilterError, ColumnError, TransformError: the spec does not fit the snapshot.
     """
+    from pipeline.gate import judge
+
     read = prepared or prepare_read(table, pinned, spec)
     source = read.source(config)
-    profile = profile_from_metadata(source, read.layout.label) or profile_rows(source, read.layout.label, config.decode_threads)
-    check_profile(profile, read, config)
-    vocabulary = label_vocabulary(read, profile)
-    return IcebergLoader(source, read.layout, vocabulary, profile, config)
+    profile = count_rows(source, read, threads=config.decode_threads)
+    judge(profile, read, split=config.split, training=False).raise_if_failed()
+    target = label_vocabulary(read, profile) if read.spec.task == "classification" else NumericTarget()
+    return IcebergLoader(source, read.layout, target, profile, config)
 
 
-def check_profile(profile: RowProfile, read: PreparedRead, config: LoaderConfig) -> None:
-    """Refuse data no model should train on: nulls in the label, or no rows at all."""
-    pinned = read.plan.pinned
-    if profile.null_labels:
-        raise LabelError(f"label column {read.layout.label!r} has {profile.null_labels} null values in snapshot {pinned.snapshot_id} of {pinned.table!r}")
-    if profile.total_rows == 0:
-        asked = f" matching filter {read.spec.row_filter!r}" if read.spec.row_filter else ""
-        via = " after the SQL transform" if read.spec.sql else ""
-        split = f" in the {config.split!r} split" if config.split != "all" else ""
-        raise EmptyDataError(f"snapshot {pinned.snapshot_id} of {pinned.table!r} has no rows{asked}{via}{split}")
+def count_rows(source: RowSource, read: PreparedRead, *, threads: int = 2, count_classes: bool = False) -> RowProfile:
+    """Exact rows per row group of the source, and what the gate and vocabulary need of the label.
+
+    Metadata alone answers for an integer label without filter or SQL, unless the declared
+    classes are not a run of integers (then their membership needs the values) or
+    ``count_classes`` asks for per-class counts.
+    """
+    classification = read.spec.task == "classification"
+    declared = declared_label_classes(read) if classification else None
+    if not count_classes and (declared is None or _integer_run(declared)):
+        profile = profile_from_metadata(source, read.layout.label)
+        if profile is not None:
+            return profile
+    return profile_rows(source, read.layout.label, threads, count_values=classification)
+
+
+def declared_label_classes(read: PreparedRead) -> tuple[str, ...] | None:
+    """The label's classes: the read's own (``data.classes``), else the table's ``icetrain.label.classes``."""
+    return read.spec.classes if read.spec.classes is not None else declared_classes(read.table.properties)
 
 
 def label_vocabulary(read: PreparedRead, profile: RowProfile) -> LabelVocabulary:
     """The classes a label maps to.
 
-    The table's declared classes if it declares them; else, for non-negative integer labels
-    known from column statistics, 0..max (labels are class indices, as PyTorch expects);
-    else the label values present in the selected rows.
+    The declared classes if there are any (``data.classes``, else the table's property);
+    else, for non-negative integer labels known from column statistics, 0..max (labels are
+    class indices, as PyTorch expects); else the label values present in the selected rows.
     """
-    declared = declared_classes(read.table.properties)
+    declared = declared_label_classes(read)
     if profile.class_counts is None:
         assert profile.label_range is not None
         if declared is not None:
@@ -151,9 +163,13 @@ def label_vocabulary(read: PreparedRead, profile: RowProfile) -> LabelVocabulary
         return LabelVocabulary(tuple(range(profile.label_range[1] + 1)))
     values = list(profile.class_counts)
     if declared is not None:
-        vocabulary = LabelVocabulary.from_values(np.array(values), declared)
-        unknown = [v for v in values if v not in vocabulary.classes]
-        if unknown:
-            raise LabelError(f"label value {unknown[0]!r} is not one of the table's declared classes {list(vocabulary.classes)}")
-        return vocabulary
+        return LabelVocabulary.from_values(np.array(values), declared)
     return LabelVocabulary(tuple(sorted(values)))
+
+
+def _integer_run(values: tuple[str, ...]) -> bool:
+    try:
+        numbers = sorted(int(v) for v in values)
+    except ValueError:
+        return False
+    return numbers == list(range(numbers[0], numbers[0] + len(numbers))) if numbers else False

@@ -95,14 +95,18 @@ class RowProfile:
     class_counts: dict[object, int] | None
     null_labels: int
     label_range: tuple[int, int] | None = None
+    nan_labels: int = 0
 
     @property
     def total_rows(self) -> int:
         return int(self.unit_rows.sum())
 
 
-def profile_rows(source: RowSource, label: str, threads: int = 2) -> RowProfile:
+def profile_rows(source: RowSource, label: str, threads: int = 2, *, count_values: bool = True) -> RowProfile:
     """Count each row group's rows and the label's values, reading only the label and filter columns.
+
+    With ``count_values=False`` (a regression target, whose values are not classes) only
+    rows, nulls and NaNs are counted.
 
     Raises:
         LabelError: the label column is missing from the rows (e.g. the SQL dropped it).
@@ -110,14 +114,15 @@ def profile_rows(source: RowSource, label: str, threads: int = 2) -> RowProfile:
     plan = source.plan
     schema = _label_schema(plan, label)
 
-    def count(unit: int) -> tuple[int, Counter[object], int]:
+    def count(unit: int) -> tuple[int, Counter[object], int, int]:
         read, positions = read_row_group(plan, plan.row_groups[unit], None if source.sql else schema)
         everything = source.after_read(unit, read, positions, "all")
         if label not in everything.schema.names:
             raise LabelError(f"label column {label!r} not found; columns: {', '.join(everything.schema.names)}")
         column = everything.column(label)
         counts: Counter[object] = Counter()
-        if column.null_count < len(column):
+        nans = int(pc.sum(pc.is_nan(column)).as_py() or 0) if pa.types.is_floating(column.type) else 0
+        if count_values and column.null_count < len(column):
             for entry in pc.value_counts(column.drop_null()).to_pylist():
                 counts[entry["values"]] += int(entry["counts"])
         if source.split == "all":
@@ -126,17 +131,18 @@ def profile_rows(source: RowSource, label: str, threads: int = 2) -> RowProfile:
             selected = int(source.split_rows(unit, positions).sum())
         else:  # the split comes before the SQL, so the query runs again on the split's rows
             selected = source.after_read(unit, read, positions, source.split).num_rows
-        return selected, counts, column.null_count
+        return selected, counts, column.null_count, nans
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         results = list(pool.map(count, range(len(plan.row_groups))))
     totals: Counter[object] = Counter()
-    for _, counts, _ in results:
+    for _, counts, _, _ in results:
         totals.update(counts)
     return RowProfile(
-        unit_rows=np.array([rows for rows, _, _ in results], dtype=np.int64),
-        class_counts=dict(sorted(totals.items(), key=lambda item: str(item[0]))),
-        null_labels=sum(nulls for _, _, nulls in results),
+        unit_rows=np.array([rows for rows, _, _, _ in results], dtype=np.int64),
+        class_counts=dict(sorted(totals.items(), key=lambda item: str(item[0]))) if count_values else None,
+        null_labels=sum(nulls for _, _, nulls, _ in results),
+        nan_labels=sum(nans for _, _, _, nans in results),
     )
 
 

@@ -13,7 +13,7 @@ from pyiceberg.table import Table
 from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot
 
-from pipeline.config import SnapshotRequest
+from pipeline.specs import SnapshotRequest
 from pipeline.errors import EmptyDataError, SnapshotNotFoundError
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.config import ReadSpec
+from pipeline.specs import ReadSpec
 from pipeline.errors import ColumnError, LabelError
 
 IMAGE_SHAPE_KEY = "icetrain.image.{column}.shape"
@@ -79,8 +79,13 @@ def layout_for(
     names = schema.names
     if spec.label not in names:
         raise LabelError(f"label column {spec.label!r} not found; columns: {', '.join(names)}")
-    shapes = {name: _image_shape(properties, name) for name in names}
-    images = {name: shape for name, shape in shapes.items() if shape is not None}
+    if spec.task == "regression" and not _is_numeric(schema.field(spec.label).type):
+        raise LabelError(f"regression needs a numeric label; column {spec.label!r} has type {schema.field(spec.label).type}")
+    if spec.image_shape is not None and spec.features is not None:
+        images = {spec.features[0]: spec.image_shape}
+    else:
+        shapes = {name: _image_shape(properties, name) for name in names}
+        images = {name: shape for name, shape in shapes.items() if shape is not None}
     if spec.features is not None:
         missing = [name for name in spec.features if name not in names]
         if missing:
@@ -98,12 +103,8 @@ def layout_for(
         if len(features) != 1:
             raise ColumnError(f"image column {image_features[0]!r} must be the only feature; got {', '.join(features)}")
         name = image_features[0]
-        return TensorLayout(
-            label=spec.label,
-            features=features,
-            image_shape=images[name],
-            image_scale=float(properties.get(IMAGE_MAX_KEY.format(column=name), 255)),
-        )
+        scale = spec.image_max if spec.image_max is not None else float(properties.get(IMAGE_MAX_KEY.format(column=name), 255))
+        return TensorLayout(label=spec.label, features=features, image_shape=images[name], image_scale=scale)
     for name in features:
         if not _is_numeric(schema.field(name).type):
             raise ColumnError(f"feature column {name!r} has type {schema.field(name).type}, not a number")
@@ -183,6 +184,24 @@ class LabelVocabulary:
         if unknown.any():
             raise LabelError(f"label value {values[unknown][0]!r} is not one of the classes {list(self.classes)}")
         return torch.from_numpy(index.astype(np.int64))
+
+
+@dataclass(frozen=True)
+class NumericTarget:
+    """Regression: label values become a float32 target, no classes."""
+
+    classes: tuple[object, ...] = ()
+
+    def encode(self, values: np.ndarray) -> torch.Tensor:
+        """The values as float32.
+
+        Raises:
+            LabelError: a value is NaN or infinite.
+        """
+        target = np.asarray(values, dtype=np.float32)
+        if not np.isfinite(target).all():
+            raise LabelError(f"label value {target[~np.isfinite(target)][0]!r} is not a finite number")
+        return torch.from_numpy(target)
 
 
 def _image_shape(properties: Mapping[str, str], column: str) -> tuple[int, ...] | None:

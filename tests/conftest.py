@@ -11,9 +11,15 @@ import pytest
 from pyiceberg.catalog import Catalog
 
 from pipeline.catalog import open_catalog
-from pipeline.config import Settings
+from pipeline.config import PipelineConfig, apply_overrides, parse_config
+from pipeline.settings import Settings
 from pipeline.demo_data import ingest_digits
 from pipeline.ingest import append_arrow
+
+def config_for(table: str, *assignments: str) -> PipelineConfig:
+    """A quick config for ``table``: two epochs, then ``section.key=value`` assignments as on the CLI."""
+    return parse_config(apply_overrides(PipelineConfig().model_dump(), [f"data.table={table}", "optim.epochs=2", *assignments]))
+
 
 def all_runs(settings: Settings) -> list:
     """Every MLflow run in the settings' tracking store."""

@@ -6,7 +6,7 @@ import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
 from pipeline.catalog import load_table, open_catalog
-from pipeline.config import Settings
+from pipeline.settings import Settings
 from pipeline.errors import CatalogError, TableNotFoundError
 from tests.conftest import write_appends
 

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.catalog import load_table, open_catalog
-from pipeline.config import LoaderConfig, ReadSpec, Settings, SnapshotRequest, TrainConfig
+from pipeline.settings import Settings
+from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
 from pipeline.reading import open_loader
 from pipeline.snapshots import resolve_snapshot
-from tests.conftest import all_runs, write_appends
+from tests.conftest import all_runs, config_for, write_appends
 from tests.postgres import postgres_cluster
 
 
@@ -43,9 +44,9 @@ def test_time_travel_and_lineage_work_on_every_catalog(configured: Settings, req
     first = resolve_snapshot(table, SnapshotRequest(table_name, snapshot_id=ids[0]), configured.catalog_name)
     assert sum(len(labels) for _, labels in open_loader(table, first, ReadSpec(), LoaderConfig(batch_size=16))) == 40
 
-    from training.run import train_on_snapshot
+    from training.train import train
 
-    result = train_on_snapshot(configured, SnapshotRequest(table_name, snapshot_id=ids[0]), ReadSpec(), TrainConfig(epochs=1, progress=False))
+    result = train(configured, config_for(table_name, f"data.snapshot_id={ids[0]}", "optim.epochs=1"), progress_bar=False)
     (run,) = all_runs(configured)
     assert run.data.tags["icetrain.catalog"] == configured.catalog_name
     assert run.data.tags["icetrain.snapshot_id"] == str(ids[0])

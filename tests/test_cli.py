@@ -14,9 +14,11 @@ from dagster import DagsterInstance, DagsterRunStatus
 
 from icetrain.servers import free_port
 from pipeline.catalog import load_table
+from pipeline.demo_data import digits_arrow
 from tests.conftest import all_runs, tabular_rows
 
 ICETRAIN = str(Path(sys.executable).parent / "icetrain")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def icetrain(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -64,6 +66,16 @@ def test_ingest_tag_and_train_on_the_tag(settings, catalog, tmp_path) -> None:
         (["train", "--table", "demo.digits", "--filter", "label >>> 2"], "cannot parse row filter"),
         (["train", "--table", "demo.digits", "--sql", "select * from read_csv('/etc/passwd')"], "SQL transform failed"),
         (["snapshots", "demo.nope"], "not found"),
+        (["train", "--table", "demo.digits", "--seed", "-1"], "seed: Input should be greater than or equal to 0"),
+        (["train", "--table", "demo.digits", "--lr", "nan"], "optim.lr:"),
+        (["train", "--table", "demo.digits", "--set", "optim.learning_rate=0.1"], "optim.learning_rate: unknown key; allowed in optim: optimizer, lr,"),
+        (["train", "--table", "demo.digits", "--set", "compute.precision=fp64"], "compute.precision: Input should be 'fp32', 'bf16' or 'fp16'"),
+        (["train", "--table", "demo.digits", "--set", "epochs"], "--set expects section.key=value"),
+        (["train", "--table", "demo.digits", "--model", "nowhere:net"], "model.factory 'nowhere:net': cannot import 'nowhere'"),
+        (["train", "--pipeline", "nope"], "no pipeline 'nope'"),
+        (["train", "--table", " demo.digits"], "data.table: must be 'namespace.table' without surrounding spaces, got ' demo.digits'"),
+        (["train", "--resume", "nope"], "no MLflow run 'nope'"),
+        (["train"], "data.table: required"),
     ],
 )
 def test_user_mistakes_print_one_line_and_exit_1(settings, digits, args, message) -> None:
@@ -86,8 +98,25 @@ def get_json(url: str) -> dict:
         return json.loads(response.read())
 
 
+def test_pipelines_lists_each_declared_pipeline_with_its_snapshot_and_last_run(settings, digits, tmp_path) -> None:
+    (tmp_path / "icetrain.yaml").write_text(
+        "pipelines:\n  digits:\n    data: {table: demo.digits}\n    optim: {epochs: 1}\n  later:\n    data: {table: demo.later}\n"
+    )
+    trained = icetrain("train", "--pipeline", "digits", "--no-progress")
+    assert trained.returncode == 0, trained.stderr
+    (run,) = all_runs(settings)
+    assert run.data.tags["icetrain.pipeline"] == "digits"
+
+    out = icetrain("pipelines")
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert rows[1][:5] == ["digits", "demo.digits", str(digits[-1]), run.info.run_id, "FINISHED"]
+    assert rows[2] == ["later", "demo.later", "no", "table", "yet", "never", "trained"]
+
+
 def test_demo_runs_and_both_uis_show_it_until_stopped(settings, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("ICETRAIN_CONFIG", str(REPO / "icetrain.yaml"))
     out = icetrain("demo")
     assert out.returncode == 0, out.stderr
     with DagsterInstance.get() as instance:
@@ -115,7 +144,9 @@ def test_demo_runs_and_both_uis_show_it_until_stopped(settings, tmp_path, monkey
         runs = post_json(graphql, {"query": "{ runsOrError { ... on Runs { results { runId status jobName } } } }"})
         assert runs["data"]["runsOrError"]["results"] == [{"runId": run.run_id, "status": "SUCCESS", "jobName": "demo_job"}]
         nodes = post_json(graphql, {"query": "{ assetNodes { assetKey { path } } }"})["data"]["assetNodes"]
-        assert {"trained_model", "training_data", "digits_table"} <= {node["assetKey"]["path"][0] for node in nodes}
+        assert {("digits", "trained_model"), ("digits", "training_data"), ("demo", "digits")} <= {tuple(node["assetKey"]["path"]) for node in nodes}
+        locations = post_json(graphql, {"query": "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"})
+        assert [e["name"] for e in locations["data"]["workspaceOrError"]["locationEntries"]] == ["icetrain"]
         shown = get_json(f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/runs/get?run_id={mlflow_run.info.run_id}")["run"]
         assert {"key": "icetrain.snapshot_id", "value": snapshot_id} in shown["data"]["tags"]
         assert shown["inputs"]["dataset_inputs"][0]["dataset"]["source_type"] == "iceberg"
@@ -128,3 +159,44 @@ def test_demo_runs_and_both_uis_show_it_until_stopped(settings, tmp_path, monkey
     for port in (dagster_port, mlflow_port):
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def log_version_0_run(settings, snapshot_id: int, **changed: str) -> str:
+    """A run exactly as icetrain logged it before the config tree (params prefixed by class name)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    experiment = client.get_experiment_by_name("icetrain") or client.get_experiment(client.create_experiment("icetrain"))
+    tags = {"icetrain.catalog": "icetrain", "icetrain.table": "demo.digits", "icetrain.snapshot_id": str(snapshot_id),
+            "icetrain.snapshot_asked_by": "latest", "icetrain.row_filter": "label < 9", "icetrain.columns": "label,pixels"}  # fmt: skip
+    run = client.create_run(experiment.experiment_id, tags=tags)
+    params = {
+        "read.label": "label", "read.row_filter": "label < 9", "train.epochs": "1", "train.batch_size": "64",
+        "train.learning_rate": "0.003", "train.seed": "0", "train.val_fraction": "0.2", "train.model": "auto",
+        "train.device": "auto", "train.num_workers": "0", "train.progress": "True", "data.snapshot_id": str(snapshot_id),
+        "data.classes": ",".join(str(c) for c in range(10)), "data.train_rows": "700", "model.class": "SmallCNN",
+        "loader.batch_size": "64", "loader.split": "train", "loader.block_rows": "32768", "device": "cpu", **changed,
+    }  # fmt: skip
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, value)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def test_a_run_recorded_before_the_config_tree_replays(settings, digits) -> None:
+    old = log_version_0_run(settings, digits[0])
+
+    out = icetrain("train", "--from-run", old, "--no-progress")
+
+    assert out.returncode == 0, out.stderr
+    expected = sum(1 for label in digits_arrow()["label"].to_pylist()[:900] if label < 9)
+    assert f"snapshot {digits[0]} (asked by id), {expected} rows" in out.stdout
+    new = [r for r in all_runs(settings) if r.info.run_id != old][0]
+    assert (new.data.params["model.factory"], new.data.params["data.filter"], new.data.params["optim.epochs"]) == ("auto", "label < 9", "1")
+
+
+def test_an_old_run_whose_config_no_longer_validates_names_the_key(settings, digits) -> None:
+    old = log_version_0_run(settings, digits[0], **{"train.val_fraction": "1.5"})
+    out = icetrain("train", "--from-run", old)
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"icetrain: error: run {old} recorded a config that no longer validates: data.val_fraction: Input should be less than 1 (got '1.5')"

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.types import DoubleType, LongType
 
-from pipeline.config import LoaderConfig, ReadSpec, SnapshotRequest
+from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
 from pipeline.errors import ColumnError, ResumeError
 from pipeline.reading import open_loader
 from pipeline.snapshots import resolve_snapshot
@@ -140,7 +140,7 @@ def test_resume_in_a_new_process_through_statefuldataloader(catalog, tmp_path) -
         import sys, torch
         from pyiceberg.catalog.sql import SqlCatalog
         from torchdata.stateful_dataloader import StatefulDataLoader
-        from pipeline.config import LoaderConfig, ReadSpec, SnapshotRequest
+        from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
         from pipeline.reading import open_loader
         from pipeline.snapshots import resolve_snapshot
 

@@ -7,7 +7,7 @@ from pyiceberg.expressions import EqualTo
 from pyiceberg.types import DoubleType
 
 from pipeline.catalog import load_table
-from pipeline.config import LoaderConfig, ReadSpec, SnapshotRequest
+from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
 from pipeline.errors import ColumnError, EmptyDataError, FilterError, LabelError, TransformError
 from pipeline.ingest import append_arrow
 from pipeline.reading import open_loader, prepare_read

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from pipeline.catalog import load_table
-from pipeline.config import SnapshotRequest
+from pipeline.specs import SnapshotRequest
 from pipeline.errors import ConfigError, EmptyDataError, SnapshotNotFoundError
 from pipeline.refs import create_tag
 from pipeline.snapshots import list_snapshots, resolve_snapshot

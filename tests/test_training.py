@@ -1,5 +1,7 @@
 """A training run records in MLflow exactly which snapshot it saw; bad input leaves no run behind."""
 
+import json
+
 import mlflow
 import mlflow.pytorch
 import pyarrow as pa
@@ -9,12 +11,13 @@ from mlflow.tracking import MlflowClient
 from pyiceberg.expressions import AlwaysTrue
 
 from pipeline.catalog import load_table
-from pipeline.config import ReadSpec, SnapshotRequest, TrainConfig
 from pipeline.errors import (
     EmptyDataError,
     FilterError,
     IcetrainError,
     LabelError,
+    ModelError,
+    ConfigError,
     SnapshotNotFoundError,
     TableNotFoundError,
     TransformError,
@@ -22,17 +25,20 @@ from pipeline.errors import (
 from pipeline.ingest import append_arrow
 from pipeline.lineage import IcebergDatasetSource
 from pipeline.refs import create_tag
-from training.run import train_on_snapshot
-from tests.conftest import all_runs, tabular_rows, write_appends
+from pipeline.tensors import label_classes_property
+from training.train import train
+from tests.conftest import all_runs, config_for, tabular_rows, write_appends
 
-QUICK = TrainConfig(epochs=2, progress=False)
+
+def train_quickly(settings, table: str, *assignments: str):
+    return train(settings, config_for(table, *assignments), progress_bar=False)
 
 
 def test_a_run_is_tagged_with_the_resolved_snapshot_and_logs_its_dataset(settings, catalog, digits) -> None:
     table = load_table(catalog, "demo.digits")
     create_tag(table, "first", digits[0])
 
-    result = train_on_snapshot(settings, SnapshotRequest("demo.digits", ref="first"), ReadSpec(row_filter="label < 9"), QUICK)
+    result = train_quickly(settings, "demo.digits", "data.ref=first", "data.filter=label < 9")
 
     run = MlflowClient(settings.tracking_uri).get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -56,39 +62,42 @@ def test_a_run_is_tagged_with_the_resolved_snapshot_and_logs_its_dataset(setting
     history = MlflowClient(settings.tracking_uri).get_metric_history(result.run_id, "val_accuracy")
     assert [m.step for m in history] == [1, 2]
     assert run.data.params["data.snapshot_id"] == str(digits[0])
-    assert run.data.params["train.seed"] == "0"
+    assert (run.data.params["seed"], run.data.params["data.ref"], run.data.params["data.classes"]) == ("0", "", json.dumps([str(c) for c in range(10)]))
+    assert run.data.params["icetrain.config_version"] == "1"
 
 
 def test_the_logged_model_loads_and_predicts_digits(settings, digits) -> None:
-    result = train_on_snapshot(settings, SnapshotRequest("demo.digits"), ReadSpec(), TrainConfig(epochs=8, progress=False))
+    result = train_quickly(settings, "demo.digits", "optim.epochs=8")
     assert result.final_metrics["val_accuracy"] > 0.85
 
     mlflow.set_tracking_uri(settings.tracking_uri)
     model = mlflow.pytorch.load_model(f"runs:/{result.run_id}/model")
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
-    checkpoint_path = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="checkpoint/checkpoint.pt")
+    checkpoint_path = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="checkpoints/last.pt")
     checkpoint = torch.load(checkpoint_path, weights_only=False)
     assert checkpoint["pinned"]["snapshot_id"] == str(result.pinned.snapshot_id)
-    assert checkpoint["train_config"]["epochs"] == 8
+    assert checkpoint["config"]["optim"]["epochs"] == 8
+    assert checkpoint["config"]["data"]["image_shape"] == [1, 8, 8]
+    assert checkpoint["progress"]["epoch"] == 8
 
 
 def test_artifacts_stay_under_icetrain_home(settings, digits, tmp_path) -> None:
-    train_on_snapshot(settings, SnapshotRequest("demo.digits"), ReadSpec(), QUICK)
+    train_quickly(settings, "demo.digits")
     assert list((settings.home / "mlartifacts").rglob("MLmodel"))
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_the_same_seed_trains_the_same_model(settings, catalog) -> None:
     write_appends(catalog, "demo.rows", [120])
-    runs = [train_on_snapshot(settings, SnapshotRequest("demo.rows"), ReadSpec(), QUICK) for _ in range(2)]
-    other_seed = train_on_snapshot(settings, SnapshotRequest("demo.rows"), ReadSpec(), TrainConfig(epochs=2, seed=1, progress=False))
+    runs = [train_quickly(settings, "demo.rows") for _ in range(2)]
+    other_seed = train_quickly(settings, "demo.rows", "seed=1")
     assert runs[0].history == runs[1].history
     assert runs[0].history != other_seed.history
 
 
 def test_training_on_an_old_snapshot_ignores_later_appends(settings, catalog) -> None:
     ids = write_appends(catalog, "demo.rows", [60, 90])
-    result = train_on_snapshot(settings, SnapshotRequest("demo.rows", snapshot_id=ids[0]), ReadSpec(), QUICK)
+    result = train_quickly(settings, "demo.rows", f"data.snapshot_id={ids[0]}")
     assert result.row_count == 60
     assert MlflowClient(settings.tracking_uri).get_run(result.run_id).data.tags["icetrain.snapshot_id"] == str(ids[0])
 
@@ -107,33 +116,38 @@ def plain_table(catalog) -> None:
     write_appends(catalog, "demo.rows", [30])
 
 
+def bad_labels(catalog) -> None:
+    rows = tabular_rows(0, 30)
+    append_arrow(catalog, "demo.rows", rows, source="test", table_properties=label_classes_property(range(2)))
+
+
 BAD_REQUESTS = [
-    pytest.param(plain_table, SnapshotRequest("demo.missing"), ReadSpec(), TableNotFoundError, id="unknown-table"),
-    pytest.param(plain_table, SnapshotRequest("demo.rows", snapshot_id=42), ReadSpec(), SnapshotNotFoundError, id="unknown-id"),
-    pytest.param(plain_table, SnapshotRequest("demo.rows", ref="v9"), ReadSpec(), SnapshotNotFoundError, id="unknown-ref"),
-    pytest.param(
-        plain_table,
-        SnapshotRequest("demo.rows", as_of=__import__("datetime").datetime(2001, 1, 1, tzinfo=__import__("datetime").timezone.utc)),
-        ReadSpec(),
-        SnapshotNotFoundError,
-        id="as-of-too-early",
-    ),
-    pytest.param(plain_table, SnapshotRequest("demo.rows"), ReadSpec(row_filter="id >>"), FilterError, id="filter-syntax"),
-    pytest.param(plain_table, SnapshotRequest("demo.rows"), ReadSpec(row_filter="ghost = 1"), FilterError, id="filter-column"),
-    pytest.param(plain_table, SnapshotRequest("demo.rows"), ReadSpec(label="target"), LabelError, id="label-missing"),
-    pytest.param(null_labels, SnapshotRequest("demo.rows"), ReadSpec(), LabelError, id="label-nulls"),
-    pytest.param(empty_current_snapshot, SnapshotRequest("demo.rows"), ReadSpec(), EmptyDataError, id="empty-snapshot"),
-    pytest.param(plain_table, SnapshotRequest("demo.rows"), ReadSpec(sql="select nonsense"), TransformError, id="sql-fails"),
+    pytest.param(plain_table, ["data.table=demo.missing"], TableNotFoundError, id="unknown-table"),
+    pytest.param(plain_table, ["data.snapshot_id=42"], SnapshotNotFoundError, id="unknown-id"),
+    pytest.param(plain_table, ["data.ref=v9"], SnapshotNotFoundError, id="unknown-ref"),
+    pytest.param(plain_table, ["data.as_of=2001-01-01T00:00:00Z"], SnapshotNotFoundError, id="as-of-too-early"),
+    pytest.param(plain_table, ["data.filter=id >>"], FilterError, id="filter-syntax"),
+    pytest.param(plain_table, ["data.filter=ghost = 1"], FilterError, id="filter-column"),
+    pytest.param(plain_table, ["data.label=target"], LabelError, id="label-missing"),
+    pytest.param(null_labels, [], LabelError, id="label-nulls"),
+    pytest.param(bad_labels, [], LabelError, id="label-outside-declared-classes"),
+    pytest.param(plain_table, ["data.min_rows=31"], EmptyDataError, id="too-few-rows"),
+    pytest.param(empty_current_snapshot, [], EmptyDataError, id="empty-snapshot"),
+    pytest.param(plain_table, ["data.sql=select nonsense"], TransformError, id="sql-fails"),
+    pytest.param(plain_table, ["model.factory=no_such_module:make"], ModelError, id="model-not-importable"),
+    pytest.param(plain_table, ["model.factory=mlp", "model.kwargs={depth: 3}"], ModelError, id="model-kwargs-rejected"),
+    pytest.param(plain_table, ["compute.device=cuda:7"], ConfigError, id="no-such-device"),
+    pytest.param(plain_table, ["optim.early_stopping.metric=val_f1"], ConfigError, id="unknown-early-stopping-metric"),
 ]
 
 
-@pytest.mark.parametrize(("make_table", "request_", "spec", "error"), BAD_REQUESTS)
-def test_bad_input_raises_one_line_and_writes_nothing(settings, catalog, make_table, request_, spec, error) -> None:
+@pytest.mark.parametrize(("make_table", "assignments", "error"), BAD_REQUESTS)
+def test_bad_input_raises_one_line_and_writes_nothing(settings, catalog, make_table, assignments, error) -> None:
     make_table(catalog)
     metadata_before = load_table(catalog, "demo.rows").metadata_location
 
     with pytest.raises(error) as raised:
-        train_on_snapshot(settings, request_, spec, QUICK)
+        train_quickly(settings, "demo.rows", *assignments)
 
     assert isinstance(raised.value, IcetrainError)
     assert "\n" not in str(raised.value)
@@ -142,24 +156,25 @@ def test_bad_input_raises_one_line_and_writes_nothing(settings, catalog, make_ta
 
 
 def test_a_run_can_be_replayed_on_exactly_the_same_data(settings, catalog) -> None:
-    from pipeline.lineage import replay_request
+    from pipeline.lineage import replay_config
 
     ids = write_appends(catalog, "demo.rows", [80, 40])
-    spec = ReadSpec(features=("x1",), row_filter="id >= 10", sql="select x1, label from snapshot where id % 5 <> 0")
-    first = train_on_snapshot(settings, SnapshotRequest("demo.rows", snapshot_id=ids[0]), spec, TrainConfig(epochs=2, seed=3, progress=False))
+    first = train_quickly(settings, "demo.rows", f"data.snapshot_id={ids[0]}", "data.features=[x1]", "data.filter=id >= 10",
+                "data.sql=select x1, label from snapshot where id % 5 <> 0", "seed=3")  # fmt: skip
     write_appends(catalog, "demo.more", [5])
 
-    request, replayed_spec, config = replay_request(settings, first.run_id)
-    again = train_on_snapshot(settings, request, replayed_spec, config)
+    config = replay_config(settings, first.run_id)
+    again = train(settings, config, progress_bar=False)
 
-    assert (request.snapshot_id, replayed_spec, config.seed, config.epochs) == (ids[0], spec, 3, 2)
+    assert (config.data.snapshot_id, config.data.filter, config.seed, config.optim.epochs) == (ids[0], "id >= 10", 3, 2)
+    assert config.data.classes == ("0", "1", "2")
     assert again.digest == first.digest and again.row_count == first.row_count
     assert again.history == first.history
 
 
 def test_replaying_an_unknown_run_is_a_clear_error(settings) -> None:
     from pipeline.errors import RunNotFoundError
-    from pipeline.lineage import replay_request
+    from pipeline.lineage import replay_config
 
     with pytest.raises(RunNotFoundError, match="no MLflow run 'nope'"):
-        replay_request(settings, "nope")
+        replay_config(settings, "nope")

@@ -1,100 +1,194 @@
-"""The training loop: epochs over a train loader, evaluation on a validation loader."""
+"""The training loop: epochs over the train loader, evaluation on the validation loader.
+
+The loop owns no policy about where things are recorded: it calls ``on_epoch`` with each
+epoch's metrics and ``on_checkpoint`` with its resumable position, and the train script
+decides what to do with them. Its position (``Progress``) plus the model, optimizer,
+scheduler, scaler, RNG and loader states is all a resumed run needs to continue exactly.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sized
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.config import TrainConfig
+from pipeline.config import EarlyStopping
+from training.compute import Compute
+from training.tasks import Task
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class EpochLoader(Iterable[Batch], Sized, Protocol):
-    """What the loop needs from a loader: batches, a length, and a per-epoch reshuffle."""
+    """What the loop needs from a loader: batches, a length, a per-epoch reshuffle, a position."""
 
     def set_epoch(self, epoch: int) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    """Loss and accuracy of one epoch; validation values are None without a validation split."""
+    """One epoch's metrics: ``train_<name>`` and, with a validation split, ``val_<name>``."""
 
     epoch: int
-    train_loss: float
-    train_accuracy: float
-    val_loss: float | None
-    val_accuracy: float | None
+    values: dict[str, float]
 
     def as_dict(self) -> dict[str, float]:
-        values = {"train_loss": self.train_loss, "train_accuracy": self.train_accuracy}
-        if self.val_loss is not None and self.val_accuracy is not None:
-            values.update(val_loss=self.val_loss, val_accuracy=self.val_accuracy)
-        return values
+        return dict(self.values)
 
     def describe(self) -> str:
-        text = f"epoch {self.epoch}: train loss {self.train_loss:.4f} acc {self.train_accuracy:.3f}"
-        if self.val_loss is not None:
-            text += f" | val loss {self.val_loss:.4f} acc {self.val_accuracy:.3f}"
-        return text
+        return f"epoch {self.epoch}: " + "  ".join(f"{name} {value:.4f}" for name, value in self.values.items())
+
+
+@dataclass
+class Progress:
+    """Where the loop is: the epoch in progress (0-based), optimizer steps so far, this
+    epoch's metric sums, finished epochs, and the early-stopping state."""
+
+    epoch: int = 0
+    step: int = 0
+    sums: torch.Tensor | None = None
+    history: list[EpochMetrics] = field(default_factory=list)
+    best: float | None = None
+    stale_epochs: int = 0
+    stopped_early: bool = False
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "sums": None if self.sums is None else self.sums.cpu(),
+            "history": [(m.epoch, m.values) for m in self.history],
+            "best": self.best,
+            "stale_epochs": self.stale_epochs,
+            "stopped_early": self.stopped_early,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Progress:
+        return cls(
+            epoch=state["epoch"],
+            step=state["step"],
+            sums=state["sums"],
+            history=[EpochMetrics(epoch, values) for epoch, values in state["history"]],
+            best=state["best"],
+            stale_epochs=state["stale_epochs"],
+            stopped_early=state["stopped_early"],
+        )
+
+
+@dataclass
+class Fit:
+    """What one training run optimises, and how."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    task: Task
+    compute: Compute
+    epochs: int
+    early_stopping: EarlyStopping
+    checkpoint_every: int | None = None
+    show_progress: bool = True
 
 
 def fit(
-    model: nn.Module,
+    run: Fit,
     train: EpochLoader,
     val: EpochLoader | None,
-    config: TrainConfig,
-    device: torch.device,
+    progress: Progress,
     on_epoch: Callable[[EpochMetrics], None] = lambda metrics: None,
-) -> list[EpochMetrics]:
-    """Train ``model`` for ``config.epochs`` epochs, calling ``on_epoch`` after each.
+    on_checkpoint: Callable[[Progress], None] = lambda progress: None,
+) -> Progress:
+    """Train from ``progress`` (a fresh one, or a resumed one mid-epoch) to the last epoch or an early stop.
 
-    The loader decides the order (seeded, per epoch), so the same seed trains the same model.
+    The loader decides the order (seeded, per epoch), so the same seed trains the same
+    model, and a resumed run the same one as an uninterrupted run.
     """
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    loss_fn = nn.CrossEntropyLoss()
-    history = []
-    for epoch in range(1, config.epochs + 1):
+    model, compute = run.model, run.compute
+    loss_fn = run.task.loss_fn(compute.device)
+    while progress.epoch < run.epochs and not progress.stopped_early:
         model.train()
-        train.set_epoch(epoch - 1)
-        total_loss, correct, seen = 0.0, 0, 0
-        batches = tqdm(train, total=len(train), desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=None if config.progress else True)
-        for features, labels in batches:
-            features, labels = features.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(features)
-            loss = loss_fn(logits, labels)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
-            seen += len(labels)
-        val_loss, val_accuracy = evaluate(model, val, device) if val is not None else (None, None)
-        metrics = EpochMetrics(epoch, total_loss / seen, correct / seen, val_loss, val_accuracy)
-        if config.progress:
+        train.set_epoch(progress.epoch)
+        sums = progress.sums.to(compute.device) if progress.sums is not None else None
+        batches = tqdm(train, total=len(train), desc=f"epoch {progress.epoch + 1}/{run.epochs}", leave=False, disable=None if run.show_progress and compute.is_main else True)
+        for features, targets in batches:
+            features = features.to(compute.device, non_blocking=True)
+            targets = targets.to(compute.device, non_blocking=True)
+            run.optimizer.zero_grad(set_to_none=True)
+            with compute.autocast():
+                outputs = model(features)
+                loss = loss_fn(outputs, targets)
+            run.scaler.scale(loss).backward()
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            batch_sums = run.task.sums(outputs, targets)
+            sums = batch_sums if sums is None else sums + batch_sums
+            progress.step += 1
+            if run.checkpoint_every and progress.step % run.checkpoint_every == 0:
+                progress.sums = sums
+                on_checkpoint(progress)
+        metrics = _epoch_metrics(run, progress.epoch + 1, sums, val)
+        if compute.is_main and run.show_progress:
             tqdm.write(metrics.describe())
         on_epoch(metrics)
-        history.append(metrics)
-    return history
+        run.scheduler.step()
+        progress.history.append(metrics)
+        _early_stopping(run.early_stopping, metrics, progress)
+        progress.epoch, progress.sums = progress.epoch + 1, None
+        on_checkpoint(progress)
+    return progress
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: EpochLoader, device: torch.device) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` over one pass of ``data``."""
+def evaluate(model: nn.Module, task: Task, data: EpochLoader, compute: Compute) -> dict[str, float]:
+    """The task's metrics of ``model`` over one pass of ``data``, summed across ranks."""
     model.eval()
     data.set_epoch(0)
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    total_loss, correct, seen = 0.0, 0, 0
-    for features, labels in data:
-        features, labels = features.to(device), labels.to(device)
-        logits = model(features)
-        total_loss += float(loss_fn(logits, labels))
-        correct += int((logits.argmax(1) == labels).sum())
-        seen += len(labels)
-    return total_loss / seen, correct / seen
+    sums: torch.Tensor | None = None
+    for features, targets in data:
+        features, targets = features.to(compute.device, non_blocking=True), targets.to(compute.device, non_blocking=True)
+        with compute.autocast():
+            outputs = model(features)
+        batch_sums = task.sums(outputs, targets)
+        sums = batch_sums if sums is None else sums + batch_sums
+    return task.metrics(compute.all_sum(_or_zeros(sums, task, compute)))
+
+
+def _epoch_metrics(run: Fit, epoch: int, sums: torch.Tensor | None, val: EpochLoader | None) -> EpochMetrics:
+    train_sums = run.compute.all_sum(_or_zeros(sums, run.task, run.compute))
+    values = {f"train_{name}": value for name, value in run.task.metrics(train_sums).items()}
+    if val is not None:
+        inner = run.model.module if isinstance(run.model, nn.parallel.DistributedDataParallel) else run.model
+        values.update({f"val_{name}": value for name, value in evaluate(inner, run.task, val, run.compute).items()})
+    return EpochMetrics(epoch, values)
+
+
+def _or_zeros(sums: torch.Tensor | None, task: Task, compute: Compute) -> torch.Tensor:
+    """A rank with no batches still joins the all-reduce, with zero sums of the right length."""
+    if sums is not None:
+        return sums
+    width = len(task.sums(torch.zeros(1, task.num_outputs), torch.zeros(1, dtype=torch.long if task.num_outputs > 1 else torch.float32)))
+    return torch.zeros(width, dtype=torch.float64, device=compute.device)
+
+
+def _early_stopping(rule: EarlyStopping, metrics: EpochMetrics, progress: Progress) -> None:
+    if rule.metric is None:
+        return
+    value = metrics.values[rule.metric]
+    lower_is_better = rule.mode == "min" or (rule.mode == "auto" and any(word in rule.metric for word in ("loss", "mae", "error")))
+    improved = progress.best is None or (value < progress.best if lower_is_better else value > progress.best)
+    if improved and not math.isnan(value):
+        progress.best, progress.stale_epochs = value, 0
+    else:
+        progress.stale_epochs += 1
+        progress.stopped_early = progress.stale_epochs >= rule.patience
+
+
+__all__ = ["EpochMetrics", "Fit", "Progress", "evaluate", "fit"]

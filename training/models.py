@@ -1,11 +1,35 @@
-"""Small models for icetrain's two kinds of feature: images and tabular rows."""
+"""Models by name: built-ins and users' own factories, all called the same way.
+
+A factory is ``function(feature_shape, num_classes, **kwargs)`` returning a ``torch.nn.Module``;
+``feature_shape`` is the per-row shape (``(1, 8, 8)`` for an image, ``(F,)`` for F columns)
+and ``num_classes`` is 1 for regression. A factory that declares a ``sample`` parameter also
+gets a tensor of training features (for input statistics). ``model.factory`` names one:
+a built-in name from ``BUILTIN_FACTORIES`` or ``"package.module:function"``.
+"""
 
 from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError
+from pipeline.config import ModelSection
+from pipeline.errors import ModelError
+
+ModelFactory = Callable[..., nn.Module]
+
+BUILTIN_FACTORIES = {
+    "auto": "training.models:auto",
+    "cnn": "training.models:small_cnn",
+    "mlp": "training.models:tabular_mlp",
+    "linear": "training.models:linear",
+}
 
 
 class SmallCNN(nn.Module):
@@ -27,22 +51,33 @@ class SmallCNN(nn.Module):
         return self.head(torch.flatten(self.features(x), 1))
 
 
-class TabularMLP(nn.Module):
-    """Standardised inputs into two hidden layers.
+class Standardize(nn.Module):
+    """Subtracts the training split's column means and divides by their deviations.
 
-    The column means and deviations of the training split are stored in the model, so users
-    need not scale columns and the logged model carries its own preprocessing.
+    Stored in the model, so users need not scale columns and the logged model carries its
+    own preprocessing.
     """
 
-    def __init__(self, in_features: int, num_classes: int, hidden: int = 128, train_features: torch.Tensor | None = None):
+    def __init__(self, in_features: int, sample: torch.Tensor | None = None):
         super().__init__()
-        if train_features is not None and len(train_features):
-            mean = train_features.mean(0)
-            std = train_features.std(0, unbiased=False).clamp_min(1e-6)
+        if sample is not None and len(sample):
+            flat = sample.reshape(len(sample), -1).float()
+            mean, std = flat.mean(0), flat.std(0, unbiased=False).clamp_min(1e-6)
         else:
             mean, std = torch.zeros(in_features), torch.ones(in_features)
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.reshape(len(x), -1) - self.mean) / self.std
+
+
+class TabularMLP(nn.Module):
+    """Standardised inputs into two hidden layers."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 128, sample: torch.Tensor | None = None):
+        super().__init__()
+        self.standardize = Standardize(in_features, sample)
         self.net = nn.Sequential(
             nn.Linear(in_features, hidden),
             nn.ReLU(),
@@ -52,34 +87,91 @@ class TabularMLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        return self.net(self.standardize(x))
 
 
-def build_model(
-    kind: str,
-    feature_shape: tuple[int, ...],
-    num_classes: int,
-    train_features: torch.Tensor | None = None,
-) -> nn.Module:
-    """A model for per-row features of ``feature_shape``: 'cnn' for [C, H, W], 'mlp' for [F].
+def small_cnn(feature_shape: tuple[int, ...], num_classes: int, width: int = 32) -> nn.Module:
+    """A small CNN for image features ``[C, H, W]``."""
+    if len(feature_shape) != 3:
+        raise ModelError(f"model 'cnn' needs image features [C, H, W], got per-row shape {list(feature_shape)}")
+    return SmallCNN(feature_shape[0], num_classes, width)
 
-    ``train_features`` (the training split) lets the MLP standardise its inputs.
+
+def tabular_mlp(feature_shape: tuple[int, ...], num_classes: int, hidden: int = 128, sample: torch.Tensor | None = None) -> nn.Module:
+    """An MLP over the flattened features, standardised with the training sample's statistics."""
+    return TabularMLP(math.prod(feature_shape), num_classes, hidden, sample)
+
+
+def linear(feature_shape: tuple[int, ...], num_classes: int, sample: torch.Tensor | None = None) -> nn.Module:
+    """Standardised features into one linear layer (logistic or linear regression)."""
+    in_features = math.prod(feature_shape)
+    return nn.Sequential(Standardize(in_features, sample), nn.Linear(in_features, num_classes))
+
+
+def auto(feature_shape: tuple[int, ...], num_classes: int, sample: torch.Tensor | None = None) -> nn.Module:
+    """The CNN for image features, else the MLP."""
+    if len(feature_shape) == 3:
+        return small_cnn(feature_shape, num_classes)
+    return tabular_mlp(feature_shape, num_classes, sample=sample)
+
+
+def resolve_factory(name: str) -> ModelFactory:
+    """The callable ``model.factory`` names.
 
     Raises:
-        ConfigError: the kind does not fit the feature shape, or there are fewer than 2 classes.
+        ModelError: not a built-in name nor an importable ``module:function``.
     """
-    if num_classes < 2:
-        raise ConfigError(f"need at least 2 label classes to train a classifier, found {num_classes}")
-    chosen = kind if kind != "auto" else ("cnn" if len(feature_shape) == 3 else "mlp")
-    if chosen == "cnn":
-        if len(feature_shape) != 3:
-            raise ConfigError(f"model 'cnn' needs image features [C, H, W], got per-row shape {list(feature_shape)}")
-        return SmallCNN(feature_shape[0], num_classes)
-    if chosen == "mlp":
-        in_features = 1
-        for dim in feature_shape:
-            in_features *= dim
-        flat = train_features.reshape(len(train_features), -1) if train_features is not None else None
-        model: nn.Module = TabularMLP(in_features, num_classes, train_features=flat)
-        return nn.Sequential(nn.Flatten(), model) if len(feature_shape) > 1 else model
-    raise ConfigError(f"unknown model kind {kind!r}; choose auto, cnn or mlp")
+    target = BUILTIN_FACTORIES.get(name, name)
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ModelError(f"model.factory {name!r} is neither a built-in ({', '.join(BUILTIN_FACTORIES)}) nor 'package.module:function'")
+    _importable_from_project()
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time failure of user code means the same to the user
+        raise ModelError(f"model.factory {name!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from exc
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ModelError(f"model.factory {name!r}: module {module_name!r} has no function {attribute!r}")
+    return factory
+
+
+def build_model(section: ModelSection, feature_shape: tuple[int, ...], num_classes: int, sample: torch.Tensor | None = None) -> nn.Module:
+    """Call the configured factory and check that it returned a module.
+
+    Raises:
+        ModelError: the factory cannot be imported, rejects its arguments, fails, or returns
+            something that is not a ``torch.nn.Module``.
+    """
+    factory = resolve_factory(section.factory)
+    kwargs = dict(section.kwargs)
+    if sample is not None and _accepts_sample(factory):
+        kwargs["sample"] = sample
+    try:
+        model = factory(tuple(feature_shape), num_classes, **kwargs)
+    except ModelError:
+        raise
+    except TypeError as exc:
+        raise ModelError(f"model.factory {section.factory!r} rejected its arguments (feature_shape, num_classes, **model.kwargs {sorted(section.kwargs)}): {exc}") from exc
+    except Exception as exc:
+        raise ModelError(f"model.factory {section.factory!r} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model.factory {section.factory!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _accepts_sample(factory: ModelFactory) -> bool:
+    try:
+        return "sample" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _importable_from_project() -> None:
+    """Let ``mypkg.models:f`` import from the directory icetrain runs in, as ``python -m`` would."""
+    here = str(Path.cwd())
+    if here not in sys.path:
+        sys.path.insert(0, here)
+
+
+__all__ = ["BUILTIN_FACTORIES", "ModelFactory", "build_model", "resolve_factory"]

@@ -1,0 +1,87 @@
+"""Where icetrain keeps its data, catalog and runs: settings from the environment.
+
+These say *where* (the project data directory, which catalog, which MLflow store); *what* to
+train and how is the pipeline configuration in ``pipeline.config``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+HOME_ENV = "ICETRAIN_HOME"
+CATALOG_ENV = "ICETRAIN_CATALOG"
+EXPERIMENT_ENV = "ICETRAIN_EXPERIMENT"
+MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"
+
+DEFAULT_HOME = ".icetrain"
+DEFAULT_CATALOG = "icetrain"
+DEFAULT_EXPERIMENT = "icetrain"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where data, catalog and runs live.
+
+    With nothing configured, everything sits under one project data directory: an embedded
+    SQLite Iceberg catalog, a local warehouse folder and an MLflow SQLite store.
+
+    Attributes:
+        home: the project data directory (absolute).
+        catalog_name: a catalog defined in pyiceberg's own configuration (``.pyiceberg.yaml``
+            or ``PYICEBERG_CATALOG__<NAME>__...``); if none is defined under this name, the
+            embedded SQLite catalog under ``home`` is used.
+        mlflow_tracking_uri: an explicit MLflow tracking URI, or None for the SQLite store
+            under ``home``.
+        experiment: the MLflow experiment that training runs go to.
+    """
+
+    home: Path
+    catalog_name: str = DEFAULT_CATALOG
+    mlflow_tracking_uri: str | None = None
+    experiment: str = DEFAULT_EXPERIMENT
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        home: str | Path | None = None,
+        catalog_name: str | None = None,
+        mlflow_tracking_uri: str | None = None,
+        experiment: str | None = None,
+    ) -> Settings:
+        """Build settings from explicit values, falling back to the environment, then defaults."""
+        env = os.environ if environ is None else environ
+        chosen_home = Path(home or env.get(HOME_ENV) or DEFAULT_HOME).expanduser().resolve()
+        return cls(
+            home=chosen_home,
+            catalog_name=catalog_name or env.get(CATALOG_ENV) or DEFAULT_CATALOG,
+            mlflow_tracking_uri=mlflow_tracking_uri or env.get(MLFLOW_URI_ENV) or None,
+            experiment=experiment or env.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT,
+        )
+
+    @property
+    def warehouse(self) -> Path:
+        """The embedded catalog's warehouse folder."""
+        return self.home / "warehouse"
+
+    @property
+    def catalog_db(self) -> Path:
+        """The embedded catalog's SQLite file."""
+        return self.home / "catalog.db"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI in force."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path | None:
+        """Where the embedded MLflow store keeps artifacts; None when a tracking URI is given."""
+        return None if self.mlflow_tracking_uri else self.home / "mlartifacts"
+
+
+__all__ = ["Settings"]

@@ -1,0 +1,396 @@
+"""The train script: one pinned snapshot in, one MLflow run out. Read it top to bottom.
+
+    python -m training.train --pipeline NAME [--config icetrain.yaml] [--set optim.lr=0.01 ...]
+    torchrun --standalone --nproc-per-node 2 -m training.train --pipeline NAME
+
+Steps: set up compute (seed, device, process group) -> pin the snapshot and open the loaders
+(the data gate runs here, before anything is recorded) -> build the model -> start or reopen
+the MLflow run (rank 0 only) -> fit, checkpointing every epoch and every N steps -> record
+the model. ``train()`` is the same as a function for the CLI, the API and Dagster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from pipeline.config import PipelineConfig, parse_config
+from pipeline.errors import CheckpointError, ConfigError, IcetrainError
+from pipeline.lineage import IcebergDatasetSource, IcebergSnapshotDataset, get_run, lineage_tags
+from pipeline.params import to_params
+from pipeline.settings import Settings
+from pipeline.snapshots import PinnedSnapshot
+from training import checkpoint
+from training.compute import Compute, close_compute, init_compute
+from training.data import TrainingData, feature_sample, open_training_data, pin
+from training.loop import EpochMetrics, Fit, Progress, fit
+from training.models import build_model
+from training.recorder import MlflowRecorder, NullRecorder
+from training.tasks import Classification, Regression, Task, balanced_weights
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced and which data it saw."""
+
+    run_id: str
+    experiment_id: str
+    pinned: PinnedSnapshot
+    config: PipelineConfig
+    row_count: int
+    digest: str
+    classes: tuple[object, ...]
+    history: tuple[EpochMetrics, ...]
+    world_size: int = 1
+    model_version: str = ""
+
+    @property
+    def final_metrics(self) -> dict[str, float]:
+        return self.history[-1].as_dict()
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A killed run to continue: its id and its latest checkpoint."""
+
+    run_id: str
+    state: dict[str, Any]
+
+
+def train(
+    settings: Settings,
+    config: PipelineConfig,
+    *,
+    pinned: PinnedSnapshot | None = None,
+    pipeline: str | None = None,
+    dagster_run_id: str | None = None,
+    resume: Resume | None = None,
+    progress_bar: bool = True,
+) -> TrainResult:
+    """Pin (or take) a snapshot, train on it, and record the run in MLflow.
+
+    Args:
+        pinned: a snapshot an upstream step already pinned (Dagster's training-data asset),
+            used as is; otherwise ``config.data`` is resolved now, once.
+        pipeline: the declared pipeline's name, recorded as a tag.
+        dagster_run_id: recorded as a tag, linking the MLflow run to the Dagster run.
+        resume: continue this run from its checkpoint, in the same MLflow run.
+
+    Raises:
+        IcetrainError: any user mistake, raised before an MLflow run is created or reopened.
+    """
+    compute = init_compute(config.compute, config.seed)
+    try:
+        return _train(settings, config, compute, pinned, pipeline, dagster_run_id, resume, progress_bar)
+    finally:
+        close_compute(compute)
+
+
+def _train(
+    settings: Settings,
+    config: PipelineConfig,
+    compute: Compute,
+    pinned: PinnedSnapshot | None,
+    pipeline: str | None,
+    dagster_run_id: str | None,
+    resume: Resume | None,
+    progress_bar: bool,
+) -> TrainResult:
+    # 1. Data: rank 0 pins the snapshot, every rank reads that one; the gate runs here.
+    pinned = compute.share(lambda: pin(settings, config, pinned))
+    data = open_training_data(settings, config, pinned)
+    config = resolved_config(config, data, compute)
+    task = make_task(config, data)
+    check_early_stopping(config, task, data)
+
+    # 2. Model, optimizer, schedule; a resumed run takes every state from its checkpoint.
+    sample = feature_sample(data.train)
+    model = build_model(config.model, data.layout.feature_shape, task.num_outputs, sample).to(compute.device)
+    optimizer = make_optimizer(config, model)
+    scheduler = make_scheduler(config, optimizer)
+    scaler = compute.grad_scaler()
+    progress = Progress()
+    if resume is not None:
+        progress = restore(resume.state, model, optimizer, scheduler, scaler, data, compute)
+    wrapped = DistributedDataParallel(model, device_ids=[compute.device.index] if compute.device.type == "cuda" else None) if compute.distributed else model
+
+    # 3. The record: only now, with every check passed, does an MLflow run start (rank 0).
+    recorder = MlflowRecorder(settings, config.tracking.experiment) if compute.is_main else NullRecorder()
+    if resume is not None:
+        recorder.reopen(resume.run_id)
+    else:
+        start_record(recorder, config, data, model, compute, pipeline, dagster_run_id)
+    run_id = compute.share(lambda: recorder.run_id)
+
+    def save_checkpoint(position: Progress) -> None:
+        if compute.is_main:
+            state = checkpoint_state(config, data, model, optimizer, scheduler, scaler, position, pipeline)
+            path = checkpoint.local_path(settings, run_id)
+            checkpoint.save(state, path)
+            recorder.log_file(path, checkpoint.ARTIFACT_DIR)
+
+    # 4. Fit, then record the model.
+    run = Fit(wrapped, optimizer, scheduler, scaler, task, compute, config.optim.epochs, config.optim.early_stopping, config.checkpoint.every_steps, progress_bar)
+    try:
+        progress = fit(run, data.train, data.val, progress, lambda m: recorder.log_metrics(m.as_dict(), m.epoch), save_checkpoint)
+        model.to("cpu").eval()
+        recorder.log_model(model, sample[:4])
+        version = recorder.register_model(config.tracking.registered_model) if config.tracking.registered_model else ""
+        recorder.finish("FINISHED")
+    except BaseException:
+        recorder.finish("FAILED")
+        raise
+    return TrainResult(
+        run_id=run_id,
+        experiment_id=recorder.experiment_id,
+        pinned=pinned,
+        config=config,
+        row_count=data.row_count,
+        digest=data.digest,
+        classes=data.classes,
+        history=tuple(progress.history),
+        world_size=compute.world_size,
+        model_version=version,
+    )
+
+
+def resolved_config(config: PipelineConfig, data: TrainingData, compute: Compute) -> PipelineConfig:
+    """The config with everything the run found filled in, so replay needs no table properties:
+    the pinned snapshot id, the feature columns, the label classes, the image layout, the world size."""
+    layout = data.layout
+    return config.updated(
+        {
+            "data.table": data.pinned.table,
+            "data.snapshot_id": data.pinned.snapshot_id,
+            "data.ref": None,
+            "data.as_of": None,
+            "data.features": list(layout.features),
+            "data.classes": [str(c) for c in data.classes] if config.data.task == "classification" else None,
+            "data.image_shape": list(layout.image_shape) if layout.image_shape else None,
+            "data.image_max": layout.image_scale if layout.image_shape else None,
+            "compute.nproc": compute.world_size,
+        }
+    )
+
+
+def make_task(config: PipelineConfig, data: TrainingData) -> Task:
+    """Classification over the vocabulary (balanced class weights when asked), or regression."""
+    if config.data.task == "regression":
+        return Regression()
+    weights = None
+    if config.optim.class_weights == "balanced":
+        assert data.report.class_counts is not None
+        weights = balanced_weights(data.report.class_counts, data.classes)
+    return Classification(len(data.classes), weights)
+
+
+def check_early_stopping(config: PipelineConfig, task: Task, data: TrainingData) -> None:
+    """Raises ConfigError when early stopping names a metric this run will not have."""
+    metric = config.optim.early_stopping.metric
+    if metric is None:
+        return
+    known = [f"train_{name}" for name in task.metric_names] + ([f"val_{name}" for name in task.metric_names] if data.val else [])
+    if metric not in known:
+        raise ConfigError(f"optim.early_stopping.metric: {metric!r} is not a metric of this run; choose from {', '.join(known)}")
+
+
+def make_optimizer(config: PipelineConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    optim = config.optim
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    kind = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
+    return kind(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+
+
+def make_scheduler(config: PipelineConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch: constant, cosine to zero over the epochs, or step decay."""
+    optim = config.optim
+    if optim.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=optim.epochs)
+    if optim.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.step_epochs, gamma=optim.step_gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def start_record(
+    recorder: MlflowRecorder,
+    config: PipelineConfig,
+    data: TrainingData,
+    model: torch.nn.Module,
+    compute: Compute,
+    pipeline: str | None,
+    dagster_run_id: str | None,
+) -> None:
+    """Create the MLflow run with its lineage tags, the full config as params, and the dataset."""
+    spec, pinned = data.read.spec, data.pinned
+    tags = lineage_tags(pinned, spec, data.layout, row_count=data.row_count, digest=data.digest, dagster_run_id=dagster_run_id, pipeline=pipeline)
+    recorder.start(tags, config.tracking.run_name)
+    described = data.train.describe()
+    recorder.log_params(
+        {
+            **to_params(config),
+            "resolved.world_size": str(compute.world_size),
+            "resolved.device": str(compute.device),
+            "resolved.train_rows": str(data.train.profile.total_rows),
+            "resolved.val_rows": str(data.val.profile.total_rows if data.val else 0),
+            "resolved.row_groups": str(described["row_groups"]),
+            "resolved.block_rows": str(described["block_rows"]),
+            "resolved.rows_per_epoch_per_rank": str(described["rows_per_epoch"]),
+            "resolved.dropped_rows_per_epoch": str(described["dropped_rows_per_epoch"]),
+            "resolved.model_class": type(model).__name__,
+            "resolved.parameters": str(sum(p.numel() for p in model.parameters())),
+        }
+    )
+    source = IcebergDatasetSource(pinned.catalog, pinned.table, pinned.snapshot_id, spec.row_filter or "", spec.sql or "")
+    dataset = IcebergSnapshotDataset(source, name=f"{pinned.table}@{pinned.snapshot_id}", digest=data.digest, schema=data.read.output_schema, num_rows=data.row_count)
+    recorder.log_dataset(dataset)
+
+
+def checkpoint_state(
+    config: PipelineConfig,
+    data: TrainingData,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    progress: Progress,
+    pipeline: str | None,
+) -> dict[str, Any]:
+    """Everything a resumed run needs (see ``training.checkpoint``)."""
+    pinned = data.pinned
+    return {
+        "config": config.model_dump(mode="json"),
+        "pinned": {**asdict(pinned), "snapshot_id": str(pinned.snapshot_id)},
+        "pipeline": pipeline,
+        "classes": list(data.classes),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": checkpoint.rng_states(),
+        "loader": data.train.state_dict(),
+        "progress": progress.to_state(),
+    }
+
+
+def restore(
+    state: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    data: TrainingData,
+    compute: Compute,
+) -> Progress:
+    """Put a checkpoint's states back, in the order a fresh run would have reached them."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    checkpoint.restore_rng(state["rng"])
+    data.train.load_state_dict({**state["loader"], "rank": compute.rank})
+    return Progress.from_state(state["progress"])
+
+
+def resume_from(settings: Settings, run_id: str) -> tuple[PipelineConfig, PinnedSnapshot, Resume, str | None]:
+    """The config, pinned snapshot and checkpoint of a killed run, to continue it.
+
+    Raises:
+        RunNotFoundError: no such run. CheckpointError: it has no readable checkpoint.
+    """
+    run = get_run(settings, run_id)
+    if run.info.status == "FINISHED":
+        raise CheckpointError(f"run {run_id} already finished; there is nothing to resume (train again with --from-run {run_id})")
+    path = checkpoint.local_path(settings, run_id)
+    if not path.is_file():
+        recorder = MlflowRecorder(settings)
+        recorder.run_id = run_id
+        try:
+            path = recorder.download(f"{checkpoint.ARTIFACT_DIR}/{checkpoint.ARTIFACT_NAME}", Path(tempfile.mkdtemp(prefix="icetrain-resume-")))
+        except Exception as exc:  # MLflow raises several types for a missing artifact
+            raise CheckpointError(f"run {run_id} has no checkpoint to resume from (it stopped before its first one)") from exc
+    state = checkpoint.load(path, run_id)
+    pinned = PinnedSnapshot(**{**state["pinned"], "snapshot_id": int(state["pinned"]["snapshot_id"])})
+    return parse_config(state["config"]), pinned, Resume(run_id, state), state.get("pipeline")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``python -m training.train`` and torchrun: one line and exit 1 on a user mistake."""
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", help="a pipeline declared in the pipelines file")
+    parser.add_argument("--config", help="the pipelines file (default: $ICETRAIN_CONFIG or ./icetrain.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--launch-spec", help=argparse.SUPPRESS)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    rank = _env_rank()
+    try:
+        result = _run_from_args(args)
+    except IcetrainError as exc:
+        if rank == 0:
+            print(f"icetrain: error: {exc}", file=sys.stderr)
+            _write_error(args, exc)
+        return 1
+    if rank == 0:
+        print(f"trained on {result.pinned.table} snapshot {result.pinned.snapshot_id} with {result.world_size} process(es); MLflow run {result.run_id}")
+        if args.launch_spec:
+            Path(args.launch_spec).with_suffix(".result.json").write_text(json.dumps(result_summary(result)))
+    return 0
+
+
+def result_summary(result: TrainResult) -> dict[str, Any]:
+    """A run's outcome as JSON (snapshot id as text), for the launcher and for printing."""
+    pinned = result.pinned
+    return {
+        "table": pinned.table,
+        "snapshot_id": str(pinned.snapshot_id),
+        "asked_by": pinned.asked_by,
+        "row_count": result.row_count,
+        "metrics": result.final_metrics,
+        "run_id": result.run_id,
+        "experiment_id": result.experiment_id,
+        "world_size": result.world_size,
+        "model_version": result.model_version,
+    }
+
+
+def _run_from_args(args: argparse.Namespace) -> TrainResult:
+    settings = Settings.from_env()
+    if args.launch_spec:
+        spec = json.loads(Path(args.launch_spec).read_text())
+        config = parse_config(spec["config"])
+        pinned = PinnedSnapshot(**{**spec["pinned"], "snapshot_id": int(spec["pinned"]["snapshot_id"])})
+        resume = None
+        if spec.get("resume"):
+            config, pinned, resume, _ = resume_from(settings, spec["resume"])
+        return train(settings, config, pinned=pinned, pipeline=spec.get("pipeline"), dagster_run_id=spec.get("dagster_run_id"), resume=resume, progress_bar=not args.no_progress)
+    from pipeline.project import load_project
+
+    if not args.pipeline:
+        raise ConfigError("give --pipeline NAME (declared in the pipelines file)")
+    pipeline = load_project(args.config).pipeline(args.pipeline)
+    return train(settings, pipeline.with_overrides(args.overrides), pipeline=pipeline.name, progress_bar=not args.no_progress)
+
+
+def _write_error(args: argparse.Namespace, exc: IcetrainError) -> None:
+    """Tell the launching ``icetrain train --nproc`` what went wrong, as one line."""
+    if args.launch_spec:
+        Path(args.launch_spec).with_suffix(".error").write_text(str(exc))
+
+
+def _env_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
