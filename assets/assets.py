@@ -5,7 +5,8 @@ snapshot id and never asks for "latest" again. Both are keyed by the pipeline's 
 depend on the Iceberg table's asset key (``namespace/table``), whoever produces it.
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import pyarrow as pa
 from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetsDefinition, MaterializeResult, MetadataValue, Output, TableColumn, TableSchema, asset
@@ -18,8 +19,11 @@ from pipeline.config import PipelineConfig
 from pipeline.gate import DataReport, inspect_data
 from pipeline.project import Pipeline
 from pipeline.reading import prepare_read, snapshot_schema
+from pipeline.settings import Settings
 from pipeline.snapshots import PinnedSnapshot
 from training.data import pin
+from training.launch import launch
+from training.train import result_summary, train
 
 
 @dataclass(frozen=True)
@@ -117,12 +121,8 @@ def trained_model_asset(pipeline: Pipeline) -> AssetsDefinition:
     return trained_model
 
 
-def _train(settings, config: PipelineConfig, pinned: PinnedSnapshot, pipeline: str, dagster_run_id: str) -> dict:
-    from dataclasses import asdict
-
-    from training.launch import launch
-    from training.train import result_summary, train
-
+def _train(settings: Settings, config: PipelineConfig, pinned: PinnedSnapshot, pipeline: str, dagster_run_id: str) -> dict[str, Any]:
+    """Train in this step's process, or under torchrun when the config asks for several processes."""
     if config.compute.nproc > 1:
         return launch(settings, config, asdict(pinned), pipeline, dagster_run_id=dagster_run_id)
     return result_summary(train(settings, config, pinned=pinned, pipeline=pipeline, dagster_run_id=dagster_run_id, progress_bar=False))

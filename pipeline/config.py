@@ -59,6 +59,14 @@ class DataConfig(Section):
     split_seed: int = Field(0, ge=0, description="Seeds which rows are held out (independent of the training seed).")
     min_rows: int = Field(1, ge=1, description="Refuse to train on fewer selected rows.")
 
+    @field_validator("features", "classes", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        """``--set data.features=a,b`` reads as the list [a, b]."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
     @field_validator("table")
     @classmethod
     def _table_name(cls, value: str | None) -> str | None:
@@ -288,7 +296,7 @@ def apply_overrides(tree: dict[str, Any], assignments: Iterable[str]) -> dict[st
         if not sep or not path:
             raise ConfigError(f"--set expects section.key=value, got {assignment!r}")
         annotation = field_annotation(path)
-        if _is_text(annotation):
+        if is_text_field(annotation):
             value: Any = text
         else:
             try:
@@ -362,7 +370,8 @@ def _optional(model: type[BaseModel], key: str) -> bool:
     return field is not None and type(None) in get_args(field.annotation)
 
 
-def _is_text(annotation: Any) -> bool:
+def is_text_field(annotation: Any) -> bool:
+    """Whether a key holds free text (a filter, SQL, a name), taken as written rather than read as YAML."""
     if annotation is str:
         return True
     args = [a for a in get_args(annotation) if a is not type(None)]
@@ -383,6 +392,7 @@ __all__ = [
     "apply_overrides",
     "describe_error",
     "field_annotation",
+    "is_text_field",
     "merge_trees",
     "parse_config",
 ]

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pipeline.config import PipelineConfig, _is_text, parse_config
+from pipeline.config import PipelineConfig, is_text_field, parse_config
 from pipeline.errors import ConfigError
 
 CONFIG_VERSION = 1
@@ -77,7 +77,7 @@ def _unflatten(model: type[BaseModel], prefix: str, params: Mapping[str, str], t
 
 
 def _parse_leaf(text: str, annotation: Any) -> Any:
-    if text == "" or _is_text(annotation):
+    if text == "" or is_text_field(annotation):
         return text
     if text[:1] in "[{":
         try:

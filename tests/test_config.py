@@ -34,6 +34,7 @@ def test_overrides_read_values_as_yaml_but_text_keys_as_text() -> None:
     assert config.data.sql == "select a: b from snapshot"
     assert config.data.filter == "label < 5"
     assert config.optim.early_stopping.metric == "val_loss"
+    assert parse_config(apply_overrides(tree, ["data.features=a, b", "data.classes=no,yes"])).data.features == ("a", "b")
 
 
 @pytest.mark.parametrize(

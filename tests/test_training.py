@@ -178,3 +178,12 @@ def test_replaying_an_unknown_run_is_a_clear_error(settings) -> None:
 
     with pytest.raises(RunNotFoundError, match="no MLflow run 'nope'"):
         replay_config(settings, "nope")
+
+
+def test_a_run_can_register_its_model(settings, catalog) -> None:
+    write_appends(catalog, "demo.rows", [60])
+    result = train_quickly(settings, "demo.rows", "tracking.registered_model=rows-classifier", "tracking.experiment=registry")
+
+    (version,) = MlflowClient(settings.tracking_uri).search_model_versions("name = 'rows-classifier'")
+    assert (str(version.version), version.run_id, result.model_version) == ("1", result.run_id, "1")
+    assert MlflowClient(settings.tracking_uri).get_run(result.run_id).info.experiment_id == MlflowClient(settings.tracking_uri).get_experiment_by_name("registry").experiment_id

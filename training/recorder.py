@@ -102,7 +102,7 @@ class MlflowRecorder:
         except MlflowException:
             self.client.create_registered_model(name)
         source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
-        return self.client.create_model_version(name, source, run_id=self.run_id).version
+        return str(self.client.create_model_version(name, source, run_id=self.run_id).version)
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id:

@@ -124,31 +124,32 @@ def _train(
         progress = restore(resume.state, model, optimizer, scheduler, scaler, data, compute)
     wrapped = DistributedDataParallel(model, device_ids=[compute.device.index] if compute.device.type == "cuda" else None) if compute.distributed else model
 
-    # 3. The record: only now, with every check passed, does an MLflow run start (rank 0).
+    # 3. The record: only now, with every check passed, does an MLflow run start (rank 0);
+    # from here on any failure ends it FAILED (KILLED on Ctrl-C), never left RUNNING.
     recorder = MlflowRecorder(settings, config.tracking.experiment) if compute.is_main else NullRecorder()
-    if resume is not None:
-        recorder.reopen(resume.run_id)
-    else:
-        start_record(recorder, config, data, model, compute, pipeline, dagster_run_id)
-    run_id = compute.share(lambda: recorder.run_id)
-
-    def save_checkpoint(position: Progress) -> None:
-        if compute.is_main:
-            state = checkpoint_state(config, data, model, optimizer, scheduler, scaler, position, pipeline)
-            path = checkpoint.local_path(settings, run_id)
-            checkpoint.save(state, path)
-            recorder.log_file(path, checkpoint.ARTIFACT_DIR)
-
-    # 4. Fit, then record the model.
-    run = Fit(wrapped, optimizer, scheduler, scaler, task, compute, config.optim.epochs, config.optim.early_stopping, config.checkpoint.every_steps, progress_bar)
     try:
+        if resume is not None:
+            recorder.reopen(resume.run_id)
+        else:
+            start_record(recorder, config, data, model, compute, pipeline, dagster_run_id)
+        run_id = compute.share(lambda: recorder.run_id)
+
+        def save_checkpoint(position: Progress) -> None:
+            if compute.is_main:
+                state = checkpoint_state(config, data, model, optimizer, scheduler, scaler, position, pipeline)
+                path = checkpoint.local_path(settings, run_id)
+                checkpoint.save(state, path)
+                recorder.log_file(path, checkpoint.ARTIFACT_DIR)
+
+        # 4. Fit, then record the model.
+        run = Fit(wrapped, optimizer, scheduler, scaler, task, compute, config.optim.epochs, config.optim.early_stopping, config.checkpoint.every_steps, progress_bar)
         progress = fit(run, data.train, data.val, progress, lambda m: recorder.log_metrics(m.as_dict(), m.epoch), save_checkpoint)
         model.to("cpu").eval()
         recorder.log_model(model, sample[:4])
         version = recorder.register_model(config.tracking.registered_model) if config.tracking.registered_model else ""
         recorder.finish("FINISHED")
-    except BaseException:
-        recorder.finish("FAILED")
+    except BaseException as exc:
+        recorder.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     return TrainResult(
         run_id=run_id,
