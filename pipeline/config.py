@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.errors import ConfigError
 from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest, parse_as_of
 
+NOT_GIVEN = ("", "null", "~", "None")  # what `--set key=` may say for "not given" on an optional text key
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
 
@@ -65,6 +66,8 @@ class DataConfig(Section):
         """``--set data.features=a,b`` reads as the list [a, b]."""
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        if isinstance(value, (list, tuple)):
+            return tuple(str(part) if isinstance(part, (int, float, bool)) else part for part in value)
         return value
 
     @field_validator("table")
@@ -297,7 +300,7 @@ def apply_overrides(tree: dict[str, Any], assignments: Iterable[str]) -> dict[st
             raise ConfigError(f"--set expects section.key=value, got {assignment!r}")
         annotation = field_annotation(path)
         if is_text_field(annotation):
-            value: Any = text
+            value: Any = None if text.strip() in NOT_GIVEN and type(None) in get_args(annotation) else text
         else:
             try:
                 value = yaml.safe_load(text) if text.strip() else None

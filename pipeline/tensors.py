@@ -79,8 +79,11 @@ def layout_for(
     names = schema.names
     if spec.label not in names:
         raise LabelError(f"label column {spec.label!r} not found; columns: {', '.join(names)}")
-    if spec.task == "regression" and not _is_numeric(schema.field(spec.label).type):
-        raise LabelError(f"regression needs a numeric label; column {spec.label!r} has type {schema.field(spec.label).type}")
+    label_type = schema.field(spec.label).type
+    if spec.task == "regression" and not _is_numeric(label_type):
+        raise LabelError(f"regression needs a numeric label; column {spec.label!r} has type {label_type}")
+    if spec.task == "classification" and pa.types.is_floating(label_type):
+        raise LabelError(f"label column {spec.label!r} holds {label_type} numbers, not classes; set data.task=regression to predict it, or cast it to integers")
     if spec.image_shape is not None and spec.features is not None:
         images = {spec.features[0]: spec.image_shape}
     else:

@@ -35,6 +35,9 @@ def test_overrides_read_values_as_yaml_but_text_keys_as_text() -> None:
     assert config.data.filter == "label < 5"
     assert config.optim.early_stopping.metric == "val_loss"
     assert parse_config(apply_overrides(tree, ["data.features=a, b", "data.classes=no,yes"])).data.features == ("a", "b")
+    assert parse_config(apply_overrides(tree, ["data.classes=[0, 1]"])).data.classes == ("0", "1")
+    cleared = parse_config(apply_overrides(tree, ["optim.early_stopping.metric=null", "data.filter="]))
+    assert (cleared.optim.early_stopping.metric, cleared.data.filter) == (None, None)
 
 
 @pytest.mark.parametrize(

@@ -132,6 +132,7 @@ BAD_REQUESTS = [
     pytest.param(null_labels, [], LabelError, id="label-nulls"),
     pytest.param(bad_labels, [], LabelError, id="label-outside-declared-classes"),
     pytest.param(plain_table, ["data.min_rows=31"], EmptyDataError, id="too-few-rows"),
+    pytest.param(plain_table, ["data.label=x2", "data.features=[x1]"], LabelError, id="float-label-for-classification"),
     pytest.param(empty_current_snapshot, [], EmptyDataError, id="empty-snapshot"),
     pytest.param(plain_table, ["data.sql=select nonsense"], TransformError, id="sql-fails"),
     pytest.param(plain_table, ["model.factory=no_such_module:make"], ModelError, id="model-not-importable"),
