@@ -58,6 +58,9 @@ class DataConfig(Section):
     image_max: float | None = Field(None, gt=0, description="The image's largest raw value (pixels are divided by it).")
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of rows held out for validation.")
     split_seed: int = Field(0, ge=0, description="Seeds which rows are held out (independent of the training seed).")
+    split_by: Literal["auto", "identifier", "position"] = Field(
+        "auto", description="What identifies a row for the split: the table's identifier fields (stable across file rewrites), or data file and position; auto: identifier fields when there are any."
+    )
     min_rows: int = Field(1, ge=1, description="Refuse to train on fewer selected rows.")
 
     @field_validator("features", "classes", mode="before")
@@ -119,6 +122,7 @@ class DataConfig(Section):
             classes=self.classes,
             image_shape=self.image_shape,
             image_max=self.image_max,
+            split_by=self.split_by,
         )
 
 

@@ -43,6 +43,7 @@ def lineage_tags(
     digest: str,
     dagster_run_id: str | None = None,
     pipeline: str | None = None,
+    split_key: tuple[str, ...] = (),
 ) -> dict[str, str]:
     """Tags that say exactly which data a run saw, enough to read it again."""
     tags = {
@@ -58,6 +59,7 @@ def lineage_tags(
         "icetrain.sql": spec.sql or "",
         "icetrain.row_count": str(row_count),
         "icetrain.dataset_digest": digest,
+        "icetrain.split_key": ",".join(split_key) if split_key else "file,position",
     }
     if dagster_run_id:
         tags[DAGSTER_RUN_TAG] = dagster_run_id

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from pipeline.config import PipelineConfig, is_text_field, parse_config
 from pipeline.errors import ConfigError
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
 VERSION_PARAM = "icetrain.config_version"
 
 
@@ -116,7 +116,12 @@ def _from_v0(params: dict[str, str]) -> dict[str, str]:
     return migrated
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, str]], dict[str, str]]] = {0: _from_v0}
+def _from_v1(params: dict[str, str]) -> dict[str, str]:
+    """Version 1 split rows by data file and position only."""
+    return {**params, "data.split_by": "position"}
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, str]], dict[str, str]]] = {0: _from_v0, 1: _from_v1}
 
 
 __all__ = ["CONFIG_VERSION", "VERSION_PARAM", "from_params", "to_params"]

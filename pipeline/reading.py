@@ -12,13 +12,15 @@ import numpy as np
 import pyarrow as pa
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 from pyiceberg.expressions.parser import parse
+from pyiceberg.conversions import from_bytes
 from pyiceberg.expressions.visitors import bind
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.types import IntegerType, LongType
 from pyparsing import ParseException
 
 from pipeline.specs import LoaderConfig, ReadSpec
-from pipeline.errors import FilterError
+from pipeline.errors import ConfigError, FilterError
 from pipeline.loader import IcebergLoader
 from pipeline.rows import RowProfile, RowSource, profile_from_metadata, profile_rows
 from pipeline.scan import ScanPlan, plan_scan
@@ -84,17 +86,31 @@ def prepare_read(table: Table, pinned: PinnedSnapshot, spec: ReadSpec) -> Prepar
     schema = snapshot_schema(table, pinned)
     row_filter = parse_filter(spec.row_filter, schema, pinned)
     identifiers = [schema.find_column_name(i) for i in schema.identifier_field_ids]
+    split_key = split_key_for(spec, identifiers, pinned)
     if spec.sql:
-        plan = plan_scan(table, pinned, schema, row_filter, None)
+        plan = plan_scan(table, pinned, schema, row_filter, None, split_key)
         empty = pa.RecordBatch.from_pylist([], schema=schema.as_arrow())
         output = transform_batch(sandboxed_connection(), empty, spec.sql).schema
         layout = layout_for(output, table.properties, spec, identifiers)
     else:
         output = schema.as_arrow()
         layout = layout_for(output, table.properties, spec, identifiers)
-        plan = plan_scan(table, pinned, schema, row_filter, (layout.label, *layout.features))
+        plan = plan_scan(table, pinned, schema, row_filter, (layout.label, *layout.features), split_key)
     columns = (layout.label, *layout.features)
     return PreparedRead(table, plan, layout, spec, pa.schema([output.field(name) for name in columns]))
+
+
+def split_key_for(spec: ReadSpec, identifiers: list[str], pinned: PinnedSnapshot) -> tuple[str, ...]:
+    """The columns that identify a row for the train/validation split (empty: file and position).
+
+    Raises:
+        ConfigError: ``split_by='identifier'`` on a table without identifier fields.
+    """
+    if spec.split_by == "position":
+        return ()
+    if not identifiers and spec.split_by == "identifier":
+        raise ConfigError(f"data.split_by=identifier, but table {pinned.table!r} has no identifier fields; use position or auto")
+    return tuple(identifiers)
 
 
 def open_loader(
@@ -149,11 +165,13 @@ def declared_label_classes(read: PreparedRead) -> tuple[str, ...] | None:
 
 
 def label_vocabulary(read: PreparedRead, profile: RowProfile) -> LabelVocabulary:
-    """The classes a label maps to.
+    """The classes a label maps to, fixed by the snapshot, never by which rows a filter keeps.
 
-    The declared classes if there are any (``data.classes``, else the table's property);
-    else, for non-negative integer labels known from column statistics, 0..max (labels are
-    class indices, as PyTorch expects); else the label values present in the selected rows.
+    The declared classes if there are any (``data.classes``, which a replay takes from the run
+    it replays, else the table's property); else, for non-negative integer labels, 0..max
+    where max is the largest label in the whole snapshot (labels are class indices, as
+    PyTorch expects); else the label values present in the whole snapshot. With a SQL
+    transform that computes the label, the values the transform yields.
     """
     declared = declared_label_classes(read)
     if profile.class_counts is None:
@@ -164,7 +182,35 @@ def label_vocabulary(read: PreparedRead, profile: RowProfile) -> LabelVocabulary
     values = list(profile.class_counts)
     if declared is not None:
         return LabelVocabulary.from_values(np.array(values), declared)
+    if values and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        highest = max(max(values), _snapshot_label_maximum(read))
+        return LabelVocabulary(tuple(range(highest + 1)))
+    if read.plan.row_filter != AlwaysTrue() and not read.spec.sql:
+        values = list(_snapshot_label_values(read))
     return LabelVocabulary(tuple(sorted(values)))
+
+
+def _snapshot_label_maximum(read: PreparedRead) -> int:
+    """The largest integer label in the pinned snapshot's files (from manifest bounds; -1 when unknown)."""
+    if read.spec.sql:
+        return -1
+    field = read.plan.snapshot_schema.find_field(read.layout.label)
+    if not isinstance(field.field_type, (IntegerType, LongType)):
+        return -1
+    highest = -1
+    for task in read.table.scan(snapshot_id=read.plan.pinned.snapshot_id).plan_files():
+        upper = (task.file.upper_bounds or {}).get(field.field_id)
+        if upper is not None:
+            highest = max(highest, int(from_bytes(field.field_type, upper)))
+    return highest
+
+
+def _snapshot_label_values(read: PreparedRead) -> tuple[object, ...]:
+    """The distinct label values of the whole pinned snapshot (one pass over the label column, no filter)."""
+    schema = read.plan.snapshot_schema
+    plan = plan_scan(read.table, read.plan.pinned, schema, AlwaysTrue(), (read.layout.label,))
+    profile = profile_rows(RowSource(plan), read.layout.label)
+    return tuple(profile.class_counts or ())
 
 
 def _integer_run(values: tuple[str, ...]) -> bool:

@@ -23,7 +23,7 @@ from pyiceberg.types import IntegerType, LongType
 
 from pipeline.errors import LabelError
 from pipeline.scan import ScanPlan, read_row_group
-from pipeline.split import split_mask
+from pipeline.split import identifier_keys, position_keys, split_mask
 from pipeline.tensors import LabelVocabulary, TensorLayout, features_to_tensor, label_values
 from pipeline.transform import sandboxed_connection, transform_batch
 
@@ -56,17 +56,27 @@ class RowSource:
 
     def after_read(self, unit: int, batch: pa.Table, positions: np.ndarray, split: str) -> pa.Table | pa.RecordBatch:
         """The steps after reading: keep ``split``'s rows, then run the SQL transform."""
-        mask = self.split_rows(unit, positions, split)
+        mask = self.split_rows(unit, positions, split, batch)
         if mask is not None:
             batch = batch.filter(pa.array(mask))
         if self.sql:
             batch = transform_batch(self._connection(), batch, self.sql)
         return batch
 
-    def split_rows(self, unit: int, positions: np.ndarray, split: str | None = None) -> np.ndarray | None:
-        """Which of row group ``unit``'s rows (by file position) are in the split; None when all are."""
-        salt = self.plan.files[self.plan.row_groups[unit].file_index].salt
-        return split_mask(split or self.split, salt, positions, self.split_seed, self.val_fraction)
+    def split_rows(self, unit: int, positions: np.ndarray, split: str | None = None, batch: pa.Table | None = None) -> np.ndarray | None:
+        """Which of row group ``unit``'s rows are in the split (None when all are), by identifier
+        values when the plan has a split key (``batch`` must hold those columns), else by file position."""
+        split = split or self.split
+        if split == "all" or (self.val_fraction <= 0 and split == "train"):
+            return None
+        if self.val_fraction <= 0:
+            return np.zeros(len(positions), dtype=bool)
+        if self.plan.split_key:
+            assert batch is not None
+            keys = identifier_keys(batch, self.plan.split_key)
+        else:
+            keys = position_keys(self.plan.files[self.plan.row_groups[unit].file_index].salt, positions)
+        return split_mask(split, keys, self.split_seed, self.val_fraction)
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         """One sandboxed DuckDB connection per thread: a connection serves one query at a time."""
@@ -128,7 +138,7 @@ def profile_rows(source: RowSource, label: str, threads: int = 2, *, count_value
         if source.split == "all":
             selected = everything.num_rows
         elif not source.sql:
-            selected = int(source.split_rows(unit, positions).sum())
+            selected = int(source.split_rows(unit, positions, batch=read).sum())
         else:  # the split comes before the SQL, so the query runs again on the split's rows
             selected = source.after_read(unit, read, positions, source.split).num_rows
         return selected, counts, column.null_count, nans
@@ -155,7 +165,7 @@ def profile_from_metadata(source: RowSource, label: str) -> RowProfile | None:
     the Iceberg manifests' bounds. Returns None otherwise.
     """
     plan = source.plan
-    if source.sql or plan.row_filter != AlwaysTrue():
+    if source.sql or plan.row_filter != AlwaysTrue() or (plan.split_key and source.split != "all" and source.val_fraction > 0):
         return None
     field = plan.read_schema.find_field(label)
     if not isinstance(field.field_type, (IntegerType, LongType)):
@@ -213,5 +223,5 @@ def _label_schema(plan: ScanPlan, label: str) -> Schema | None:
     names = [f.name for f in plan.read_schema.fields]
     if label not in names:
         return None
-    keep = {label, *plan.filter_columns()}
+    keep = {label, *plan.filter_columns(), *plan.split_key}
     return plan.read_schema.select(*[name for name in names if name in keep])

@@ -74,6 +74,8 @@ class ScanPlan:
         row_groups: every row group of those files, in canonical order (file, row group).
         read_schema: the snapshot's schema pruned to the columns read (outputs + filter columns).
         row_filter: the filter bound to the snapshot schema (AlwaysTrue when none).
+        split_key: the identifier columns that identify a row for the train/validation
+            split (read with every row group); empty: rows are identified by file and position.
     """
 
     pinned: PinnedSnapshot
@@ -84,6 +86,7 @@ class ScanPlan:
     row_filter: BooleanExpression
     files: tuple[DataFileRef, ...]
     row_groups: tuple[RowGroup, ...]
+    split_key: tuple[str, ...] = ()
     _io: list[FileIO] = field(default_factory=list, compare=False, repr=False)
     _projections: dict[tuple[int, tuple[int, ...]], object] = field(default_factory=dict, compare=False, repr=False)
 
@@ -117,18 +120,20 @@ def plan_scan(
     snapshot_schema: Schema,
     row_filter: BooleanExpression,
     columns: tuple[str, ...] | None,
+    split_key: tuple[str, ...] = (),
 ) -> ScanPlan:
     """Plan the snapshot's files (pruned by the filter through manifests and column stats) into row groups.
 
     Args:
         columns: the output columns to read; None reads every column (for SQL transforms).
+        split_key: identifier columns to read as well, for the train/validation split.
 
     Raises:
         ColumnError: a column is not in the snapshot's schema.
         IcetrainError: the snapshot has equality deletes, which icetrain cannot apply yet.
     """
     bound_filter = bind(snapshot_schema, row_filter, case_sensitive=True) if row_filter != AlwaysTrue() else AlwaysTrue()
-    read_schema = _read_schema(snapshot_schema, row_filter, columns)
+    read_schema = _read_schema(snapshot_schema, row_filter, None if columns is None else (*columns, *split_key))
     scan = table.scan(snapshot_id=pinned.snapshot_id, row_filter=row_filter)
     tasks = sorted(scan.plan_files(), key=lambda task: task.file.file_path)
     for task in tasks:
@@ -159,6 +164,7 @@ def plan_scan(
         row_filter=bound_filter,
         files=files,
         row_groups=tuple(row_groups),
+        split_key=split_key,
     )
 
 

@@ -90,6 +90,9 @@ class ReadSpec:
         classes: the label's classes, overriding the table's ``icetrain.label.classes``.
         image_shape, image_max: declare the single feature column an image of raw bytes,
             overriding the table's ``icetrain.image.<column>.*`` properties.
+        split_by: what identifies a row for the train/validation split: 'identifier' (the
+            table's identifier fields), 'position' (data file and position) or 'auto'
+            (identifier fields when the table has them).
     """
 
     label: str = "label"
@@ -100,6 +103,7 @@ class ReadSpec:
     classes: tuple[str, ...] | None = None
     image_shape: tuple[int, ...] | None = None
     image_max: float | None = None
+    split_by: str = "auto"
 
     def __post_init__(self) -> None:
         if self.features is not None and self.label in self.features:

@@ -1,6 +1,7 @@
 """Reading a pinned snapshot: exact rows after later commits, filter, projection, SQL, tensors."""
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import torch
 from pyiceberg.expressions import EqualTo
@@ -58,7 +59,25 @@ def test_filter_and_projection_are_pushed_into_the_scan(catalog) -> None:
     assert sorted(f.name for f in read.plan.read_schema.fields) == ["id", "label", "x1"]
     features, labels = read_all(table, pinned, read.spec)
     assert features.shape == (len([i for i in range(20, 30) if i % 3 == 1]), 1)
-    assert set(labels.tolist()) == {0}  # label 1 is the only class present, so it is class index 0
+    assert set(labels.tolist()) == {1}  # integer labels are their own class indices, whatever the filter keeps
+
+
+def test_a_filter_never_changes_the_label_vocabulary(catalog) -> None:
+    write_appends(catalog, "demo.rows", [30])
+    table, pinned = pin(catalog)
+    everything = open_loader(table, pinned, ReadSpec()).vocabulary
+    without_one = open_loader(table, pinned, ReadSpec(row_filter="label != 1")).vocabulary
+    assert everything.classes == without_one.classes == (0, 1, 2)
+
+
+def test_a_filter_never_changes_a_text_label_vocabulary(catalog) -> None:
+    rows = tabular_rows(0, 30)
+    names = pa.array(["cat", "dog", "emu"])
+    rows = rows.set_column(3, "label", pc.take(names, pa.array(rows["label"].to_numpy())))
+    append_arrow(catalog, "demo.words", rows, source="test")
+    table = load_table(catalog, "demo.words")
+    pinned = resolve_snapshot(table, SnapshotRequest("demo.words"), "icetrain")
+    assert open_loader(table, pinned, ReadSpec(row_filter="label != 'dog'")).vocabulary.classes == ("cat", "dog", "emu")
 
 
 def test_tabular_features_become_float_matrices(catalog) -> None:

@@ -5,6 +5,7 @@ Everything here happens before an MLflow run exists, so a user mistake leaves no
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ from pipeline.snapshots import PinnedSnapshot, resolve_snapshot
 from pipeline.tensors import TensorLayout
 
 VAL_BATCH_ROWS = 1024
+log = logging.getLogger("icetrain")
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,12 @@ def open_training_data(settings: Settings, config: PipelineConfig, pinned: Pinne
     """
     table = load_table(open_catalog(settings), pinned.table)
     read = prepare_read(table, pinned, config.data.read_spec())
+    if config.data.val_fraction > 0 and not read.plan.split_key and config.data.split_by == "auto":
+        log.warning(
+            "table %s has no identifier fields, so rows are split into train and validation by data file and position: "
+            "a later rewrite of a file (delete, overwrite, compaction) re-draws its rows' split. Declare identifier fields to keep splits stable.",
+            pinned.table,
+        )
     report, _ = inspect_data(read, min_rows=config.data.min_rows, count_classes=config.optim.class_weights == "balanced")
     report.raise_if_failed()
     split = config.data.val_fraction > 0

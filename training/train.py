@@ -179,6 +179,7 @@ def resolved_config(config: PipelineConfig, data: TrainingData, compute: Compute
             "data.classes": [str(c) for c in data.classes] if config.data.task == "classification" else None,
             "data.image_shape": list(layout.image_shape) if layout.image_shape else None,
             "data.image_max": layout.image_scale if layout.image_shape else None,
+            "data.split_by": "identifier" if data.read.plan.split_key else "position",
             "compute.nproc": compute.world_size,
         }
     )
@@ -234,7 +235,7 @@ def start_record(
 ) -> None:
     """Create the MLflow run with its lineage tags, the full config as params, and the dataset."""
     spec, pinned = data.read.spec, data.pinned
-    tags = lineage_tags(pinned, spec, data.layout, row_count=data.row_count, digest=data.digest, dagster_run_id=dagster_run_id, pipeline=pipeline)
+    tags = lineage_tags(pinned, spec, data.layout, row_count=data.row_count, digest=data.digest, dagster_run_id=dagster_run_id, pipeline=pipeline, split_key=data.read.plan.split_key)
     recorder.start(tags, config.tracking.run_name)
     described = data.train.describe()
     recorder.log_params(
