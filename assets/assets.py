@@ -5,6 +5,7 @@ snapshot id and never asks for "latest" again. Both are keyed by the pipeline's 
 depend on the Iceberg table's asset key (``namespace/table``), whoever produces it.
 """
 
+import base64
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from pipeline.settings import Settings
 from pipeline.snapshots import PinnedSnapshot
 from training.data import pin
 from training.launch import launch
+from training.plots import learning_curves_png
 from training.train import result_summary, train
 
 
@@ -101,20 +103,21 @@ def trained_model_asset(pipeline: Pipeline) -> AssetsDefinition:
     )
     def trained_model(context: AssetExecutionContext, training_data: TrainingData, iceberg: IcebergResource, mlflow: MlflowResource) -> MaterializeResult:
         config = training_data.config
-        if not config.tracking.run_name:
-            config = config.updated({"tracking.run_name": f"{pipeline.name}-dagster-{context.run_id[:8]}"})
+        settings = combined_settings(iceberg, mlflow)
         with user_errors_as_failures():
-            summary = _train(combined_settings(iceberg, mlflow), config, training_data.pinned, pipeline.name, context.run_id)
+            summary = _train(settings, config, training_data.pinned, pipeline.name, context.run_id)
         metrics = {name: round(value, 4) for name, value in summary["metrics"].items()}
         return MaterializeResult(
             metadata={
                 "mlflow_run_id": summary["run_id"],
                 "mlflow_experiment_id": summary["experiment_id"],
+                **mlflow_links(settings.mlflow_ui, summary),
                 "snapshot_id": summary["snapshot_id"],
                 "table": summary["table"],
                 "row_count": summary["row_count"],
                 "world_size": summary["world_size"],
                 **metrics,
+                "learning_curves": MetadataValue.md(_curves_markdown(summary)),
             }
         )
 
@@ -124,8 +127,24 @@ def trained_model_asset(pipeline: Pipeline) -> AssetsDefinition:
 def _train(settings: Settings, config: PipelineConfig, pinned: PinnedSnapshot, pipeline: str, dagster_run_id: str) -> dict[str, Any]:
     """Train in this step's process, or under torchrun when the config asks for several processes."""
     if config.compute.nproc > 1:
-        return launch(settings, config, asdict(pinned), pipeline, dagster_run_id=dagster_run_id)
-    return result_summary(train(settings, config, pinned=pinned, pipeline=pipeline, dagster_run_id=dagster_run_id, progress_bar=False))
+        return launch(settings, config, asdict(pinned), pipeline, dagster_run_id=dagster_run_id, launched_by="dagster")
+    return result_summary(train(settings, config, pinned=pinned, pipeline=pipeline, dagster_run_id=dagster_run_id, progress_bar=False, launched_by="dagster"))
+
+
+def mlflow_links(mlflow_ui: str | None, summary: dict[str, Any]) -> dict[str, MetadataValue]:
+    """Clickable links to the run (and its logged model) in the MLflow UI, when its address is known."""
+    if not mlflow_ui:
+        return {}
+    base = f"{mlflow_ui.rstrip('/')}/#/experiments/{summary['experiment_id']}"
+    links = {"mlflow_run": MetadataValue.url(f"{base}/runs/{summary['run_id']}")}
+    if summary.get("model_id"):
+        links["mlflow_model"] = MetadataValue.url(f"{base}/models/{summary['model_id']}")
+    return links
+
+
+def _curves_markdown(summary: dict[str, Any]) -> str:
+    png = learning_curves_png(summary.get("history") or [], f"{summary['table']}@{summary['snapshot_id']}")
+    return f"![learning curves](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 def _table_schema(schema: pa.Schema) -> TableSchema:

@@ -1,4 +1,4 @@
-"""The ``icetrain`` command: demo, ingest, snapshots, tag, train, pipelines, ui.
+"""The ``icetrain`` command: demo, ingest, snapshots, tag, train, pipelines, reproduce, register, unregister, expire, ui.
 
 User mistakes end with one line on stderr and exit code 1; ``--debug`` shows the traceback.
 """
@@ -102,6 +102,37 @@ def build_parser() -> argparse.ArgumentParser:
     pipelines.add_argument("--config", help="the pipelines file (default: $ICETRAIN_CONFIG or ./icetrain.yaml)")
     pipelines.set_defaults(handler=cmd_pipelines)
 
+    diff = commands.add_parser("diff", help="what changed between two snapshots: rows, files, schema by field id")
+    diff.add_argument("table")
+    diff.add_argument("from_snapshot", metavar="FROM", help="snapshot id, tag or branch")
+    diff.add_argument("to_snapshot", metavar="TO", help="snapshot id, tag or branch")
+    diff.set_defaults(handler=cmd_diff)
+
+    compare = commands.add_parser("compare", help="runs side by side: snapshot, rows, data changes between them, metrics; a PNG logged to MLflow")
+    compare.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    compare.add_argument("--out", help="where to write the PNG (default: compare-<runs>.png here)")
+    compare.set_defaults(handler=cmd_compare)
+
+    reproduce = commands.add_parser("reproduce", help="train a run again from its id alone and compare data, metrics and weights")
+    reproduce.add_argument("run_id")
+    reproduce.add_argument("--no-progress", action="store_true", help="no progress bar")
+    reproduce.set_defaults(handler=cmd_reproduce)
+
+    register = commands.add_parser("register", help="register a run's model and tag its training snapshot so it is never expired")
+    register.add_argument("run_id")
+    register.add_argument("--name", required=True, help="registered model name")
+    register.set_defaults(handler=cmd_register)
+
+    unregister = commands.add_parser("unregister", help="delete a registered model version and drop its snapshot tag")
+    unregister.add_argument("name")
+    unregister.add_argument("version")
+    unregister.set_defaults(handler=cmd_unregister)
+
+    expire = commands.add_parser("expire", help="expire old snapshots, never a tagged one (registered models' data stays)")
+    expire.add_argument("table")
+    expire.add_argument("--older-than", required=True, metavar="DURATION", help="30d, 12h, 45m, 0s")
+    expire.set_defaults(handler=cmd_expire)
+
     ui = commands.add_parser("ui", help="start the Dagster UI and the MLflow UI on localhost")
     ui.add_argument("--dagster-port", type=int, default=3000)
     ui.add_argument("--mlflow-port", type=int, default=5000)
@@ -194,7 +225,7 @@ def train_request(args: argparse.Namespace) -> TrainRequest:
 
         base = replay_config(Settings.from_env(), args.from_run)
         config = parse_config(apply_overrides(base.model_dump(), [*flags, *args.overrides]))
-        return TrainRequest(config=config, progress=not args.no_progress, replays=args.from_run)
+        return TrainRequest(config=config, progress=not args.no_progress, tags={"icetrain.replays": args.from_run})
     pipeline_name = None
     tree: dict[str, object] = PipelineConfig().model_dump()
     if args.pipeline:
@@ -240,6 +271,81 @@ def _dest(flag: str) -> str:
     return "flag_" + flag.lstrip("-").replace("-", "_")
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from pipeline.catalog import load_table, open_catalog
+    from pipeline.diff import diff_snapshots, resolve_point
+
+    table = load_table(open_catalog(Settings.from_env()), args.table)
+    changes = diff_snapshots(table, args.table, resolve_point(table, args.from_snapshot, args.table), resolve_point(table, args.to_snapshot, args.table))
+    print("\n".join(changes.describe()))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from training.compare import ARTIFACT_DIR, compare_runs
+
+    comparison = compare_runs(Settings.from_env(), args.run_ids)
+    print("\n".join(comparison.table_lines()))
+    out = Path(args.out or f"compare-{'-'.join(r.run_id[:8] for r in comparison.runs)}.png")
+    out.write_bytes(comparison.png)
+    print(f"wrote {out}; logged to run {comparison.runs[-1].run_id} under {ARTIFACT_DIR}/")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Exit 0 when reproduced exactly, 1 when something differs, 2 when the run cannot be trained again."""
+    try:
+        from training.reproduce import reproduce
+
+        outcome = reproduce(Settings.from_env(), args.run_id, progress_bar=not args.no_progress)
+    except IcetrainError as exc:
+        if args.debug:
+            raise
+        print(f"icetrain: cannot reproduce: {exc}", file=sys.stderr)
+        return 2
+    print(f"reproduced run {outcome.original_run} as run {outcome.new_run}")
+    print(f"  dataset digest  {outcome.digests[0]}  ->  {outcome.digests[1]}")
+    for name, (before, after) in outcome.metrics.items():
+        print(f"  {name:<16}{before!r}  ->  {after!r}")
+    print(f"  max |weight difference|  {outcome.max_weight_difference:.6g}")
+    if outcome.reproduced:
+        print("identical: same data, metrics and weights")
+        return 0
+    print("not reproduced: " + "; ".join(outcome.differences), file=sys.stderr)
+    return 1
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from pipeline.registry import register
+
+    done = register(Settings.from_env(), args.run_id, args.name)
+    print(f"registered {done.name} version {done.version} (run {args.run_id}); tagged snapshot {done.snapshot_id} of {done.table} as {done.iceberg_tag!r}")
+    return 0
+
+
+def cmd_unregister(args: argparse.Namespace) -> int:
+    from pipeline.registry import unregister
+
+    done = unregister(Settings.from_env(), args.name, args.version)
+    dropped = f"; dropped tag {done.iceberg_tag!r} of {done.table}" if done.iceberg_tag else ""
+    print(f"deleted {done.name} version {done.version}{dropped}")
+    return 0
+
+
+def cmd_expire(args: argparse.Namespace) -> int:
+    from pipeline.catalog import load_table, open_catalog
+    from pipeline.registry import expire, parse_duration
+
+    older_than = parse_duration(args.older_than)
+    outcome = expire(load_table(open_catalog(Settings.from_env()), args.table), older_than)
+    print(f"expired {len(outcome.expired)} snapshot(s) of {args.table}" + (": " + ", ".join(str(s) for s in outcome.expired) if outcome.expired else ""))
+    for snapshot_id, why in outcome.kept:
+        print(f"kept {snapshot_id}: {why}")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from icetrain.dagster_home import resolve_dagster_home
     from icetrain.servers import start_dagster, start_mlflow, wait_until_up
@@ -248,10 +354,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     dagster_home = resolve_dagster_home(settings)
     logs = settings.home / "logs"
     signal.signal(signal.SIGTERM, _interrupt)
+    from pipeline.lineage import redact
     from pipeline.project import find_project_file
 
-    servers = [start_dagster(args.dagster_port, logs / "dagster.log", settings.home, find_project_file(args.config))]
     remote_mlflow = settings.tracking_uri.startswith(("http://", "https://"))
+    mlflow_ui = settings.mlflow_ui or (redact(settings.tracking_uri) if remote_mlflow else f"http://127.0.0.1:{args.mlflow_port}")
+    servers = [start_dagster(args.dagster_port, logs / "dagster.log", settings.home, find_project_file(args.config), mlflow_ui)]
     if not remote_mlflow:
         servers.append(start_mlflow(settings, args.mlflow_port, logs / "mlflow.log"))
     try:

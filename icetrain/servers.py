@@ -54,7 +54,7 @@ load_from:
 """
 
 
-def start_dagster(port: int, log: Path, workspace_dir: Path, pipelines_file: Path | None) -> Server:
+def start_dagster(port: int, log: Path, workspace_dir: Path, pipelines_file: Path | None, mlflow_ui: str | None = None) -> Server:
     """``dagster dev`` on the icetrain code location (named ``icetrain``), against the current DAGSTER_HOME.
 
     The code location loads the same pipelines file as the CLI (passed as ``ICETRAIN_CONFIG``).
@@ -63,7 +63,11 @@ def start_dagster(port: int, log: Path, workspace_dir: Path, pipelines_file: Pat
     workspace.parent.mkdir(parents=True, exist_ok=True)
     workspace.write_text(WORKSPACE.format(location=LOCATION_NAME, directory=json.dumps(str(Path.cwd()))))
     command = [_tool("dagster"), "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]
-    env = {"ICETRAIN_CONFIG": str(pipelines_file)} if pipelines_file else {}
+    env = {"ICETRAIN_DAGSTER_UI": f"http://127.0.0.1:{port}"}
+    if pipelines_file:
+        env["ICETRAIN_CONFIG"] = str(pipelines_file)
+    if mlflow_ui:
+        env["ICETRAIN_MLFLOW_UI"] = mlflow_ui
     return Server("dagster", f"http://127.0.0.1:{port}", _spawn(command, log, env))
 
 

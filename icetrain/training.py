@@ -21,8 +21,8 @@ class TrainRequest:
     config: PipelineConfig | None = None
     pipeline: str | None = None
     resume_run_id: str | None = None
-    replays: str | None = None
     progress: bool = True
+    tags: dict[str, str] | None = None
 
 
 def run_training(settings: Settings, request: TrainRequest, *, debug: bool = False) -> dict[str, Any]:
@@ -39,16 +39,16 @@ def run_training(settings: Settings, request: TrainRequest, *, debug: bool = Fal
     if request.resume_run_id:
         config, pinned, resume, pipeline = resume_from(settings, request.resume_run_id)
         if config.compute.nproc > 1:
-            return launch(settings, config, asdict(pinned), pipeline, resume_run_id=request.resume_run_id, debug=debug)
-        return result_summary(train(settings, config, pinned=pinned, pipeline=pipeline, resume=resume, progress_bar=request.progress))
+            return launch(settings, config, asdict(pinned), pipeline, resume_run_id=request.resume_run_id, launched_by="cli", debug=debug)
+        return result_summary(train(settings, config, pinned=pinned, pipeline=pipeline, resume=resume, progress_bar=request.progress, launched_by="cli"))
     assert request.config is not None
     config = request.config
     if config.compute.nproc == 1:
-        return result_summary(train(settings, config, pipeline=request.pipeline, progress_bar=request.progress))
+        return result_summary(train(settings, config, pipeline=request.pipeline, progress_bar=request.progress, launched_by="cli", tags=request.tags))
     pinned = pin(settings, config)
     open_training_data(settings, config, pinned)
     resolve_factory(config.model.factory)
-    return launch(settings, config, asdict(pinned), request.pipeline, debug=debug)
+    return launch(settings, config, asdict(pinned), request.pipeline, launched_by="cli", tags=request.tags, debug=debug)
 
 
 def report(summary: dict[str, Any]) -> int:

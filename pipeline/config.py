@@ -48,6 +48,7 @@ class DataConfig(Section):
     snapshot_id: int | None = Field(None, ge=0, description="Train on this snapshot (give at most one of snapshot_id, ref, as_of).")
     ref: str | None = Field(None, description="Train on the snapshot a tag or branch points at.")
     as_of: str | None = Field(None, description="Train on the snapshot current at this time (ISO 8601 or epoch ms).")
+    since_snapshot_id: int | None = Field(None, ge=0, description="Incremental: only the rows appended after this snapshot (an ancestor of the pinned one).")
     label: str = Field("label", min_length=1, description="The label column.")
     features: tuple[str, ...] | None = Field(None, description="Feature columns; default: the image column, else every numeric column.")
     filter: str | None = Field(None, description="PyIceberg row filter, e.g. 'label >= 3 and id < 100'.")
@@ -123,6 +124,7 @@ class DataConfig(Section):
             image_shape=self.image_shape,
             image_max=self.image_max,
             split_by=self.split_by,
+            since_snapshot_id=self.since_snapshot_id,
         )
 
 

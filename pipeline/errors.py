@@ -63,3 +63,7 @@ class ModelError(IcetrainError):
 
 class CheckpointError(IcetrainError):
     """A run cannot be resumed: no checkpoint, an unreadable one, or a run that already finished."""
+
+
+class RegistryError(IcetrainError):
+    """A model cannot be registered or unregistered (name taken by another table, no model, tag exists)."""

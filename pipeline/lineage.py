@@ -7,12 +7,13 @@ and the MLflow and Dagster UIs are JavaScript, which would round a number).
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 from mlflow.data.dataset import Dataset
-from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import register_dataset_source
 from mlflow.exceptions import MlflowException
 from mlflow.entities import Run
@@ -20,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, DataType, Schema
 
 from pipeline.config import PipelineConfig
+from pipeline.dataset_source import IcebergDatasetSource
 from pipeline.errors import RunNotFoundError
 from pipeline.params import from_params
 from pipeline.settings import Settings
@@ -32,6 +34,10 @@ SNAPSHOT_ID_TAG = "icetrain.snapshot_id"
 TABLE_TAG = "icetrain.table"
 DAGSTER_RUN_TAG = "icetrain.dagster_run_id"
 PIPELINE_TAG = "icetrain.pipeline"
+LAUNCHED_BY_TAG = "icetrain.launched_by"
+GIT_DIRTY_TAG = "icetrain.git_dirty"
+REPRODUCES_TAG = "icetrain.reproduces"
+NOTE_TAG = "mlflow.note.content"
 
 
 def lineage_tags(
@@ -60,6 +66,7 @@ def lineage_tags(
         "icetrain.row_count": str(row_count),
         "icetrain.dataset_digest": digest,
         "icetrain.split_key": ",".join(split_key) if split_key else "file,position",
+        "icetrain.since_snapshot_id": str(spec.since_snapshot_id) if spec.since_snapshot_id is not None else "",
     }
     if dagster_run_id:
         tags[DAGSTER_RUN_TAG] = dagster_run_id
@@ -68,68 +75,51 @@ def lineage_tags(
     return tags
 
 
-class IcebergDatasetSource(DatasetSource):
-    """An MLflow dataset source naming one snapshot of one Iceberg table.
+def source_tags(launched_by: str, directory: Path | None = None) -> dict[str, str]:
+    """One source for every run (CLI, demo, Dagster, API), and the git commit it was trained from.
 
-    Its URI form is ``iceberg://<catalog>/<namespace.table>@<snapshot id>``.
+    ``launched_by`` says which front end started it ('cli', 'dagster', 'api', ...). The commit
+    and whether the work tree had uncommitted changes are read from the git repository the
+    project runs in, when there is one.
     """
+    tags = {"mlflow.source.name": "icetrain", "mlflow.source.type": "JOB", LAUNCHED_BY_TAG: launched_by}
+    git = _git_state(directory or Path.cwd())
+    if git is not None:
+        tags["mlflow.source.git.commit"], dirty = git
+        tags[GIT_DIRTY_TAG] = "true" if dirty else "false"
+    return tags
 
-    def __init__(self, catalog: str, table: str, snapshot_id: int, row_filter: str = "", sql: str = ""):
-        self.catalog = catalog
-        self.table = table
-        self.snapshot_id = int(snapshot_id)
-        self.row_filter = row_filter
-        self.sql = sql
 
-    @property
-    def uri(self) -> str:
-        return f"iceberg://{self.catalog}/{self.table}@{self.snapshot_id}"
+def run_description(pinned: PinnedSnapshot, pipeline: str | None, dagster_run_id: str | None, dagster_url: str | None, row_count: int) -> str:
+    """The run's description (MLflow's note): what it trained on, for which pipeline, started by which Dagster run."""
+    lines = [
+        f"Trained on **{pinned.table}** at snapshot `{pinned.snapshot_id}` (asked by {pinned.asked_by}"
+        + (f" `{pinned.asked_value}`" if pinned.asked_value else "")
+        + f", committed {pinned.committed_at.isoformat(timespec='seconds')}), {row_count} rows.",
+    ]
+    if pipeline:
+        lines.append(f"Pipeline: **{pipeline}**.")
+    if dagster_run_id:
+        link = f"[{dagster_run_id}]({dagster_url.rstrip('/')}/runs/{dagster_run_id})" if dagster_url else f"`{dagster_run_id}`"
+        lines.append(f"Dagster run: {link}.")
+    lines.append(f"Train it again: `icetrain reproduce <this run id>`.")
+    return "\n\n".join(lines)
 
-    @staticmethod
-    def _get_source_type() -> str:
-        return "iceberg"
 
-    def load(self) -> pa.Table:
-        """Read the snapshot's rows (filter applied) from the catalog the environment configures."""
-        from pipeline.catalog import load_table, open_catalog
-        from pipeline.reading import parse_filter, snapshot_schema
-        from pipeline.snapshots import PinnedSnapshot
+def run_name(pinned: PinnedSnapshot, pipeline: str | None) -> str:
+    """A run name that says what was trained on which data: ``pipeline@snapshot``."""
+    return f"{pipeline or pinned.table}@{pinned.snapshot_id}"
 
-        settings = Settings.from_env(catalog_name=self.catalog)
-        table = load_table(open_catalog(settings), self.table)
-        pinned = PinnedSnapshot(self.catalog, self.table, self.snapshot_id, "id", str(self.snapshot_id), 0)
-        row_filter = parse_filter(self.row_filter, snapshot_schema(table, pinned), pinned)
-        return table.scan(snapshot_id=self.snapshot_id, row_filter=row_filter).to_arrow()
 
-    @staticmethod
-    def _can_resolve(raw_source: Any) -> bool:
-        return isinstance(raw_source, str) and raw_source.startswith("iceberg://") and "@" in raw_source
-
-    @classmethod
-    def _resolve(cls, raw_source: str) -> IcebergDatasetSource:
-        location, _, snapshot_id = raw_source.removeprefix("iceberg://").rpartition("@")
-        catalog, _, table = location.partition("/")
-        return cls(catalog, table, int(snapshot_id))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "uri": self.uri,
-            "catalog": self.catalog,
-            "table": self.table,
-            "snapshot_id": str(self.snapshot_id),
-            "row_filter": self.row_filter,
-            "sql": self.sql,
-        }
-
-    @classmethod
-    def from_dict(cls, source_dict: dict[Any, Any]) -> IcebergDatasetSource:
-        return cls(
-            source_dict["catalog"],
-            source_dict["table"],
-            int(source_dict["snapshot_id"]),
-            source_dict.get("row_filter", ""),
-            source_dict.get("sql", ""),
-        )
+def _git_state(directory: Path) -> tuple[str, bool] | None:
+    try:
+        commit = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit.stdout.strip(), bool(status.stdout.strip())
 
 
 class IcebergSnapshotDataset(Dataset):

@@ -84,6 +84,8 @@ class IcebergLoader(IterableDataset):
             self.profile.unit_rows.tobytes(),
         ):
             digest.update(repr(part).encode())
+        if plan.since_snapshot_id is not None:
+            digest.update(f"since {plan.since_snapshot_id}".encode())
         return digest.hexdigest()[:16]
 
     def epoch_plan(self, epoch: int | None = None) -> EpochPlan:

@@ -1,7 +1,9 @@
 """The pipeline config as MLflow params, and back: stable, versioned key names.
 
 Every leaf of the config tree is one param named by its key path (``optim.lr``), its value
-text (lists and mappings as JSON, "not given" as an empty string), plus
+text (lists and mappings as JSON, "not given" as an empty string, integers beyond 2^53 such
+as snapshot ids as JSON strings, ``"7649098236878454242"``, so that MLflow's compare view,
+which plots whatever parses as a number in JavaScript, never draws them with wrong digits), plus
 ``icetrain.config_version``. Reading params back migrates older versions key by key, so a
 rename never strands old runs: add the rename to ``MIGRATIONS`` and bump ``CONFIG_VERSION``.
 """
@@ -19,6 +21,7 @@ from pipeline.errors import ConfigError
 
 CONFIG_VERSION = 2
 VERSION_PARAM = "icetrain.config_version"
+JS_SAFE_INTEGER = 2**53 - 1
 
 
 def to_params(config: PipelineConfig) -> dict[str, str]:
@@ -60,6 +63,8 @@ def _flatten(node: BaseModel, prefix: str, out: dict[str, str]) -> None:
             out[f"{prefix}{name}"] = ""
         elif isinstance(value, (list, tuple, dict)):
             out[f"{prefix}{name}"] = json.dumps(value, sort_keys=True)
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > JS_SAFE_INTEGER:
+            out[f"{prefix}{name}"] = json.dumps(str(value))
         else:
             out[f"{prefix}{name}"] = str(value)
 
@@ -79,7 +84,7 @@ def _unflatten(model: type[BaseModel], prefix: str, params: Mapping[str, str], t
 def _parse_leaf(text: str, annotation: Any) -> Any:
     if text == "" or is_text_field(annotation):
         return text
-    if text[:1] in "[{":
+    if text[:1] in '[{"':
         try:
             return json.loads(text)
         except ValueError:

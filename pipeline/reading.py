@@ -88,14 +88,14 @@ def prepare_read(table: Table, pinned: PinnedSnapshot, spec: ReadSpec) -> Prepar
     identifiers = [schema.find_column_name(i) for i in schema.identifier_field_ids]
     split_key = split_key_for(spec, identifiers, pinned)
     if spec.sql:
-        plan = plan_scan(table, pinned, schema, row_filter, None, split_key)
+        plan = plan_scan(table, pinned, schema, row_filter, None, split_key, spec.since_snapshot_id)
         empty = pa.RecordBatch.from_pylist([], schema=schema.as_arrow())
         output = transform_batch(sandboxed_connection(), empty, spec.sql).schema
         layout = layout_for(output, table.properties, spec, identifiers)
     else:
         output = schema.as_arrow()
         layout = layout_for(output, table.properties, spec, identifiers)
-        plan = plan_scan(table, pinned, schema, row_filter, (layout.label, *layout.features), split_key)
+        plan = plan_scan(table, pinned, schema, row_filter, (layout.label, *layout.features), split_key, spec.since_snapshot_id)
     columns = (layout.label, *layout.features)
     return PreparedRead(table, plan, layout, spec, pa.schema([output.field(name) for name in columns]))
 

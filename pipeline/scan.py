@@ -76,6 +76,7 @@ class ScanPlan:
         row_filter: the filter bound to the snapshot schema (AlwaysTrue when none).
         split_key: the identifier columns that identify a row for the train/validation
             split (read with every row group); empty: rows are identified by file and position.
+        since_snapshot_id: only files appended after this snapshot are planned (incremental).
     """
 
     pinned: PinnedSnapshot
@@ -87,6 +88,7 @@ class ScanPlan:
     files: tuple[DataFileRef, ...]
     row_groups: tuple[RowGroup, ...]
     split_key: tuple[str, ...] = ()
+    since_snapshot_id: int | None = None
     _io: list[FileIO] = field(default_factory=list, compare=False, repr=False)
     _projections: dict[tuple[int, tuple[int, ...]], object] = field(default_factory=dict, compare=False, repr=False)
 
@@ -121,12 +123,14 @@ def plan_scan(
     row_filter: BooleanExpression,
     columns: tuple[str, ...] | None,
     split_key: tuple[str, ...] = (),
+    since_snapshot_id: int | None = None,
 ) -> ScanPlan:
     """Plan the snapshot's files (pruned by the filter through manifests and column stats) into row groups.
 
     Args:
         columns: the output columns to read; None reads every column (for SQL transforms).
         split_key: identifier columns to read as well, for the train/validation split.
+        since_snapshot_id: keep only the data files appended after this ancestor snapshot.
 
     Raises:
         ColumnError: a column is not in the snapshot's schema.
@@ -136,6 +140,9 @@ def plan_scan(
     read_schema = _read_schema(snapshot_schema, row_filter, None if columns is None else (*columns, *split_key))
     scan = table.scan(snapshot_id=pinned.snapshot_id, row_filter=row_filter)
     tasks = sorted(scan.plan_files(), key=lambda task: task.file.file_path)
+    if since_snapshot_id is not None:
+        appended = _appended_since(table, pinned, since_snapshot_id)
+        tasks = [task for task in tasks if task.file.file_path in appended]
     for task in tasks:
         if any(delete.content == DataFileContent.EQUALITY_DELETES for delete in task.delete_files):
             raise IcetrainError(f"snapshot {pinned.snapshot_id} of {pinned.table!r} has equality deletes, which icetrain cannot read yet")
@@ -165,7 +172,25 @@ def plan_scan(
         files=files,
         row_groups=tuple(row_groups),
         split_key=split_key,
+        since_snapshot_id=since_snapshot_id,
     )
+
+
+def _appended_since(table: Table, pinned: PinnedSnapshot, since: int) -> set[str]:
+    """Paths of the data files appended after ``since`` up to the pinned snapshot.
+
+    Raises:
+        ConfigError: ``since`` is not an ancestor of the pinned snapshot.
+    """
+    from pipeline.errors import ConfigError
+
+    ancestor = table.snapshot_by_id(pinned.snapshot_id)
+    while ancestor is not None and ancestor.snapshot_id != since:
+        ancestor = table.snapshot_by_id(ancestor.parent_snapshot_id) if ancestor.parent_snapshot_id is not None else None
+    if ancestor is None:
+        raise ConfigError(f"data.since_snapshot_id {since} is not an ancestor of snapshot {pinned.snapshot_id} of {pinned.table!r}")
+    incremental = table.incremental_append_scan(from_snapshot_id_exclusive=since, to_snapshot_id_inclusive=pinned.snapshot_id)
+    return {task.file.file_path for task in incremental.plan_files()}
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ EXPERIMENT_ENV = "ICETRAIN_EXPERIMENT"
 MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"
 
 DEFAULT_HOME = ".icetrain"
+MLFLOW_UI_ENV = "ICETRAIN_MLFLOW_UI"
+DAGSTER_UI_ENV = "ICETRAIN_DAGSTER_UI"
 DEFAULT_CATALOG = "icetrain"
 DEFAULT_EXPERIMENT = "icetrain"
 
@@ -36,12 +38,17 @@ class Settings:
         mlflow_tracking_uri: an explicit MLflow tracking URI, or None for the SQLite store
             under ``home``.
         experiment: the MLflow experiment that training runs go to.
+        mlflow_ui, dagster_ui: where people open the MLflow and Dagster UIs
+            (``ICETRAIN_MLFLOW_UI``, ``ICETRAIN_DAGSTER_UI``; ``icetrain ui`` sets both), so runs
+            and materializations can link to each other; None when unknown.
     """
 
     home: Path
     catalog_name: str = DEFAULT_CATALOG
     mlflow_tracking_uri: str | None = None
     experiment: str = DEFAULT_EXPERIMENT
+    mlflow_ui: str | None = None
+    dagster_ui: str | None = None
 
     @classmethod
     def from_env(
@@ -61,6 +68,8 @@ class Settings:
             catalog_name=catalog_name or env.get(CATALOG_ENV) or DEFAULT_CATALOG,
             mlflow_tracking_uri=mlflow_tracking_uri or env.get(MLFLOW_URI_ENV) or None,
             experiment=experiment or env.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT,
+            mlflow_ui=env.get(MLFLOW_UI_ENV) or None,
+            dagster_ui=env.get(DAGSTER_UI_ENV) or None,
         )
 
     @property

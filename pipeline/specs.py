@@ -93,6 +93,7 @@ class ReadSpec:
         split_by: what identifies a row for the train/validation split: 'identifier' (the
             table's identifier fields), 'position' (data file and position) or 'auto'
             (identifier fields when the table has them).
+        since_snapshot_id: read only the rows appended after this snapshot (incremental training).
     """
 
     label: str = "label"
@@ -104,6 +105,7 @@ class ReadSpec:
     image_shape: tuple[int, ...] | None = None
     image_max: float | None = None
     split_by: str = "auto"
+    since_snapshot_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.features is not None and self.label in self.features:

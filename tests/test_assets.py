@@ -38,7 +38,8 @@ def instance():
         yield test_instance
 
 
-def test_the_graph_pins_one_snapshot_from_ingest_to_mlflow(settings, catalog, instance: DagsterInstance) -> None:
+def test_the_graph_pins_one_snapshot_from_ingest_to_mlflow(settings, catalog, instance: DagsterInstance, monkeypatch) -> None:
+    monkeypatch.setenv("ICETRAIN_MLFLOW_UI", "http://127.0.0.1:5999")
     result = materialize([digits_table, *pipeline_assets(DIGITS)], instance=instance, resources=RESOURCES)
 
     assert result.success
@@ -55,6 +56,11 @@ def test_the_graph_pins_one_snapshot_from_ingest_to_mlflow(settings, catalog, in
 
     run = MlflowClient(settings.tracking_uri).get_run(model["mlflow_run_id"])
     assert run.data.tags["icetrain.snapshot_id"] == current
+    assert model["mlflow_run"] == f"http://127.0.0.1:5999/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert model["mlflow_model"].startswith(f"http://127.0.0.1:5999/#/experiments/{run.info.experiment_id}/models/m-")
+    assert model["learning_curves"].startswith("![learning curves](data:image/png;base64,iVBOR")
+    assert run.data.tags["icetrain.launched_by"] == "dagster" and run.info.run_name == f"digits@{current}"
+    assert f"Dagster run: `{result.run_id}`" in run.data.tags["mlflow.note.content"]
     assert run.data.tags["icetrain.dagster_run_id"] == result.run_id
     assert run.data.tags["icetrain.pipeline"] == "digits"
     assert instance.get_latest_materialization_event(AssetKey(["digits", "trained_model"])) is not None

@@ -77,7 +77,7 @@ def test_the_config_round_trips_through_mlflow_params() -> None:
     )  # fmt: skip
     params = to_params(config)
     assert params[VERSION_PARAM] == str(CONFIG_VERSION)
-    assert params["data.snapshot_id"] == "7649098236878454242" and params["data.ref"] == ""
+    assert params["data.snapshot_id"] == '"7649098236878454242"' and params["data.ref"] == ""
     assert params["model.kwargs"] == '{"hidden": 8}'
     assert all(isinstance(v, str) for v in params.values())
     assert from_params(params) == config

@@ -52,18 +52,19 @@ def test_a_run_is_tagged_with_the_resolved_snapshot_and_logs_its_dataset(setting
     assert tags["icetrain.row_count"] == str(expected_rows) == str(result.row_count)
     assert tags["icetrain.dataset_digest"] == result.digest
 
-    (dataset_input,) = run.inputs.dataset_inputs
-    assert dataset_input.dataset.digest == result.digest
-    assert dataset_input.dataset.source_type == "iceberg"
-    source = IcebergDatasetSource.from_json(dataset_input.dataset.source)
-    assert (source.table, source.snapshot_id, source.row_filter) == ("demo.digits", digits[0], "label < 9")
-    assert [tag.value for tag in dataset_input.tags if tag.key == "mlflow.data.context"] == ["training"]
+    training, validation = run.inputs.dataset_inputs
+    assert training.dataset.digest == result.digest
+    assert training.dataset.source_type == validation.dataset.source_type == "iceberg"
+    source = IcebergDatasetSource.from_json(training.dataset.source)
+    assert (source.table, source.snapshot_id, source.row_filter, source.split) == ("demo.digits", digits[0], "label < 9", "train")
+    assert [tag.value for tag in training.tags if tag.key == "mlflow.data.context"] == ["training"]
+    assert [tag.value for tag in validation.tags if tag.key == "mlflow.data.context"] == ["validation"]
 
     history = MlflowClient(settings.tracking_uri).get_metric_history(result.run_id, "val_accuracy")
     assert [m.step for m in history] == [1, 2]
-    assert run.data.params["data.snapshot_id"] == str(digits[0])
+    assert str(json.loads(run.data.params["data.snapshot_id"])) == str(digits[0])
     assert (run.data.params["seed"], run.data.params["data.ref"], run.data.params["data.classes"]) == ("0", "", json.dumps([str(c) for c in range(10)]))
-    assert run.data.params["icetrain.config_version"] == "1"
+    assert run.data.params["icetrain.config_version"] == "2"
 
 
 def test_the_logged_model_loads_and_predicts_digits(settings, digits) -> None:

@@ -28,6 +28,8 @@ def launch(
     *,
     resume_run_id: str | None = None,
     dagster_run_id: str | None = None,
+    launched_by: str = "api",
+    tags: dict[str, str] | None = None,
     debug: bool = False,
 ) -> dict[str, Any]:
     """Run ``training.train`` under ``torchrun --standalone`` with ``compute.nproc`` processes.
@@ -37,7 +39,8 @@ def launch(
     """
     with tempfile.TemporaryDirectory(prefix="icetrain-launch-") as folder:
         spec = Path(folder) / "spec.json"
-        payload = {"config": config.model_dump(mode="json"), "pinned": {**pinned, "snapshot_id": str(pinned["snapshot_id"])}, "pipeline": pipeline, "resume": resume_run_id, "dagster_run_id": dagster_run_id}
+        payload = {"config": config.model_dump(mode="json"), "pinned": {**pinned, "snapshot_id": str(pinned["snapshot_id"])}, "pipeline": pipeline, "resume": resume_run_id, "dagster_run_id": dagster_run_id,
+                   "launched_by": launched_by, "tags": tags or {}}
         spec.write_text(json.dumps(payload))
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(config.compute.nproc),

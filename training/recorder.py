@@ -14,8 +14,7 @@ from pathlib import Path
 
 import mlflow.pytorch
 import torch
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus
-from mlflow.exceptions import MlflowException
+from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunStatus
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
@@ -36,6 +35,8 @@ class MlflowRecorder:
         self.experiment = experiment
         self.run_id = ""
         self.experiment_id = ""
+        self.model_id = ""
+        self.dataset = ("", "")
 
     def start(self, tags: Mapping[str, str], run_name: str | None) -> str:
         """Create the run (RUNNING) in the configured experiment."""
@@ -55,6 +56,10 @@ class MlflowRecorder:
         if run.info.status == "FINISHED":
             raise CheckpointError(f"run {run_id} already finished; there is nothing to resume (train again with --from-run {run_id})")
         self.run_id, self.experiment_id = run_id, run.info.experiment_id
+        models = self.client.search_logged_models(experiment_ids=[self.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        self.model_id = models[0].model_id if models else ""
+        training = [d.dataset for d in run.inputs.dataset_inputs if any(t.value == "training" for t in d.tags)]
+        self.dataset = (training[0].name, training[0].digest) if training else ("", "")
         self.client.update_run(run_id, status="RUNNING")
 
     def logged_params(self) -> dict[str, str]:
@@ -64,10 +69,6 @@ class MlflowRecorder:
         items = [Param(key, value) for key, value in params.items()]
         for start in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, params=items[start : start + _BATCH])
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, step) for key, value in metrics.items()])
 
     def log_dataset(self, dataset: IcebergSnapshotDataset, context: str = "training") -> None:
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
@@ -79,8 +80,26 @@ class MlflowRecorder:
     def download(self, artifact_path: str, into: Path) -> Path:
         return Path(self.client.download_artifacts(self.run_id, artifact_path, str(into)))
 
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> str:
-        """Save the model in MLflow's pytorch format (pickle: the pt2 default needs torch.export) under ``model/``."""
+    def start_model(self, name: str, dataset_name: str, dataset_digest: str) -> str:
+        """Create the run's logged model (named after the pipeline) now, so each epoch's metrics link to it and its dataset."""
+        logged = self.client.create_logged_model(self.experiment_id, name=_model_name(name), source_run_id=self.run_id, model_type="pytorch")
+        self.model_id, self.dataset = logged.model_id, (dataset_name, dataset_digest)
+        return logged.model_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        name, digest = self.dataset
+        self.client.log_batch(
+            self.run_id,
+            metrics=[Metric(key, value, now, step, model_id=self.model_id or None, dataset_name=name or None, dataset_digest=digest or None) for key, value in metrics.items()],
+        )
+
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor, step: int) -> str:
+        """Save the model in MLflow's pytorch format (pickle: the pt2 default needs torch.export).
+
+        It goes to the logged model made by ``start_model`` (``models:/<id>``), which becomes
+        READY, and to the run's ``model/`` artifacts (so ``runs:/<run>/model`` loads it too).
+        """
         with torch.no_grad():
             output = model(example)
         with tempfile.TemporaryDirectory() as folder:
@@ -93,18 +112,16 @@ class MlflowRecorder:
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )
             self.client.log_artifacts(self.run_id, str(target), MODEL_ARTIFACT)
-        return f"runs:/{self.run_id}/{MODEL_ARTIFACT}"
-
-    def register_model(self, name: str) -> str:
-        """Register the run's model as a new version of ``name``; returns the version."""
-        try:
-            self.client.get_registered_model(name)
-        except MlflowException:
-            self.client.create_registered_model(name)
-        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
-        return str(self.client.create_model_version(name, source, run_id=self.run_id).version)
+            if self.model_id:
+                self.client.log_model_artifacts(self.model_id, str(target))
+        if self.model_id:
+            self.client.finalize_logged_model(self.model_id, "READY")
+            self.client.log_outputs(self.run_id, [LoggedModelOutput(self.model_id, step)])
+        return self.model_id
 
     def finish(self, status: str = "FINISHED") -> None:
+        if self.model_id and status != "FINISHED":
+            self.client.finalize_logged_model(self.model_id, "FAILED")
         if self.run_id:
             self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
 
@@ -115,6 +132,11 @@ class NullRecorder(MlflowRecorder):
     def __init__(self) -> None:
         self.run_id = ""
         self.experiment_id = ""
+        self.model_id = ""
+        self.dataset = ("", "")
+
+    def start_model(self, name: str, dataset_name: str, dataset_digest: str) -> str:
+        return ""
 
     def start(self, tags: Mapping[str, str], run_name: str | None) -> str:
         return ""
@@ -130,13 +152,15 @@ class NullRecorder(MlflowRecorder):
     def log_dataset(self, dataset: IcebergSnapshotDataset, context: str = "training") -> None: ...
     def log_file(self, path: Path, artifact_dir: str) -> None: ...
 
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> str:
-        return ""
-
-    def register_model(self, name: str) -> str:
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor, step: int) -> str:
         return ""
 
     def finish(self, status: str = "FINISHED") -> None: ...
+
+
+def _model_name(name: str) -> str:
+    """A logged model's name from a pipeline or table name (MLflow refuses some characters)."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
 
 
 __all__ = ["MODEL_ARTIFACT", "MlflowRecorder", "NullRecorder"]

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.config import PipelineConfig, parse_config
 from pipeline.errors import CheckpointError, ConfigError, IcetrainError
-from pipeline.lineage import IcebergDatasetSource, IcebergSnapshotDataset, get_run, lineage_tags
+from pipeline.lineage import NOTE_TAG, IcebergDatasetSource, IcebergSnapshotDataset, get_run, lineage_tags, run_description, run_name, source_tags
+from pipeline.loader import IcebergLoader
 from pipeline.params import to_params
+from pipeline.registry import check_registrable, register
 from pipeline.settings import Settings
 from pipeline.snapshots import PinnedSnapshot
 from training import checkpoint
@@ -53,10 +55,21 @@ class TrainResult:
     history: tuple[EpochMetrics, ...]
     world_size: int = 1
     model_version: str = ""
+    model_id: str = ""
 
     @property
     def final_metrics(self) -> dict[str, float]:
         return self.history[-1].as_dict()
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who asked for the run: the pipeline, the Dagster run, the front end, extra tags."""
+
+    pipeline: str | None
+    dagster_run_id: str | None
+    launched_by: str
+    tags: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,8 @@ def train(
     dagster_run_id: str | None = None,
     resume: Resume | None = None,
     progress_bar: bool = True,
+    launched_by: str = "api",
+    tags: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Pin (or take) a snapshot, train on it, and record the run in MLflow.
 
@@ -85,13 +100,16 @@ def train(
         pipeline: the declared pipeline's name, recorded as a tag.
         dagster_run_id: recorded as a tag, linking the MLflow run to the Dagster run.
         resume: continue this run from its checkpoint, in the same MLflow run.
+        launched_by: which front end started the run ('cli', 'dagster', 'api'), a tag.
+        tags: extra tags for the run (e.g. ``icetrain.reproduces``).
 
     Raises:
         IcetrainError: any user mistake, raised before an MLflow run is created or reopened.
     """
     compute = init_compute(config.compute, config.seed)
     try:
-        return _train(settings, config, compute, pinned, pipeline, dagster_run_id, resume, progress_bar)
+        context = RunContext(pipeline, dagster_run_id, launched_by, dict(tags or {}))
+        return _train(settings, config, compute, pinned, context, resume, progress_bar)
     finally:
         close_compute(compute)
 
@@ -101,8 +119,7 @@ def _train(
     config: PipelineConfig,
     compute: Compute,
     pinned: PinnedSnapshot | None,
-    pipeline: str | None,
-    dagster_run_id: str | None,
+    context: RunContext,
     resume: Resume | None,
     progress_bar: bool,
 ) -> TrainResult:
@@ -112,6 +129,8 @@ def _train(
     config = resolved_config(config, data, compute)
     task = make_task(config, data)
     check_early_stopping(config, task, data)
+    if config.tracking.registered_model and compute.is_main:
+        check_registrable(settings, config.tracking.registered_model, pinned.table)
 
     # 2. Model, optimizer, schedule; a resumed run takes every state from its checkpoint.
     sample = feature_sample(data.train)
@@ -131,12 +150,12 @@ def _train(
         if resume is not None:
             recorder.reopen(resume.run_id)
         else:
-            start_record(recorder, config, data, model, compute, pipeline, dagster_run_id)
+            start_record(recorder, settings, config, data, model, compute, context)
         run_id = compute.share(lambda: recorder.run_id)
 
         def save_checkpoint(position: Progress) -> None:
             if compute.is_main:
-                state = checkpoint_state(config, data, model, optimizer, scheduler, scaler, position, pipeline)
+                state = checkpoint_state(config, data, model, optimizer, scheduler, scaler, position, context.pipeline)
                 path = checkpoint.local_path(settings, run_id)
                 checkpoint.save(state, path)
                 recorder.log_file(path, checkpoint.ARTIFACT_DIR)
@@ -145,12 +164,14 @@ def _train(
         run = Fit(wrapped, optimizer, scheduler, scaler, task, compute, config.optim.epochs, config.optim.early_stopping, config.checkpoint.every_steps, progress_bar)
         progress = fit(run, data.train, data.val, progress, lambda m: recorder.log_metrics(m.as_dict(), m.epoch), save_checkpoint)
         model.to("cpu").eval()
-        recorder.log_model(model, sample[:4])
-        version = recorder.register_model(config.tracking.registered_model) if config.tracking.registered_model else ""
+        recorder.log_model(model, sample[:4], progress.epoch)
         recorder.finish("FINISHED")
     except BaseException as exc:
         recorder.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
+    version = ""
+    if config.tracking.registered_model and compute.is_main:
+        version = register(settings, run_id, config.tracking.registered_model).version
     return TrainResult(
         run_id=run_id,
         experiment_id=recorder.experiment_id,
@@ -162,6 +183,7 @@ def _train(
         history=tuple(progress.history),
         world_size=compute.world_size,
         model_version=version,
+        model_id=recorder.model_id,
     )
 
 
@@ -226,17 +248,22 @@ def make_scheduler(config: PipelineConfig, optimizer: torch.optim.Optimizer) -> 
 
 def start_record(
     recorder: MlflowRecorder,
+    settings: Settings,
     config: PipelineConfig,
     data: TrainingData,
     model: torch.nn.Module,
     compute: Compute,
-    pipeline: str | None,
-    dagster_run_id: str | None,
+    context: RunContext,
 ) -> None:
-    """Create the MLflow run with its lineage tags, the full config as params, and the dataset."""
+    """Create the MLflow run: lineage and source tags, a description, the full config as params, the datasets."""
     spec, pinned = data.read.spec, data.pinned
-    tags = lineage_tags(pinned, spec, data.layout, row_count=data.row_count, digest=data.digest, dagster_run_id=dagster_run_id, pipeline=pipeline, split_key=data.read.plan.split_key)
-    recorder.start(tags, config.tracking.run_name)
+    tags = {
+        **lineage_tags(pinned, spec, data.layout, row_count=data.row_count, digest=data.digest, dagster_run_id=context.dagster_run_id, pipeline=context.pipeline, split_key=data.read.plan.split_key),
+        **source_tags(context.launched_by),
+        NOTE_TAG: run_description(pinned, context.pipeline, context.dagster_run_id, settings.dagster_ui, data.row_count),
+        **context.tags,
+    }
+    recorder.start(tags, config.tracking.run_name or run_name(pinned, context.pipeline))
     described = data.train.describe()
     recorder.log_params(
         {
@@ -253,9 +280,19 @@ def start_record(
             "resolved.parameters": str(sum(p.numel() for p in model.parameters())),
         }
     )
-    source = IcebergDatasetSource(pinned.catalog, pinned.table, pinned.snapshot_id, spec.row_filter or "", spec.sql or "")
-    dataset = IcebergSnapshotDataset(source, name=f"{pinned.table}@{pinned.snapshot_id}", digest=data.digest, schema=data.read.output_schema, num_rows=data.row_count)
-    recorder.log_dataset(dataset)
+    datasets = {name: _dataset(data, config, loader) for loader, name in ((data.train, "training"), (data.val, "validation")) if loader is not None}
+    for name, dataset in datasets.items():
+        recorder.log_dataset(dataset, name)
+    recorder.start_model(context.pipeline or pinned.table, datasets["training"].name, data.digest)
+
+
+def _dataset(data: TrainingData, config: PipelineConfig, loader: IcebergLoader) -> IcebergSnapshotDataset:
+    """One split of the run's rows as an MLflow dataset whose source can load exactly those rows."""
+    spec, pinned = data.read.spec, data.pinned
+    split = loader.config.split
+    source = IcebergDatasetSource(pinned.catalog, pinned.table, pinned.snapshot_id, spec.row_filter or "", spec.sql or "", config.data.model_dump(mode="json"), split)
+    name = f"{pinned.table}@{pinned.snapshot_id}" + (f" ({split})" if split != "all" else "")
+    return IcebergSnapshotDataset(source, name=name, digest=loader.plan_digest, schema=data.read.output_schema, num_rows=loader.profile.total_rows)
 
 
 def checkpoint_state(
@@ -363,6 +400,8 @@ def result_summary(result: TrainResult) -> dict[str, Any]:
         "experiment_id": result.experiment_id,
         "world_size": result.world_size,
         "model_version": result.model_version,
+        "model_id": result.model_id,
+        "history": [m.as_dict() for m in result.history],
     }
 
 
@@ -375,13 +414,16 @@ def _run_from_args(args: argparse.Namespace) -> TrainResult:
         resume = None
         if spec.get("resume"):
             config, pinned, resume, _ = resume_from(settings, spec["resume"])
-        return train(settings, config, pinned=pinned, pipeline=spec.get("pipeline"), dagster_run_id=spec.get("dagster_run_id"), resume=resume, progress_bar=not args.no_progress)
+        return train(
+            settings, config, pinned=pinned, pipeline=spec.get("pipeline"), dagster_run_id=spec.get("dagster_run_id"), resume=resume,
+            progress_bar=not args.no_progress, launched_by=spec.get("launched_by", "torchrun"), tags=spec.get("tags"),
+        )  # fmt: skip
     from pipeline.project import load_project
 
     if not args.pipeline:
         raise ConfigError("give --pipeline NAME (declared in the pipelines file)")
     pipeline = load_project(args.config).pipeline(args.pipeline)
-    return train(settings, pipeline.with_overrides(args.overrides), pipeline=pipeline.name, progress_bar=not args.no_progress)
+    return train(settings, pipeline.with_overrides(args.overrides), pipeline=pipeline.name, progress_bar=not args.no_progress, launched_by="torchrun")
 
 
 def _write_error(args: argparse.Namespace, exc: IcetrainError) -> None:

@@ -1,0 +1,177 @@
+"""Registered models pin their data: each model version holds an Iceberg tag on its training snapshot.
+
+``register`` makes an MLflow model version of a run's model and tags the run's snapshot
+``icetrain/<name>/v<version>``, so snapshot expiry (``expire``, which never expires a tagged
+snapshot) keeps the data every registered model was trained on, and the model can always be
+reproduced. ``unregister`` deletes the version and drops its tag. Either succeeds whole or
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pyiceberg.table import Table
+
+from pipeline.catalog import load_table, open_catalog
+from pipeline.errors import ConfigError, RegistryError, SnapshotNotFoundError
+from pipeline.lineage import SNAPSHOT_ID_TAG, TABLE_TAG, get_run
+from pipeline.settings import Settings
+
+TAG_PREFIX = "icetrain/"
+VERSION_TAG_KEYS = ("icetrain.table", "icetrain.snapshot_id", "icetrain.iceberg_tag")
+MODEL_TABLE_TAG = "icetrain.table"
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A model version and the Iceberg tag that keeps its training snapshot."""
+
+    name: str
+    version: str
+    table: str
+    snapshot_id: int
+    iceberg_tag: str
+
+
+def iceberg_tag_name(model: str, version: str) -> str:
+    return f"{TAG_PREFIX}{model}/v{version}"
+
+
+def register(settings: Settings, run_id: str, name: str) -> Registered:
+    """Register ``run_id``'s model as a new version of ``name`` and tag its training snapshot.
+
+    Raises:
+        RunNotFoundError: no such run, or not icetrain's.
+        SnapshotNotFoundError: the run's snapshot was expired; its data can no longer be kept.
+        RegistryError: ``name`` already holds models of another table, the run has no model,
+            or the tag exists; nothing is registered or tagged then.
+    """
+    if not name or name != name.strip() or "/" in name:
+        raise ConfigError(f"model name {name!r} must be non-empty, without surrounding spaces or '/'")
+    run = get_run(settings, run_id)
+    table_name, snapshot_id = run.data.tags[TABLE_TAG], int(run.data.tags[SNAPSHOT_ID_TAG])
+    table = load_table(open_catalog(settings), table_name)
+    if table.snapshot_by_id(snapshot_id) is None:
+        raise SnapshotNotFoundError(f"run {run_id} trained on snapshot {snapshot_id} of {table_name!r}, which no longer exists (expired); it cannot be registered with its data")
+    client = MlflowClient(settings.tracking_uri)
+    if not any(entry.path == "model" for entry in client.list_artifacts(run_id)):
+        raise RegistryError(f"run {run_id} has no logged model (it did not finish?)")
+    created_model = _ensure_registered_model(client, name, table_name)
+    source = f"{run.info.artifact_uri}/model"
+    version = str(client.create_model_version(name, source, run_id=run_id, tags={MODEL_TABLE_TAG: table_name, "icetrain.snapshot_id": str(snapshot_id)}).version)
+    tag = iceberg_tag_name(name, version)
+    try:
+        if tag in table.metadata.refs:
+            raise RegistryError(f"table {table_name!r} already has a tag {tag!r}; remove it or pick another model name")
+        table.manage_snapshots().create_tag(snapshot_id, tag).commit()
+    except BaseException:
+        client.delete_model_version(name, version)
+        if created_model:
+            client.delete_registered_model(name)
+        raise
+    client.set_model_version_tag(name, version, "icetrain.iceberg_tag", tag)
+    return Registered(name, version, table_name, snapshot_id, tag)
+
+
+def unregister(settings: Settings, name: str, version: str) -> Registered:
+    """Delete a model version and drop the Iceberg tag that kept its snapshot.
+
+    Raises:
+        RegistryError: no such model version.
+    """
+    client = MlflowClient(settings.tracking_uri)
+    try:
+        found = client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise RegistryError(f"no version {version!r} of registered model {name!r}") from exc
+    table_name, tag = found.tags.get(MODEL_TABLE_TAG), found.tags.get("icetrain.iceberg_tag")
+    snapshot_id = int(found.tags.get("icetrain.snapshot_id", "0"))
+    if table_name and tag:
+        table = load_table(open_catalog(settings), table_name)
+        if tag in table.metadata.refs:
+            table.manage_snapshots().remove_tag(tag).commit()
+    client.delete_model_version(name, version)
+    return Registered(name, str(version), table_name or "", snapshot_id, tag or "")
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """What ``expire`` removed and what it kept, with why."""
+
+    expired: tuple[int, ...]
+    kept: tuple[tuple[int, str], ...]
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``45m``, ``10s``, ``2w``.
+
+    Raises:
+        ConfigError: another form.
+    """
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ConfigError(f"duration {text!r} must be a number and a unit: s, m, h, d or w (e.g. 30d, 12h, 0s)")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def expire(table: Table, older_than: timedelta, *, now: datetime | None = None) -> Expiry:
+    """Expire snapshots committed before ``now - older_than``, never one a tag or branch points at, nor the current one."""
+    cutoff = (now or datetime.now(timezone.utc)) - older_than
+    cutoff_ms = int(cutoff.timestamp() * 1000)
+    reasons: dict[int, list[str]] = {}
+    for ref_name, ref in table.metadata.refs.items():
+        kind = "tag" if ref.snapshot_ref_type.value == "tag" else "branch"
+        reasons.setdefault(ref.snapshot_id, []).append(f"{kind} {ref_name}")
+    current = table.current_snapshot()
+    if current is not None:
+        reasons.setdefault(current.snapshot_id, []).append("current snapshot")
+    expiring, kept = [], []
+    for snapshot in sorted(table.snapshots(), key=lambda s: s.timestamp_ms):
+        if snapshot.snapshot_id in reasons:
+            kept.append((snapshot.snapshot_id, ", ".join(reasons[snapshot.snapshot_id])))
+        elif snapshot.timestamp_ms >= cutoff_ms:
+            kept.append((snapshot.snapshot_id, f"newer than {cutoff.isoformat(timespec='seconds')}"))
+        else:
+            expiring.append(snapshot.snapshot_id)
+    if expiring:
+        table.maintenance.expire_snapshots().by_ids(expiring).commit()
+    return Expiry(tuple(expiring), tuple(kept))
+
+
+def check_registrable(settings: Settings, name: str, table_name: str) -> None:
+    """Refuse, before a run starts, a model name that holds another table's models.
+
+    Raises:
+        RegistryError: the name is taken by another table.
+    """
+    client = MlflowClient(settings.tracking_uri)
+    try:
+        existing = client.get_registered_model(name)
+    except MlflowException:
+        return
+    other = existing.tags.get(MODEL_TABLE_TAG)
+    if other and other != table_name:
+        raise RegistryError(f"registered model {name!r} holds models of table {other!r}, not {table_name!r}; pick another name")
+
+
+def _ensure_registered_model(client: MlflowClient, name: str, table_name: str) -> bool:
+    """Create the registered model if missing (returns True then); refuse one that holds another table's models."""
+    try:
+        existing = client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, tags={MODEL_TABLE_TAG: table_name})
+        return True
+    other = existing.tags.get(MODEL_TABLE_TAG)
+    if other and other != table_name:
+        raise RegistryError(f"registered model {name!r} holds models of table {other!r}, not {table_name!r}; pick another name")
+    return False
+
+
+__all__ = ["Expiry", "Registered", "check_registrable", "expire", "iceberg_tag_name", "parse_duration", "register", "unregister"]

@@ -1,0 +1,36 @@
+"""Pictures of runs: learning curves, for Dagster's materialization metadata and MLflow."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+
+def learning_curves_png(history: Sequence[Mapping[str, float]], title: str = "") -> bytes:
+    """Loss and every other metric per epoch, as a small PNG (matplotlib's Agg backend, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    epochs = list(range(1, len(history) + 1))
+    names = sorted({name for values in history for name in values})
+    losses = [n for n in names if n.endswith("loss")]
+    others = [n for n in names if n not in losses]
+    figure, axes = plt.subplots(1, 2 if others else 1, figsize=(8 if others else 4, 3), squeeze=False)
+    for axis, group, label in ((axes[0][0], losses, "loss"), *(((axes[0][1], others, "metric"),) if others else ())):
+        for name in group:
+            axis.plot(epochs, [values.get(name, float("nan")) for values in history], marker="o", label=name)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.legend(fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+__all__ = ["learning_curves_png"]
