@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="append Parquet or CSV files to a table, one snapshot each")
     ingest.add_argument("table")
     ingest.add_argument("files", nargs="+")
+    ingest.add_argument("--identifier", help="comma-separated columns that identify a row, set when the first file creates the table (keeps splits stable)")
     ingest.set_defaults(handler=cmd_ingest)
 
     snapshots = commands.add_parser("snapshots", help="list a table's snapshot history")
@@ -170,8 +171,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from pipeline.ingest import append_file
 
     catalog = open_catalog(Settings.from_env())
+    identifier_fields = tuple(name.strip() for name in args.identifier.split(",") if name.strip()) if args.identifier else ()
     for path in args.files:
-        snapshot_id = append_file(catalog, args.table, path)
+        snapshot_id = append_file(catalog, args.table, path, identifier_fields=identifier_fields)
         print(f"{path}: snapshot {snapshot_id}")
     return 0
 

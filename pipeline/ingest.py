@@ -71,8 +71,11 @@ def append_arrow(
     return _snapshot_with_append_id(table, append_id)
 
 
-def append_file(catalog: Catalog, identifier: str, path: str | Path, *, run_id: str | None = None) -> int:
+def append_file(catalog: Catalog, identifier: str, path: str | Path, *, run_id: str | None = None, identifier_fields: Sequence[str] = ()) -> int:
     """Append a Parquet or CSV file as one snapshot; the source recorded is the file path.
+
+    ``identifier_fields`` name the columns that identify a row when the first append creates
+    the table (they keep train/validation splits stable across file rewrites).
 
     Raises:
         IngestError: the file is missing, of an unknown kind, unreadable, or does not fit the table.
@@ -92,7 +95,7 @@ def append_file(catalog: Catalog, identifier: str, path: str | Path, *, run_id: 
             raise IngestError(f"cannot append {str(file)!r}: only .parquet and .csv files are supported")
     except (pa.ArrowInvalid, OSError) as exc:
         raise IngestError(f"cannot read {str(file)!r}: {_first_line(exc)}") from exc
-    return append_arrow(catalog, identifier, data, source=str(file.resolve()), run_id=run_id)
+    return append_arrow(catalog, identifier, data, source=str(file.resolve()), run_id=run_id, identifier_fields=identifier_fields)
 
 
 def schema_difference(table_schema: pa.Schema, data_schema: pa.Schema) -> str:
@@ -147,6 +150,7 @@ def _create_with_first_append(
     identifier_fields: Sequence[str],
 ) -> Table:
     namespace, _ = split_identifier(identifier)
+    data = _required(data, identifier, identifier_fields)
     catalog.create_namespace_if_not_exists(namespace)
     with catalog.create_table_transaction(identifier, schema=data.schema, properties=dict(table_properties or {})) as tx:
         if identifier_fields:
@@ -154,6 +158,21 @@ def _create_with_first_append(
                 update.set_identifier_fields(*identifier_fields)
         tx.append(data, snapshot_properties=summary)
     return catalog.load_table(identifier)
+
+
+def _required(data: pa.Table, identifier: str, identifier_fields: Sequence[str]) -> pa.Table:
+    """The data with its identifier columns marked required, as Iceberg demands of identifier fields.
+
+    Raises:
+        IngestError: an identifier column is missing or has nulls.
+    """
+    for name in identifier_fields:
+        if name not in data.column_names:
+            raise IngestError(f"cannot create {identifier!r}: identifier column {name!r} is not in the data; columns: {', '.join(data.column_names)}")
+        if data.column(name).null_count:
+            raise IngestError(f"cannot create {identifier!r}: identifier column {name!r} has {data.column(name).null_count} null values")
+    schema = pa.schema([f.with_nullable(False) if f.name in identifier_fields else f for f in data.schema], metadata=data.schema.metadata)
+    return data.cast(schema) if schema != data.schema else data
 
 
 def _explain(catalog: Catalog, identifier: str, data: pa.Table, exc: BaseException) -> str:

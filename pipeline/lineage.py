@@ -192,6 +192,8 @@ def get_run(settings: Settings, run_id: str) -> Run:
         run = client.get_run(run_id)
     except MlflowException as exc:
         raise RunNotFoundError(f"no MLflow run {run_id!r} in tracking store {redact(settings.tracking_uri)}") from exc
+    if run.info.lifecycle_stage == "deleted":
+        raise RunNotFoundError(f"MLflow run {run_id!r} was deleted")
     if SNAPSHOT_ID_TAG not in run.data.tags or TABLE_TAG not in run.data.tags:
         raise RunNotFoundError(f"MLflow run {run_id!r} has no icetrain lineage tags; it was not trained by icetrain")
     return run

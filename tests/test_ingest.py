@@ -63,3 +63,20 @@ def test_empty_data_and_missing_files_are_refused(catalog, tmp_path: Path) -> No
     with pytest.raises(IngestError, match="no such file"):
         append_file(catalog, "demo.rows", tmp_path / "missing.csv")
     assert not catalog.table_exists("demo.rows")
+
+
+def test_the_first_file_can_declare_identifier_fields(settings, catalog, tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    from pipeline.ingest import append_file
+    from tests.conftest import tabular_rows
+
+    nullable = tabular_rows(0, 10).cast(pa.schema([pa.field(f.name, f.type) for f in tabular_rows(0, 1).schema]))
+    pq.write_table(nullable, tmp_path / "rows.parquet")
+    append_file(catalog, "demo.keyed", tmp_path / "rows.parquet", identifier_fields=("id",))
+    schema = catalog.load_table("demo.keyed").schema()
+    assert [schema.find_column_name(i) for i in schema.identifier_field_ids] == ["id"]
+
+    with pytest.raises(IngestError, match="identifier column 'key' is not in the data"):
+        append_file(catalog, "demo.other", tmp_path / "rows.parquet", identifier_fields=("key",))
+    assert not catalog.table_exists("demo.other")

@@ -160,3 +160,15 @@ def test_compare_shows_runs_side_by_side_with_their_data_changes(settings, catal
     assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     logged = MlflowClient(settings.tracking_uri).list_artifacts(later.run_id, "comparisons")
     assert [entry.path for entry in logged] == [f"comparisons/compare-{first.run_id[:8]}-{later.run_id[:8]}.png"]
+
+
+def test_a_deleted_run_or_one_icetrain_did_not_make_cannot_be_reproduced(settings, trained) -> None:
+    _, first = trained
+    client = MlflowClient(settings.tracking_uri)
+    foreign = client.create_run(first.experiment_id).info.run_id
+    client.delete_run(first.run_id)
+
+    with pytest.raises(RunNotFoundError, match=f"MLflow run '{first.run_id}' was deleted"):
+        reproduce(settings, first.run_id)
+    out = icetrain("reproduce", foreign)
+    assert out.returncode == 2 and "has no icetrain lineage tags; it was not trained by icetrain" in out.stderr
