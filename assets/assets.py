@@ -6,11 +6,14 @@ depend on the Iceberg table's asset key (``namespace/table``), whoever produces 
 """
 
 import base64
+import hashlib
+import json
+from importlib.metadata import version as package_version
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetsDefinition, MaterializeResult, MetadataValue, Output, TableColumn, TableSchema, asset
+from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetsDefinition, DataVersion, MaterializeResult, MetadataValue, Output, TableColumn, TableSchema, asset
 
 from assets.config import PinConfig
 from assets.failures import user_errors_as_failures
@@ -50,6 +53,12 @@ def trained_model_key(pipeline: Pipeline) -> AssetKey:
     return AssetKey([pipeline.name, "trained_model"])
 
 
+def code_version(pipeline: Pipeline) -> str:
+    """The pipeline's declaration and icetrain's version, hashed: a change marks its assets stale in the UI."""
+    declared = json.dumps(pipeline.config.model_dump(mode="json", exclude={"retrain", "tracking"}), sort_keys=True)
+    return hashlib.sha256(f"{declared}|icetrain {package_version('icetrain')}".encode()).hexdigest()[:12]
+
+
 def training_data_asset(pipeline: Pipeline) -> AssetsDefinition:
     """Resolves the requested snapshot once, pins it, and profiles the rows for the gate."""
 
@@ -58,7 +67,8 @@ def training_data_asset(pipeline: Pipeline) -> AssetsDefinition:
         deps=[table_key(pipeline.table)],
         group_name=pipeline.name,
         kinds={"iceberg"},
-        description=f"Pins one snapshot of {pipeline.table} (id, tag/branch, as-of or latest) for pipeline {pipeline.name!r}.",
+        code_version=code_version(pipeline),
+        description=f"Pins one snapshot of {pipeline.table} (id, tag/branch, as-of or latest) for pipeline {pipeline.name!r}; its data version is the snapshot id.",
         metadata={"pipeline": pipeline.name, "table": pipeline.table},
     )
     def training_data(context: AssetExecutionContext, config: PinConfig, iceberg: IcebergResource) -> Output[TrainingData]:
@@ -73,6 +83,7 @@ def training_data_asset(pipeline: Pipeline) -> AssetsDefinition:
         context.log.info(f"pinned {pinned.table} at snapshot {pinned.snapshot_id} (asked by {pinned.asked_by})")
         return Output(
             TrainingData(pinned=pinned, config=run_config, report=report),
+            data_version=DataVersion(str(pinned.snapshot_id)),
             metadata={
                 "table": pinned.table,
                 "snapshot_id": str(pinned.snapshot_id),
@@ -98,6 +109,7 @@ def trained_model_asset(pipeline: Pipeline) -> AssetsDefinition:
         ins={"training_data": AssetIn(key=training_data_key(pipeline))},
         group_name=pipeline.name,
         kinds={"pytorch", "mlflow"},
+        code_version=code_version(pipeline),
         description=f"Trains pipeline {pipeline.name!r} ({pipeline.config.model.factory}) on the pinned snapshot and records the run in MLflow.",
         metadata={"pipeline": pipeline.name, "model_factory": pipeline.config.model.factory},
     )

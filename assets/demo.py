@@ -1,11 +1,17 @@
-"""The demo's own definitions: scikit-learn's digits written to ``demo.digits``, and ``demo_job``.
+"""The demos' own definitions: the assets that write their tables, and their jobs.
 
-The digits pipeline itself is declared in ``icetrain.yaml`` like any other; this module only
-adds the asset that writes its table (key ``demo/digits``, which the pipeline's training
-data depends on) and a job that runs everything downstream of it.
+- ``demo/digits``: scikit-learn's digits in three appends; ``demo_job`` runs it and
+  everything downstream of it (the ``digits`` pipeline).
+- ``demo/transactions``: fraud-shaped card transactions, a daily-partitioned asset that
+  appends one day per partition (backfill a date range from the UI, or
+  ``dagster asset materialize --select demo/transactions --partition-range A...B``);
+  ``transactions_ingest`` is its job. The ``fraud`` pipeline trains on it.
+
+The pipelines themselves are declared in ``icetrain.yaml`` like any other.
 """
 
-from dagster import AssetExecutionContext, AssetSelection, Definitions, MaterializeResult, asset, define_asset_job
+from dagster import AssetExecutionContext, AssetSelection, Config, DailyPartitionsDefinition, Definitions, MaterializeResult, asset, define_asset_job
+from pydantic import Field
 
 from assets.assets import table_key
 from assets.failures import user_errors_as_failures
@@ -13,6 +19,10 @@ from assets.resources import IcebergResource
 from pipeline.catalog import load_table
 from pipeline.demo_data import DIGITS_TABLE, ingest_digits
 from pipeline.snapshots import list_snapshots
+from pipeline.transactions import TRANSACTIONS_TABLE, day_of, ingest_day
+
+TRANSACTIONS_START = "2026-11-01"
+daily = DailyPartitionsDefinition(start_date=TRANSACTIONS_START)
 
 
 @asset(key=table_key(DIGITS_TABLE), group_name="demo", kinds={"iceberg"}, description="scikit-learn's digits in an Iceberg table, written in three appends.")
@@ -33,10 +43,43 @@ def digits_table(context: AssetExecutionContext, iceberg: IcebergResource) -> Ma
     )
 
 
+class TransactionsConfig(Config):
+    """How much data a day holds, and from which day the distributions drift."""
+
+    rows_per_day: int = Field(default=2000, ge=1, le=50_000_000)
+    drift_from: str | None = Field(default=None, description="ISO date from which amounts, velocities and foreign share shift.")
+
+
+@asset(
+    key=table_key(TRANSACTIONS_TABLE),
+    partitions_def=daily,
+    group_name="demo",
+    kinds={"iceberg"},
+    description="Fraud-shaped card transactions, one append per day (pipeline.transactions documents the hidden label function).",
+)
+def transactions_table(context: AssetExecutionContext, config: TransactionsConfig, iceberg: IcebergResource) -> MaterializeResult:
+    day = day_of(context.partition_key)
+    with user_errors_as_failures():
+        catalog = iceberg.catalog()
+        snapshot_id = ingest_day(catalog, day, config.rows_per_day, drift_from=day_of(config.drift_from) if config.drift_from else None, run_id=context.run_id)
+        current = load_table(catalog, TRANSACTIONS_TABLE).current_snapshot()
+    return MaterializeResult(
+        metadata={
+            "day": day.isoformat(),
+            "snapshot_id": str(snapshot_id) if snapshot_id is not None else "none (the day was already written)",
+            "current_snapshot_id": str(current.snapshot_id) if current else "",
+            "rows_written": config.rows_per_day if snapshot_id is not None else 0,
+            "total_rows": int(current.summary.additional_properties.get("total-records", 0)) if current and current.summary else 0,
+        }
+    )
+
+
+transactions_job = define_asset_job("transactions_ingest", selection=AssetSelection.assets(transactions_table), partitions_def=daily, description="Append one day of transactions per partition.")
+
 demo_job = define_asset_job(
     "demo_job",
     selection=AssetSelection.assets(digits_table).downstream(),
     description="Ingest the digits, then pin a snapshot, check it and train every pipeline that reads them.",
 )
 
-defs = Definitions(assets=[digits_table], jobs=[demo_job])
+defs = Definitions(assets=[digits_table, transactions_table], jobs=[demo_job, transactions_job])

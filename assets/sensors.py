@@ -1,8 +1,14 @@
-"""Retrain a pipeline when its table gets a new snapshot, pinned to that snapshot's id."""
+"""Retrain a pipeline when its table gets a new snapshot with enough new rows, pinned to that snapshot's id."""
 
 from dagster import DefaultSensorStatus, RunConfig, RunRequest, SensorDefinition, SensorEvaluationContext, SkipReason, sensor
 
-from assets.assets import training_data_key
+import json
+from dataclasses import dataclass
+
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
+
+from assets.assets import trained_model_key, training_data_key
 from assets.config import PinConfig
 from assets.jobs import UnresolvedAssetJobDefinition
 from assets.resources import IcebergResource
@@ -11,14 +17,62 @@ from pipeline.project import Pipeline
 NO_SNAPSHOT = "none"
 
 
+@dataclass(frozen=True)
+class SensorCursor:
+    """The last snapshot seen, and the snapshot new rows are counted from."""
+
+    seen: str
+    base: str
+
+    @classmethod
+    def read(cls, text: str | None) -> "SensorCursor | None":
+        if not text:
+            return None
+        try:
+            values = json.loads(text)
+            return cls(str(values["seen"]), str(values.get("base", "")))
+        except (ValueError, KeyError, TypeError):
+            return cls(text, text)  # a cursor written before it held JSON: a bare snapshot id
+
+    def write(self) -> str:
+        return json.dumps({"seen": self.seen, "base": self.base})
+
+
+def _last_trained_snapshot(context: SensorEvaluationContext, pipeline: Pipeline) -> str:
+    """The snapshot id the latest materialization of the pipeline's model trained on ('' if none)."""
+    event = context.instance.get_latest_materialization_event(trained_model_key(pipeline))
+    if event is None or event.asset_materialization is None:
+        return ""
+    value = event.asset_materialization.metadata.get("snapshot_id")
+    return str(value.value) if value is not None else ""
+
+
+def _rows_added(table: Table, base: str, current: Snapshot) -> int | None:
+    """Rows in the current snapshot minus rows in ``base``, from summaries (None when ``base`` is gone)."""
+    try:
+        before = table.snapshot_by_id(int(base))
+    except ValueError:
+        return None
+    if before is None:
+        return None
+    return _total(current) - _total(before)
+
+
+def _total(snapshot: Snapshot) -> int:
+    return int((snapshot.summary.additional_properties if snapshot.summary else {}).get("total-records", 0))
+
+
 def new_snapshot_sensor(pipeline: Pipeline, job: UnresolvedAssetJobDefinition) -> SensorDefinition:
-    """A sensor whose cursor is the last snapshot id it saw.
+    """A sensor whose cursor is the last snapshot id it saw and the snapshot rows are counted from.
 
     Its first tick records the table's current snapshot and trains on it only if
-    ``retrain.train_on_first_snapshot``; after that, each new current snapshot requests one
-    run (``run_key`` = snapshot id, so a snapshot never trains twice) whose run config pins it.
+    ``retrain.train_on_first_snapshot``. After that, a new current snapshot requests a run
+    (``run_key`` = snapshot id, so a snapshot never trains twice; run config pins it) when it
+    adds at least ``retrain.min_new_rows`` rows since the snapshot of the last trained model
+    (the latest ``NAME/trained_model`` materialization, else the last snapshot it requested),
+    counted from the snapshots' summaries; otherwise its skip reason says how many.
     """
-    table, retrain = pipeline.table, pipeline.config.retrain
+    table_name, retrain = pipeline.table, pipeline.config.retrain
     op_name = "__".join(training_data_key(pipeline).path)
 
     @sensor(
@@ -26,24 +80,32 @@ def new_snapshot_sensor(pipeline: Pipeline, job: UnresolvedAssetJobDefinition) -
         job=job,
         minimum_interval_seconds=retrain.sensor_interval_s,
         default_status=DefaultSensorStatus.RUNNING if retrain.sensor_on else DefaultSensorStatus.STOPPED,
-        description=f"Retrain {pipeline.name!r} on each new snapshot of {table}.",
+        description=f"Retrain {pipeline.name!r} when a new snapshot of {table_name} adds at least {retrain.min_new_rows} rows.",
     )
     def new_snapshot(context: SensorEvaluationContext, iceberg: IcebergResource) -> RunRequest | SkipReason:
         catalog = iceberg.catalog()
-        current = catalog.load_table(table).current_snapshot() if catalog.table_exists(table) else None
-        seen = str(current.snapshot_id) if current is not None else NO_SNAPSHOT
-        first_tick, previous = context.cursor is None, context.cursor
-        context.update_cursor(seen)
+        table = catalog.load_table(table_name) if catalog.table_exists(table_name) else None
+        current = table.current_snapshot() if table is not None else None
+        cursor = SensorCursor.read(context.cursor)
         if current is None:
-            return SkipReason(f"table {table} has no snapshot yet")
-        if first_tick and not retrain.train_on_first_snapshot:
-            return SkipReason(f"started: recorded snapshot {seen} of {table} as seen; the next new snapshot retrains (retrain.train_on_first_snapshot: true trains on this one)")
-        if previous == seen:
-            return SkipReason(f"no new snapshot of {table} since {seen}")
+            context.update_cursor(SensorCursor(NO_SNAPSHOT, cursor.base if cursor else "").write())
+            return SkipReason(f"table {table_name} has no snapshot yet")
+        seen = str(current.snapshot_id)
+        if cursor is None and not retrain.train_on_first_snapshot:
+            context.update_cursor(SensorCursor(seen, seen).write())
+            return SkipReason(f"started: recorded snapshot {seen} of {table_name} as seen; the next new snapshot retrains (retrain.train_on_first_snapshot: true trains on this one)")
+        if cursor is not None and cursor.seen == seen:
+            return SkipReason(f"no new snapshot of {table_name} since {seen}")
+        base = _last_trained_snapshot(context, pipeline) or (cursor.base if cursor else "")
+        added = _rows_added(table, base, current) if base else None
+        if added is not None and added < retrain.min_new_rows:
+            context.update_cursor(SensorCursor(seen, base).write())
+            return SkipReason(f"snapshot {seen} adds {added} rows since snapshot {base} of the last trained model, fewer than retrain.min_new_rows={retrain.min_new_rows}")
+        context.update_cursor(SensorCursor(seen, seen).write())
         return RunRequest(
             run_key=seen,
             run_config=RunConfig(ops={op_name: PinConfig(snapshot_id=seen)}),
-            tags={"icetrain/snapshot_id": seen, "icetrain/pipeline": pipeline.name},
+            tags={"icetrain/snapshot_id": seen, "icetrain/pipeline": pipeline.name, "icetrain/rows_added": "" if added is None else str(added)},
         )
 
     return new_snapshot

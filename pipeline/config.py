@@ -215,6 +215,7 @@ class RetrainSection(Section):
     sensor_on: bool = False
     sensor_interval_s: int = Field(60, ge=5)
     train_on_first_snapshot: bool = Field(False, description="Whether a newly started sensor trains on the snapshot it finds.")
+    min_new_rows: int = Field(1, ge=1, description="The sensor retrains only when at least this many rows were added since the last trained model's snapshot.")
 
     @field_validator("schedule")
     @classmethod

@@ -35,6 +35,7 @@ def append_arrow(
     run_id: str | None = None,
     table_properties: Mapping[str, str] | None = None,
     identifier_fields: Sequence[str] = (),
+    properties: Mapping[str, str] | None = None,
 ) -> int:
     """Append an Arrow table as one new snapshot, creating the table on first write.
 
@@ -44,6 +45,7 @@ def append_arrow(
         run_id: the orchestrator's run id (Dagster's), recorded in the snapshot summary.
         table_properties: properties set when the table is created (image shapes, classes).
         identifier_fields: columns that identify a row; used when the table is created.
+        properties: more entries for the snapshot summary (e.g. the partition a run wrote).
 
     Returns:
         The id of the snapshot this append committed.
@@ -55,7 +57,7 @@ def append_arrow(
     if data.num_rows == 0:
         raise IngestError(f"nothing to append to {identifier!r}: the data has no rows")
     append_id = uuid.uuid4().hex
-    summary = {SOURCE_PROPERTY: source, APPEND_ID_PROPERTY: append_id}
+    summary = {**(properties or {}), SOURCE_PROPERTY: source, APPEND_ID_PROPERTY: append_id}
     if run_id:
         summary[RUN_ID_PROPERTY] = run_id
     try:

@@ -1,5 +1,8 @@
 """The Dagster definitions of declared pipelines materialize in process; the pinned id flows to MLflow; the gate blocks."""
 
+import json
+from datetime import date
+
 import pytest
 from dagster import AssetKey, DagsterInstance, RunConfig, build_sensor_context, instance_for_test, materialize
 from mlflow.tracking import MlflowClient
@@ -127,7 +130,7 @@ def test_the_sensor_records_its_first_snapshot_then_requests_a_run_per_new_one(s
 
     with build_sensor_context(instance=instance, resources=resources) as fresh:
         message = sensor(fresh).skip_message
-        assert f"recorded snapshot {first}" in message and fresh.cursor == first
+        assert f"recorded snapshot {first}" in message and json.loads(fresh.cursor)["seen"] == first
         append_arrow(catalog, "demo.rows", tabular_rows(20, 10), source="test")
         current = str(load_table(catalog, "demo.rows").current_snapshot().snapshot_id)
         request = sensor(fresh)
@@ -156,7 +159,7 @@ def test_each_declared_pipeline_gets_its_own_definitions_and_only_its_table_edge
     defs = project_definitions(project)
 
     keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
-    assert keys == {"demo/digits", "crm/customers", "digits/training_data", "digits/trained_model", "churn/training_data", "churn/trained_model"}
+    assert keys == {"demo/digits", "demo/transactions", "crm/customers", "digits/training_data", "digits/trained_model", "churn/training_data", "churn/trained_model"}
     graph = defs.resolve_asset_graph()
     assert graph.get(AssetKey(["churn", "training_data"])).parent_keys == {AssetKey(["crm", "customers"])}
     assert graph.get(AssetKey(["digits", "training_data"])).parent_keys == {AssetKey(["demo", "digits"])}
@@ -165,4 +168,79 @@ def test_each_declared_pipeline_gets_its_own_definitions_and_only_its_table_edge
     assert defs.resolve_sensor_def("churn_new_snapshot").job_name == "churn_train"
     assert defs.resolve_sensor_def("churn_new_snapshot").default_status.value == "RUNNING"
     assert defs.resolve_sensor_def("digits_new_snapshot").default_status.value == "STOPPED"
-    assert {job.name for job in defs.resolve_all_job_defs()} >= {"demo_job", "digits_train", "churn_train"}
+    assert {job.name for job in defs.resolve_all_job_defs()} >= {"demo_job", "transactions_ingest", "digits_train", "churn_train"}
+
+
+def test_the_sensor_waits_for_enough_new_rows_since_the_last_trained_model(settings, catalog, instance) -> None:
+    pipeline = parse_project({"pipelines": {"rows": {"data": {"table": "demo.rows"}, "optim": {"epochs": 1}, "retrain": {"min_new_rows": 50}}}}).pipeline("rows")
+    sensor = new_snapshot_sensor(pipeline, train_job(pipeline))
+    write_appends(catalog, "demo.rows", [60])
+    with build_sensor_context(instance=instance, resources={"iceberg": IcebergResource()}) as context:
+        assert "started" in sensor(context).skip_message
+        append_arrow(catalog, "demo.rows", tabular_rows(60, 30), source="test")
+        below = sensor(context).skip_message
+        assert "adds 30 rows since snapshot" in below and "fewer than retrain.min_new_rows=50" in below
+        append_arrow(catalog, "demo.rows", tabular_rows(90, 30), source="test")
+        request = sensor(context)
+        current = str(load_table(catalog, "demo.rows").current_snapshot().snapshot_id)
+        assert request.run_key == current and request.tags["icetrain/rows_added"] == "60"
+
+        result = materialize(pipeline_assets(pipeline), instance=instance, resources=RESOURCES, run_config=request.run_config)
+        assert result.success
+        append_arrow(catalog, "demo.rows", tabular_rows(120, 20), source="test")
+        after_training = sensor(context).skip_message
+        assert f"adds 20 rows since snapshot {current} of the last trained model" in after_training
+
+
+def test_training_data_carries_the_snapshot_id_as_its_data_version_and_a_code_version(settings, catalog, instance) -> None:
+    write_appends(catalog, "demo.rows", [40])
+    result = materialize(pipeline_assets(ROWS), instance=instance, resources=RESOURCES)
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == AssetKey(["rows", "training_data"])]
+    assert event.materialization.tags["dagster/data_version"] == str(load_table(catalog, "demo.rows").current_snapshot().snapshot_id)
+    changed = parse_project({"pipelines": {"rows": {"data": {"table": "demo.rows"}, "optim": {"epochs": 2}}}}).pipeline("rows")
+    assert training_data_asset(ROWS).code_versions_by_key != training_data_asset(changed).code_versions_by_key
+
+
+def test_transactions_arrive_one_day_per_partition_and_a_backfill_is_idempotent(settings, catalog, instance) -> None:
+    from assets.demo import TransactionsConfig, transactions_table
+
+    config = RunConfig(ops={"demo__transactions": TransactionsConfig(rows_per_day=300)})
+    for day in ("2026-11-01", "2026-11-02", "2026-11-03", "2026-11-02"):
+        assert materialize([transactions_table], instance=instance, resources=RESOURCES, partition_key=day, run_config=config).success
+    table = load_table(catalog, "demo.transactions")
+    days = [s.summary.additional_properties.get("icetrain.partition") for s in table.snapshots()]
+    assert days == ["2026-11-01", "2026-11-02", "2026-11-03"]
+    assert table.scan().to_arrow().num_rows == 900
+    schema = table.schema()
+    assert [schema.find_column_name(i) for i in schema.identifier_field_ids] == ["transaction_id"]
+
+
+def test_the_drift_knob_shifts_features_from_its_day() -> None:
+    from pipeline.transactions import transactions_day
+
+    before = transactions_day(date(2026, 11, 5), 5000)
+    after = transactions_day(date(2026, 11, 5), 5000, drift_from=date(2026, 11, 4))
+    assert transactions_day(date(2026, 11, 5), 5000).equals(before)
+    assert after["amount"].to_numpy().mean() > 1.5 * before["amount"].to_numpy().mean()
+    assert 0.005 < before["is_fraud"].to_numpy().mean() < 0.04
+    assert transactions_day(date(2026, 11, 3), 100, drift_from=date(2026, 11, 4)).equals(transactions_day(date(2026, 11, 3), 100))
+
+
+def test_the_fraud_pipeline_trains_a_weighted_binary_classifier_with_ranking_metrics(settings, catalog) -> None:
+    from pathlib import Path
+
+    from pipeline.project import load_project
+    from pipeline.transactions import ingest_day
+    from training.train import train
+
+    for day in (1, 2, 3, 4):
+        ingest_day(catalog, date(2026, 11, day), 3000)
+    fraud = load_project(Path(__file__).resolve().parents[1] / "icetrain.yaml").pipeline("fraud")
+
+    result = train(settings, fraud.with_overrides(["optim.epochs=4"]), pipeline=fraud.name, progress_bar=False)
+
+    metrics = result.final_metrics
+    assert {"val_precision", "val_recall", "val_roc_auc", "val_pr_auc"} <= set(metrics)
+    assert metrics["val_roc_auc"] > 0.75, metrics
+    assert metrics["val_pr_auc"] > 0.05, metrics
+    assert result.classes == (0, 1) and result.row_count == 12000

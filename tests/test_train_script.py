@@ -189,3 +189,16 @@ def test_balanced_class_weights_lift_recall_of_a_rare_class(settings, catalog) -
     weighted = train(settings, config_for("demo.rare", "model.factory=linear", "optim.epochs=3", "optim.class_weights=balanced"), progress_bar=False)
 
     assert weighted.final_metrics["val_recall"] > plain.final_metrics["val_recall"]
+
+
+def test_ranking_metrics_match_hand_computed_values() -> None:
+    from training.tasks import ranking_metrics
+
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.55, 0.4, 0.3, 0.2])
+    labels = np.array([1, 0, 1, 1, 0, 0, 1, 0])
+    # ROC AUC: pairs (positive above negative) / (4 * 4): 0.9 > 4, 0.7 > 3, 0.6 > 3, 0.3 > 1 -> 11/16
+    # average precision: precisions at the hits 1/1, 2/3, 3/4, 4/7
+    values = ranking_metrics(scores, labels)
+    assert values["roc_auc"] == pytest.approx(11 / 16)
+    assert values["pr_auc"] == pytest.approx((1 + 2 / 3 + 3 / 4 + 4 / 7) / 4)
+    assert ranking_metrics(np.array([0.5, 0.5]), np.array([1, 0]))["roc_auc"] == 0.5

@@ -71,6 +71,14 @@ class Compute:
             raise value
         return value
 
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Every rank's 1-D tensor, concatenated in rank order (the tensor itself with one rank)."""
+        if not self.distributed:
+            return values
+        parts: list[Any] = [None] * self.world_size
+        dist.all_gather_object(parts, values.cpu())
+        return torch.cat(parts)
+
     def all_sum(self, values: torch.Tensor) -> torch.Tensor:
         """Element-wise sum over ranks (the tensor itself when there is one rank)."""
         if self.distributed:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from pipeline.config import EarlyStopping
 from training.compute import Compute
-from training.tasks import Task
+from training.tasks import Task, ranking_metrics
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -152,13 +152,22 @@ def evaluate(model: nn.Module, task: Task, data: EpochLoader, compute: Compute) 
     model.eval()
     data.set_epoch(0)
     sums: torch.Tensor | None = None
+    scores: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
     for features, targets in data:
         features, targets = features.to(compute.device, non_blocking=True), targets.to(compute.device, non_blocking=True)
         with compute.autocast():
             outputs = model(features)
         batch_sums = task.sums(outputs, targets)
         sums = batch_sums if sums is None else sums + batch_sums
-    return task.metrics(compute.all_sum(_or_zeros(sums, task, compute)))
+        if task.ranking_metric_names:
+            scores.append(task.scores(outputs).cpu())
+            labels.append(targets.cpu())
+    values = task.metrics(compute.all_sum(_or_zeros(sums, task, compute)))
+    if task.ranking_metric_names:
+        all_scores, all_labels = compute.gather(torch.cat(scores) if scores else torch.empty(0)), compute.gather(torch.cat(labels) if labels else torch.empty(0))
+        values.update(ranking_metrics(all_scores.numpy(), all_labels.numpy()))
+    return values
 
 
 def _epoch_metrics(run: Fit, epoch: int, sums: torch.Tensor | None, val: EpochLoader | None) -> EpochMetrics:

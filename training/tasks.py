@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -27,6 +28,15 @@ class Classification:
     @property
     def metric_names(self) -> tuple[str, ...]:
         return ("loss", "accuracy", "precision", "recall") if self.num_classes == 2 else ("loss", "accuracy")
+
+    @property
+    def ranking_metric_names(self) -> tuple[str, ...]:
+        """Metrics of the whole ranking of scores, reported on the validation split of binary tasks."""
+        return ("roc_auc", "pr_auc") if self.num_classes == 2 else ()
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The positive class's probability, for ranking metrics."""
+        return torch.softmax(outputs.detach().float(), dim=1)[:, 1]
 
     def loss_fn(self, device: torch.device) -> nn.Module:
         weight = self.class_weights.to(device) if self.class_weights is not None else None
@@ -52,6 +62,25 @@ class Classification:
         return values
 
 
+def ranking_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """ROC AUC (ties share their average rank) and PR AUC (average precision) of scores for label 1."""
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return {"roc_auc": float("nan"), "pr_auc": float("nan")}
+    order = np.argsort(scores, kind="mergesort")
+    _, inverse, counts = np.unique(scores[order], return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    average_rank = (ends - (counts - 1) / 2.0)[inverse]
+    ranks = np.empty(len(scores))
+    ranks[order] = average_rank
+    roc_auc = (ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    descending = labels[np.argsort(-scores, kind="mergesort")]
+    hits = np.cumsum(descending)
+    precision_at_hits = hits[descending == 1] / (np.flatnonzero(descending == 1) + 1)
+    return {"roc_auc": float(roc_auc), "pr_auc": float(precision_at_hits.mean())}
+
+
 @dataclass(frozen=True)
 class Regression:
     """Mean squared error on a float target; reports MSE as the loss, and MAE."""
@@ -63,6 +92,13 @@ class Regression:
     @property
     def metric_names(self) -> tuple[str, ...]:
         return ("loss", "mae")
+
+    @property
+    def ranking_metric_names(self) -> tuple[str, ...]:
+        return ()
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.detach().float().reshape(-1)
 
     def loss_fn(self, device: torch.device) -> nn.Module:
         return _SquaredError()
@@ -100,4 +136,4 @@ def _count_of(counts: dict[object, int], cls: object) -> int:
     return 0
 
 
-__all__ = ["Classification", "Regression", "Task", "balanced_weights"]
+__all__ = ["Classification", "Regression", "Task", "balanced_weights", "ranking_metrics"]

@@ -223,7 +223,7 @@ def check_early_stopping(config: PipelineConfig, task: Task, data: TrainingData)
     metric = config.optim.early_stopping.metric
     if metric is None:
         return
-    known = [f"train_{name}" for name in task.metric_names] + ([f"val_{name}" for name in task.metric_names] if data.val else [])
+    known = [f"train_{name}" for name in task.metric_names] + ([f"val_{name}" for name in (*task.metric_names, *task.ranking_metric_names)] if data.val else [])
     if metric not in known:
         raise ConfigError(f"optim.early_stopping.metric: {metric!r} is not a metric of this run; choose from {', '.join(known)}")
 
