@@ -21,10 +21,13 @@ from assets.resources import IcebergResource, MlflowResource, combined_settings
 from pipeline.catalog import load_table
 from pipeline.config import PipelineConfig
 from pipeline.gate import DataReport, inspect_data
+from pipeline.quality import QualityReport, assess, contract_changes
 from pipeline.project import Pipeline
 from pipeline.reading import prepare_read, snapshot_schema
 from pipeline.settings import Settings
 from pipeline.snapshots import PinnedSnapshot
+from pipeline.specs import ReadSpec
+from pyiceberg.table import Table
 from training.data import pin
 from training.launch import launch
 from training.plots import learning_curves_png
@@ -37,7 +40,8 @@ class TrainingData:
 
     pinned: PinnedSnapshot
     config: PipelineConfig
-    report: DataReport
+    report: DataReport | None
+    quality: QualityReport
 
 
 def table_key(table: str) -> AssetKey:
@@ -77,23 +81,31 @@ def training_data_asset(pipeline: Pipeline) -> AssetsDefinition:
             run_config = config.apply(pipeline.config)
             pinned = pin(settings, run_config)
             table = load_table(iceberg.catalog(), pinned.table)
-            read = prepare_read(table, pinned, run_config.data.read_spec())
-            report, _ = inspect_data(read, min_rows=run_config.data.min_rows, count_classes=run_config.data.task == "classification")
+            reference = reference_snapshot(context, settings, pipeline, table)
+            spec = run_config.data.read_spec()
+            contract = contract_changes(snapshot_schema(table, reference), snapshot_schema(table, pinned), _declared_features(table, reference, spec)) if reference else []
+            report, quality = None, QualityReport(reference.snapshot_id if reference else None, tuple(contract))
+            if not contract:
+                read = prepare_read(table, pinned, spec)
+                report, _ = inspect_data(read, min_rows=run_config.data.min_rows, count_classes=run_config.data.task == "classification")
+                quality = assess(table, read, prepare_read(table, reference, spec) if reference else None)
             schema = snapshot_schema(table, pinned).as_arrow()
         context.log.info(f"pinned {pinned.table} at snapshot {pinned.snapshot_id} (asked by {pinned.asked_by})")
         return Output(
-            TrainingData(pinned=pinned, config=run_config, report=report),
+            TrainingData(pinned=pinned, config=run_config, report=report, quality=quality),
             data_version=DataVersion(str(pinned.snapshot_id)),
             metadata={
+                "reference_snapshot_id": str(quality.reference_snapshot or ""),
+                "feature_profile": MetadataValue.json(_profile_table(quality)),
                 "table": pinned.table,
                 "snapshot_id": str(pinned.snapshot_id),
                 "asked_by": pinned.asked_by,
                 "asked_value": pinned.asked_value,
                 "snapshot_committed_at": pinned.committed_at.isoformat(),
-                "row_count": report.row_count,
+                "row_count": report.row_count if report else 0,
                 "row_filter": run_config.data.filter or "",
                 "sql": run_config.data.sql or "",
-                "label_counts": MetadataValue.json(report.class_counts or {}),
+                "label_counts": MetadataValue.json((report.class_counts if report else None) or {}),
                 "dagster/column_schema": _table_schema(schema),
             },
         )
@@ -141,6 +153,48 @@ def _train(settings: Settings, config: PipelineConfig, pinned: PinnedSnapshot, p
     if config.compute.nproc > 1:
         return launch(settings, config, asdict(pinned), pipeline, dagster_run_id=dagster_run_id, launched_by="dagster")
     return result_summary(train(settings, config, pinned=pinned, pipeline=pipeline, dagster_run_id=dagster_run_id, progress_bar=False, launched_by="dagster"))
+
+
+def reference_snapshot(context: AssetExecutionContext, settings: Settings, pipeline: Pipeline, table: Table) -> PinnedSnapshot | None:
+    """The snapshot the gates compare against: the champion's (alias ``champion`` of
+    ``tracking.registered_model``), else the last trained model's; None before any model."""
+    snapshot_id = _champion_snapshot(settings, pipeline.config.tracking.registered_model)
+    if snapshot_id is None:
+        event = context.instance.get_latest_materialization_event(trained_model_key(pipeline))
+        value = event.asset_materialization.metadata.get("snapshot_id") if event is not None and event.asset_materialization else None
+        snapshot_id = int(value.value) if value is not None and str(value.value).isdigit() else None
+    snapshot = table.snapshot_by_id(snapshot_id) if snapshot_id is not None else None
+    if snapshot is None:
+        return None
+    return PinnedSnapshot(settings.catalog_name, pipeline.table, snapshot.snapshot_id, "id", str(snapshot.snapshot_id), snapshot.timestamp_ms)
+
+
+def _champion_snapshot(settings: Settings, model_name: str | None) -> int | None:
+    if not model_name:
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        version = MlflowClient(settings.tracking_uri).get_model_version_by_alias(model_name, "champion")
+    except MlflowException:
+        return None
+    value = version.tags.get("icetrain.snapshot_id")
+    return int(value) if value and value.isdigit() else None
+
+
+def _declared_features(table: Table, reference: PinnedSnapshot | None, spec: ReadSpec) -> tuple[str, ...]:
+    """The features the contract covers: the declared ones, else every column the reference read as a feature."""
+    if spec.features is not None or reference is None:
+        return spec.features or ()
+    return prepare_read(table, reference, spec).layout.features
+
+
+def _profile_table(quality: QualityReport) -> dict[str, dict[str, float]]:
+    return {
+        name: {"mean": round(p.mean, 6), "nulls": p.nulls, "nans": p.nans, **({"psi": round(quality.drift[name], 4)} if name in quality.drift else {})}
+        for name, p in quality.profiles.items()
+    }
 
 
 def mlflow_links(mlflow_ui: str | None, summary: dict[str, Any]) -> dict[str, MetadataValue]:

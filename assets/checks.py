@@ -16,6 +16,8 @@ def trainable_check(pipeline: Pipeline) -> AssetChecksDefinition:
     @asset_check(asset=training_data_key(pipeline), name="is_trainable", blocking=True, description=trainable_check.__doc__.splitlines()[0])
     def is_trainable(training_data: TrainingData) -> AssetCheckResult:
         report = training_data.report
+        if report is None:
+            return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, description="not checked: the schema contract failed")
         return AssetCheckResult(
             passed=report.passed and not report.warnings,
             severity=AssetCheckSeverity.ERROR if report.errors else AssetCheckSeverity.WARN,
@@ -33,3 +35,51 @@ def trainable_check(pipeline: Pipeline) -> AssetChecksDefinition:
         )
 
     return is_trainable
+
+
+def quality_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
+    """The schema contract, feature completeness and drift gates (``pipeline.quality``), all blocking."""
+    key, gates = training_data_key(pipeline), pipeline.config.gates
+
+    @asset_check(asset=key, name="schema_contract", blocking=True, description="Declared features keep their field ids, names and types since the reference snapshot.")
+    def schema_contract(training_data: TrainingData) -> AssetCheckResult:
+        quality = training_data.quality
+        return AssetCheckResult(
+            passed=not quality.contract,
+            description="; ".join(quality.contract) or ("no reference snapshot yet" if quality.reference_snapshot is None else "features unchanged"),
+            metadata={"reference_snapshot_id": str(quality.reference_snapshot or ""), "changes": "; ".join(quality.contract)},
+        )
+
+    @asset_check(asset=key, name="features_complete", blocking=True, description="No feature has more null or NaN values than gates.max_null_fraction.")
+    def features_complete(training_data: TrainingData) -> AssetCheckResult:
+        quality = training_data.quality
+        incomplete = quality.incomplete(gates.max_null_fraction)
+        return AssetCheckResult(
+            passed=not incomplete and not quality.contract,
+            description="; ".join(f"{name}: {share:.2%} null or NaN" for name, share in incomplete.items()) or "complete",
+            metadata={
+                "nulls": MetadataValue.json({n: p.nulls for n, p in quality.profiles.items()}),
+                "nans": MetadataValue.json({n: p.nans for n, p in quality.profiles.items()}),
+                "max_null_fraction": gates.max_null_fraction,
+            },
+        )
+
+    @asset_check(asset=key, name="no_drift", blocking=True, description="No feature's PSI against the reference (champion's) snapshot exceeds gates.max_psi.")
+    def no_drift(training_data: TrainingData) -> AssetCheckResult:
+        quality = training_data.quality
+        drifted = quality.drifted(gates.max_psi)
+        if quality.reference_snapshot is None:
+            description = "no reference snapshot yet (no champion or trained model)"
+        else:
+            description = "; ".join(f"{name} PSI {value:.3f}" for name, value in drifted.items()) or f"largest PSI {max(quality.drift.values(), default=0.0):.3f}"
+        return AssetCheckResult(
+            passed=not drifted and not quality.contract,
+            description=description,
+            metadata={
+                "reference_snapshot_id": str(quality.reference_snapshot or ""),
+                "psi": MetadataValue.json({n: round(v, 4) for n, v in sorted(quality.drift.items(), key=lambda item: -item[1])}),
+                "max_psi": gates.max_psi,
+            },
+        )
+
+    return [schema_contract, features_complete, no_drift]

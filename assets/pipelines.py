@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dagster import AssetKey, AssetsDefinition, AssetSpec, Definitions
 
 from assets.assets import table_key, trained_model_asset, training_data_asset
-from assets.checks import trainable_check
+from assets.checks import quality_checks, trainable_check
 from assets.jobs import train_job
 from assets.resources import IcebergResource, MlflowResource
 from assets.schedules import retrain_schedule
@@ -24,7 +24,7 @@ def pipeline_definitions(pipeline: Pipeline) -> Definitions:
     job = train_job(pipeline)
     return Definitions(
         assets=[training_data_asset(pipeline), trained_model_asset(pipeline)],
-        asset_checks=[trainable_check(pipeline)],
+        asset_checks=[trainable_check(pipeline), *quality_checks(pipeline)],
         jobs=[job],
         schedules=[retrain_schedule(pipeline, job)],
         sensors=[new_snapshot_sensor(pipeline, job)],

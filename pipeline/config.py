@@ -226,6 +226,13 @@ class RetrainSection(Section):
         return value
 
 
+class GatesSection(Section):
+    """Data-quality gates run by Dagster's blocking checks before training."""
+
+    max_psi: float = Field(0.25, gt=0, description="Largest population stability index of any feature against the reference (champion's) snapshot.")
+    max_null_fraction: float = Field(0.0, ge=0, le=1, description="Largest share of null or NaN values in any feature.")
+
+
 class PipelineConfig(Section):
     """The whole tree. ``seed`` seeds weight initialisation and the data order."""
 
@@ -238,6 +245,7 @@ class PipelineConfig(Section):
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     retrain: RetrainSection = Field(default_factory=RetrainSection)
+    gates: GatesSection = Field(default_factory=GatesSection)
 
     def loader_config(self, split: str, *, shuffle: bool | None = None, batch_size: int | None = None) -> LoaderConfig:
         """The data library's loader settings for one split ('all', 'train' or 'val')."""
@@ -393,6 +401,7 @@ __all__ = [
     "ComputeSection",
     "DataConfig",
     "EarlyStopping",
+    "GatesSection",
     "LoaderSection",
     "ModelSection",
     "OptimSection",

@@ -98,7 +98,7 @@ def test_dagster_definitions_hold_the_pipeline_and_nothing_of_the_demo(project) 
     defs = project_definitions(load_project(project))
 
     assert {key.to_user_string() for key in defs.resolve_all_asset_keys()} == {"shop/customers", "churn/training_data", "churn/trained_model"}
-    assert {check.name for check in defs.resolve_asset_graph().asset_check_keys} == {"is_trainable"}
+    assert {check.name for check in defs.resolve_asset_graph().asset_check_keys} == {"is_trainable", "schema_contract", "features_complete", "no_drift"}
     assert {job.name for job in defs.resolve_all_job_defs()} - {"__ASSET_JOB"} == {"churn_train"}
     assert defs.resolve_schedule_def("churn_schedule").job_name == "churn_train"
     assert defs.resolve_sensor_def("churn_new_snapshot").job_name == "churn_train"

@@ -1,0 +1,151 @@
+"""Data-quality gates beyond the labels: the schema contract, feature completeness, and drift.
+
+- **Schema contract**: the pipeline's features are matched by Iceberg field id against a
+  reference snapshot (the one the current champion, or the last model, trained on), so a
+  rename is reported as a rename, a drop as a drop and a type change as such.
+- **Feature profile**: per feature, rows, nulls, NaNs, mean and a histogram, in one streaming
+  pass over the feature columns (row group by row group, bounded memory).
+- **Drift**: the population stability index of each feature against the reference snapshot,
+  over 10 equal-width bins between the reference's column bounds (from the manifests) plus two
+  overflow bins: ``PSI = sum((p - q) * ln(p / q))``, fractions floored at 1e-4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+from pyiceberg.conversions import from_bytes
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.types import PrimitiveType
+
+from pipeline.reading import PreparedRead
+from pipeline.specs import LoaderConfig
+
+BINS = 10
+_FLOOR = 1e-4
+
+
+@dataclass(frozen=True)
+class FeatureProfile:
+    """One feature's completeness, mean and histogram over the bins of a reference."""
+
+    name: str
+    rows: int
+    nulls: int
+    nans: int
+    mean: float
+    counts: tuple[int, ...] = field(default=())
+
+    def fractions(self) -> np.ndarray:
+        counts = np.asarray(self.counts, dtype=np.float64)
+        return counts / counts.sum() if counts.sum() else counts
+
+
+def contract_changes(reference: Schema, current: Schema, features: tuple[str, ...]) -> list[str]:
+    """How the declared features changed from the reference schema to the current one, by field id."""
+    changes = []
+    for name in features:
+        try:
+            field_id = reference.find_field(name).field_id
+        except ValueError:
+            continue
+        try:
+            now = current.find_field(field_id)
+        except ValueError:
+            changes.append(f"feature {name} (field {field_id}) was dropped")
+            continue
+        renamed = current.find_column_name(field_id)
+        if renamed != name:
+            changes.append(f"feature {name} (field {field_id}) was renamed to {renamed}")
+        before = reference.find_field(field_id).field_type
+        if before != now.field_type:
+            changes.append(f"feature {name} (field {field_id}) changed type from {before} to {now.field_type}")
+    return changes
+
+
+def bin_edges(table: Table, snapshot_id: int, schema: Schema, features: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Equal-width bin edges per feature between the snapshot's column bounds (from its manifests; no data read)."""
+    lows: dict[str, float] = {}
+    highs: dict[str, float] = {}
+    ids = {name: schema.find_field(name) for name in features}
+    for task in table.scan(snapshot_id=snapshot_id).plan_files():
+        for name, column in ids.items():
+            if not isinstance(column.field_type, PrimitiveType):
+                continue
+            lower = (task.file.lower_bounds or {}).get(column.field_id)
+            upper = (task.file.upper_bounds or {}).get(column.field_id)
+            if lower is not None and upper is not None:
+                low, high = float(from_bytes(column.field_type, lower)), float(from_bytes(column.field_type, upper))
+                lows[name], highs[name] = min(lows.get(name, low), low), max(highs.get(name, high), high)
+    return {name: np.linspace(lows[name], highs[name] if highs[name] > lows[name] else lows[name] + 1, BINS + 1) for name in lows}
+
+
+def profile_features(read: PreparedRead, edges: dict[str, np.ndarray]) -> dict[str, FeatureProfile]:
+    """Rows, nulls, NaNs, mean and (given edges) a histogram of each feature, in one pass over the row groups."""
+    source = read.source(LoaderConfig())
+    features = read.layout.features
+    totals = {name: [0, 0, 0, 0.0, np.zeros(BINS + 2, dtype=np.int64)] for name in features}
+    for unit in range(len(read.plan.row_groups)):
+        batch = source.rows(unit)
+        for name in features:
+            column = batch.column(name)
+            entry = totals[name]
+            entry[0] += len(column)
+            entry[1] += column.null_count
+            values = column.drop_null().to_numpy(zero_copy_only=False).astype(np.float64) if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type) else np.empty(0)
+            finite = values[~np.isnan(values)]
+            entry[2] += len(values) - len(finite)
+            entry[3] += float(finite.sum())
+            if name in edges and len(finite):
+                entry[4] += np.bincount(np.searchsorted(edges[name], finite, side="right"), minlength=BINS + 2)[: BINS + 2]
+    return {
+        name: FeatureProfile(name, rows, nulls, nans, total / max(rows - nulls - nans, 1), tuple(int(c) for c in counts) if name in edges else ())
+        for name, (rows, nulls, nans, total, counts) in totals.items()
+    }
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """The gates' findings on a pinned snapshot, against a reference snapshot (None: no model yet)."""
+
+    reference_snapshot: int | None
+    contract: tuple[str, ...] = ()
+    profiles: dict[str, FeatureProfile] = field(default_factory=dict)
+    drift: dict[str, float] = field(default_factory=dict)
+
+    def incomplete(self, max_fraction: float) -> dict[str, float]:
+        """Features whose share of null or NaN values exceeds ``max_fraction``."""
+        return {
+            name: (p.nulls + p.nans) / p.rows
+            for name, p in self.profiles.items()
+            if p.rows and (p.nulls + p.nans) / p.rows > max_fraction
+        }
+
+    def drifted(self, max_psi: float) -> dict[str, float]:
+        """Features whose PSI against the reference exceeds ``max_psi``, largest first."""
+        return dict(sorted(((n, v) for n, v in self.drift.items() if v > max_psi), key=lambda item: -item[1]))
+
+
+def assess(table: Table, read: PreparedRead, reference: PreparedRead | None) -> QualityReport:
+    """Profile the pinned rows' features and, with a reference read, their drift (one pass over each)."""
+    if reference is None:
+        return QualityReport(None, (), profile_features(read, {}))
+    features = tuple(name for name in read.layout.features if name in reference.layout.features)
+    edges = bin_edges(table, reference.plan.pinned.snapshot_id, reference.plan.snapshot_schema, features)
+    current, before = profile_features(read, edges), profile_features(reference, edges)
+    drift = {name: psi(before[name], current[name]) for name in features if name in edges}
+    return QualityReport(reference.plan.pinned.snapshot_id, (), current, drift)
+
+
+def psi(reference: FeatureProfile, current: FeatureProfile) -> float:
+    """Population stability index of ``current`` against ``reference`` (same bins)."""
+    expected, actual = np.maximum(reference.fractions(), _FLOOR), np.maximum(current.fractions(), _FLOOR)
+    if not len(expected) or not len(actual):
+        return 0.0
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+__all__ = ["BINS", "FeatureProfile", "QualityReport", "assess", "bin_edges", "contract_changes", "profile_features", "psi"]

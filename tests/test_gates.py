@@ -1,0 +1,89 @@
+"""Data-quality gates in Dagster: schema contract by field id, feature completeness, drift against the last model's data."""
+
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from dagster import AssetKey, RunConfig, instance_for_test, materialize
+
+from assets.assets import trained_model_asset, training_data_asset
+from assets.checks import quality_checks, trainable_check
+from assets.resources import IcebergResource, MlflowResource
+from pipeline.catalog import load_table
+from pipeline.ingest import append_arrow
+from pipeline.project import load_project, parse_project
+from pipeline.transactions import ingest_day
+from tests.conftest import tabular_rows, write_appends
+
+RESOURCES = {"iceberg": IcebergResource(), "mlflow": MlflowResource()}
+
+
+def everything(pipeline) -> list:
+    return [training_data_asset(pipeline), trained_model_asset(pipeline), trainable_check(pipeline), *quality_checks(pipeline)]
+
+
+def gates(pipeline) -> list:
+    return [training_data_asset(pipeline), trainable_check(pipeline), *quality_checks(pipeline)]
+
+
+def evaluations(result) -> dict:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+@pytest.fixture
+def instance():
+    with instance_for_test() as test_instance:
+        yield test_instance
+
+
+def test_drift_passes_on_undrifted_days_and_fails_on_drifted_ones_naming_the_features(settings, catalog, instance) -> None:
+    fraud = load_project(Path(__file__).resolve().parents[1] / "icetrain.yaml").pipeline("fraud")
+    fraud = parse_project({"pipelines": {"fraud": {**fraud.config.model_dump(mode="json"), "optim": {"epochs": 1, "class_weights": "balanced"}}}}).pipeline("fraud")
+    for day in (1, 2):
+        ingest_day(catalog, date(2026, 11, day), 2000)
+    assert materialize(everything(fraud), instance=instance, resources=RESOURCES).success
+
+    ingest_day(catalog, date(2026, 11, 3), 2000)
+    calm = evaluations(materialize(gates(fraud), instance=instance, resources=RESOURCES))
+    assert calm["no_drift"].passed, calm["no_drift"].description
+    assert calm["schema_contract"].passed and calm["features_complete"].passed
+
+    for day in (4, 5, 6, 7, 8):
+        ingest_day(catalog, date(2026, 11, day), 2000, drift_from=date(2026, 11, 4))
+    drifted = materialize(gates(fraud), instance=instance, resources=RESOURCES, raise_on_error=False)
+    check = evaluations(drifted)["no_drift"]
+    assert not check.passed
+    assert "velocity_24h PSI" in check.description and "ip_risk PSI" in check.description
+    assert check.metadata["psi"].value["ip_risk"] > 0.25 and check.metadata["psi"].value["merchant_risk"] < 0.1
+
+
+def test_a_renamed_feature_breaks_the_contract_and_says_so(settings, catalog, instance) -> None:
+    rows = parse_project({"pipelines": {"rows": {"data": {"table": "demo.rows", "features": ["x1", "x2"]}, "optim": {"epochs": 1}}}}).pipeline("rows")
+    write_appends(catalog, "demo.rows", [60])
+    assert materialize(everything(rows), instance=instance, resources=RESOURCES).success
+    with load_table(catalog, "demo.rows").update_schema() as update:
+        update.rename_column("x1", "feature_1")
+    append_arrow(catalog, "demo.rows", tabular_rows(60, 20).rename_columns(["id", "feature_1", "x2", "label"]), source="test")
+
+    result = materialize(everything(rows), instance=instance, resources=RESOURCES, raise_on_error=False)
+
+    checks = evaluations(result)
+    assert not checks["schema_contract"].passed
+    assert checks["schema_contract"].description == "feature x1 (field 2) was renamed to feature_1"
+    assert not checks["is_trainable"].passed
+    trained = [e for e in result.get_asset_materialization_events() if e.asset_key == AssetKey(["rows", "trained_model"])]
+    assert trained == []
+
+
+def test_null_features_fail_the_completeness_gate(settings, catalog, instance) -> None:
+    rows = parse_project({"pipelines": {"rows": {"data": {"table": "demo.rows"}}}}).pipeline("rows")
+    data = tabular_rows(0, 40)
+    holes = pa.array([None if i % 10 == 0 else v for i, v in enumerate(data["x2"].to_pylist())], pa.float64())
+    append_arrow(catalog, "demo.rows", data.set_column(2, "x2", holes), source="test")
+
+    checks = evaluations(materialize(gates(rows), instance=instance, resources=RESOURCES, raise_on_error=False))
+
+    assert not checks["features_complete"].passed
+    assert checks["features_complete"].description == "x2: 10.00% null or NaN"
+    assert checks["features_complete"].metadata["nulls"].value == {"id": 0, "x1": 0, "x2": 4}
