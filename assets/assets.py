@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetsDefinition, DataVersion, MaterializeResult, MetadataValue, Output, TableColumn, TableSchema, asset
+from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetsDefinition, DataVersion, Failure, MaterializeResult, MetadataValue, Output, TableColumn, TableSchema, asset
 
 from assets.config import PinConfig
 from assets.failures import user_errors_as_failures
@@ -29,6 +29,7 @@ from pipeline.snapshots import PinnedSnapshot
 from pipeline.specs import ReadSpec
 from pyiceberg.table import Table
 from training.data import pin
+from training.evaluate import champion_challenger
 from training.launch import launch
 from training.plots import learning_curves_png
 from training.train import result_summary, train
@@ -146,6 +147,47 @@ def trained_model_asset(pipeline: Pipeline) -> AssetsDefinition:
         )
 
     return trained_model
+
+
+def evaluation_key(pipeline: Pipeline) -> AssetKey:
+    return AssetKey([pipeline.name, "evaluation"])
+
+
+def evaluation_asset(pipeline: Pipeline) -> AssetsDefinition:
+    """Champion/challenger: scores the new model and the champion on the same held-out rows; promotes only a better one."""
+    retrain, model_name = pipeline.config.retrain, pipeline.config.tracking.registered_model
+
+    @asset(
+        key=evaluation_key(pipeline),
+        deps=[trained_model_key(pipeline)],
+        group_name=pipeline.name,
+        kinds={"mlflow"},
+        code_version=code_version(pipeline),
+        description=f"Scores the new {pipeline.name!r} model against the champion of {model_name!r} on the new snapshot's held-out rows ({retrain.champion_metric}, margin {retrain.champion_margin}).",
+    )
+    def evaluation(context: AssetExecutionContext, iceberg: IcebergResource, mlflow: MlflowResource) -> MaterializeResult:
+        event = context.instance.get_latest_materialization_event(trained_model_key(pipeline))
+        if event is None or event.asset_materialization is None:
+            raise Failure(description=f"{trained_model_key(pipeline).to_user_string()} has not been materialized; train first")
+        run_id = str(event.asset_materialization.metadata["mlflow_run_id"].value)
+        settings = combined_settings(iceberg, mlflow)
+        with user_errors_as_failures():
+            verdict = champion_challenger(settings, run_id, str(model_name), retrain.champion_metric, retrain.champion_margin)
+        return MaterializeResult(
+            metadata={
+                "model": verdict.model,
+                "metric": verdict.metric,
+                "challenger_version": verdict.challenger_version,
+                "challenger_score": verdict.challenger_score,
+                "champion_version": verdict.champion_version or "",
+                "champion_score": verdict.champion_score if verdict.champion_score is not None else float("nan"),
+                "decision": "promoted to champion" if verdict.promoted else "champion kept",
+                "reason": verdict.reason,
+                "mlflow_run_id": run_id,
+            }
+        )
+
+    return evaluation
 
 
 def _train(settings: Settings, config: PipelineConfig, pinned: PinnedSnapshot, pipeline: str, dagster_run_id: str) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from dagster import AssetSelection, define_asset_job
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from assets.assets import trained_model_key, training_data_key
+from assets.assets import evaluation_key, trained_model_key, training_data_key
 from pipeline.project import Pipeline
 
 
@@ -14,6 +14,6 @@ def job_name(pipeline: Pipeline) -> str:
 def train_job(pipeline: Pipeline) -> UnresolvedAssetJobDefinition:
     return define_asset_job(
         job_name(pipeline),
-        selection=AssetSelection.assets(training_data_key(pipeline), trained_model_key(pipeline)),
+        selection=AssetSelection.assets(training_data_key(pipeline), trained_model_key(pipeline), *([evaluation_key(pipeline)] if pipeline.config.tracking.registered_model else [])),
         description=f"Pin a snapshot of {pipeline.table}, check it, and train pipeline {pipeline.name!r}.",
     )

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from dagster import AssetKey, AssetsDefinition, AssetSpec, Definitions
 
-from assets.assets import table_key, trained_model_asset, training_data_asset
+from assets.assets import evaluation_asset, table_key, trained_model_asset, training_data_asset
 from assets.checks import quality_checks, trainable_check
 from assets.jobs import train_job
 from assets.resources import IcebergResource, MlflowResource
@@ -22,8 +22,9 @@ from pipeline.project import Pipeline, Project
 def pipeline_definitions(pipeline: Pipeline) -> Definitions:
     """The assets, blocking check, job, schedule and sensor of one pipeline."""
     job = train_job(pipeline)
+    evaluation = [evaluation_asset(pipeline)] if pipeline.config.tracking.registered_model else []
     return Definitions(
-        assets=[training_data_asset(pipeline), trained_model_asset(pipeline)],
+        assets=[training_data_asset(pipeline), trained_model_asset(pipeline), *evaluation],
         asset_checks=[trainable_check(pipeline), *quality_checks(pipeline)],
         jobs=[job],
         schedules=[retrain_schedule(pipeline, job)],

@@ -216,6 +216,8 @@ class RetrainSection(Section):
     sensor_interval_s: int = Field(60, ge=5)
     train_on_first_snapshot: bool = Field(False, description="Whether a newly started sensor trains on the snapshot it finds.")
     min_new_rows: int = Field(1, ge=1, description="The sensor retrains only when at least this many rows were added since the last trained model's snapshot.")
+    champion_metric: str = Field("val_loss", description="Validation metric deciding whether a new model replaces the champion.")
+    champion_margin: float = Field(0.0, ge=0, description="How much better the challenger must be.")
 
     @field_validator("schedule")
     @classmethod
