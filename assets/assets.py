@@ -26,7 +26,6 @@ from pipeline.project import Pipeline
 from pipeline.reading import prepare_read, snapshot_schema
 from pipeline.settings import Settings
 from pipeline.snapshots import PinnedSnapshot
-from pipeline.specs import ReadSpec
 from pyiceberg.table import Table
 from training.data import pin
 from training.evaluate import champion_challenger
@@ -84,12 +83,14 @@ def training_data_asset(pipeline: Pipeline) -> AssetsDefinition:
             table = load_table(iceberg.catalog(), pinned.table)
             reference = reference_snapshot(context, settings, pipeline, table)
             spec = run_config.data.read_spec()
-            contract = contract_changes(snapshot_schema(table, reference), snapshot_schema(table, pinned), _declared_features(table, reference, spec)) if reference else []
+            reference_read = prepare_read(table, reference, spec) if reference else None
+            features = spec.features or (reference_read.layout.features if reference_read else ())
+            contract = contract_changes(snapshot_schema(table, reference), snapshot_schema(table, pinned), features) if reference else []
             report, quality = None, QualityReport(reference.snapshot_id if reference else None, tuple(contract))
             if not contract:
                 read = prepare_read(table, pinned, spec)
                 report, _ = inspect_data(read, min_rows=run_config.data.min_rows, count_classes=run_config.data.task == "classification")
-                quality = assess(table, read, prepare_read(table, reference, spec) if reference else None)
+                quality = assess(table, read, reference_read)
             schema = snapshot_schema(table, pinned).as_arrow()
         context.log.info(f"pinned {pinned.table} at snapshot {pinned.snapshot_id} (asked by {pinned.asked_by})")
         return Output(
@@ -223,13 +224,6 @@ def _champion_snapshot(settings: Settings, model_name: str | None) -> int | None
         return None
     value = version.tags.get("icetrain.snapshot_id")
     return int(value) if value and value.isdigit() else None
-
-
-def _declared_features(table: Table, reference: PinnedSnapshot | None, spec: ReadSpec) -> tuple[str, ...]:
-    """The features the contract covers: the declared ones, else every column the reference read as a feature."""
-    if spec.features is not None or reference is None:
-        return spec.features or ()
-    return prepare_read(table, reference, spec).layout.features
 
 
 def _profile_table(quality: QualityReport) -> dict[str, dict[str, float]]:

@@ -18,7 +18,7 @@ from assets.failures import user_errors_as_failures
 from assets.resources import IcebergResource
 from pipeline.catalog import load_table
 from pipeline.demo_data import DIGITS_TABLE, ingest_digits
-from pipeline.snapshots import list_snapshots
+from pipeline.snapshots import list_snapshots, total_rows
 from pipeline.transactions import TRANSACTIONS_TABLE, day_of, ingest_day
 
 TRANSACTIONS_START = "2026-11-01"
@@ -69,7 +69,7 @@ def transactions_table(context: AssetExecutionContext, config: TransactionsConfi
             "snapshot_id": str(snapshot_id) if snapshot_id is not None else "none (the day was already written)",
             "current_snapshot_id": str(current.snapshot_id) if current else "",
             "rows_written": config.rows_per_day if snapshot_id is not None else 0,
-            "total_rows": int(current.summary.additional_properties.get("total-records", 0)) if current and current.summary else 0,
+            "total_rows": total_rows(current) if current else 0,
         }
     )
 

@@ -13,6 +13,7 @@ from assets.config import PinConfig
 from assets.jobs import UnresolvedAssetJobDefinition
 from assets.resources import IcebergResource
 from pipeline.project import Pipeline
+from pipeline.snapshots import total_rows
 
 NO_SNAPSHOT = "none"
 
@@ -55,11 +56,7 @@ def _rows_added(table: Table, base: str, current: Snapshot) -> int | None:
         return None
     if before is None:
         return None
-    return _total(current) - _total(before)
-
-
-def _total(snapshot: Snapshot) -> int:
-    return int((snapshot.summary.additional_properties if snapshot.summary else {}).get("total-records", 0))
+    return total_rows(current) - total_rows(before)
 
 
 def new_snapshot_sensor(pipeline: Pipeline, job: UnresolvedAssetJobDefinition) -> SensorDefinition:

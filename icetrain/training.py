@@ -91,11 +91,9 @@ def pipeline_rows(settings: Settings, config_path: str | None) -> list[tuple[str
 
 
 def _current_snapshot(catalog: Any, table: str) -> str:
-    try:
-        loaded = catalog.load_table(table)
-    except Exception:  # a table not written yet (or unreachable) is a state to show, not an error
+    if not catalog.table_exists(table):
         return "no table yet"
-    current = loaded.current_snapshot()
+    current = catalog.load_table(table).current_snapshot()
     return str(current.snapshot_id) if current else "no snapshots"
 
 

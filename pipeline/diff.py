@@ -17,7 +17,7 @@ from pyiceberg.table import Table
 
 from pipeline.errors import SnapshotNotFoundError
 from pipeline.scan import plan_scan, read_row_group
-from pipeline.snapshots import PinnedSnapshot
+from pipeline.snapshots import PinnedSnapshot, schema_at, total_rows
 from pipeline.split import identifier_keys
 
 
@@ -68,8 +68,8 @@ def diff_snapshots(table: Table, table_name: str, from_id: int, to_id: int) -> S
     """Compare two snapshots of ``table`` (either may be the older one)."""
     before, after = _files(table, from_id), _files(table, to_id)
     added, removed = set(after) - set(before), set(before) - set(after)
-    rows_from, rows_to = _total_rows(table, from_id), _total_rows(table, to_id)
-    schema_from, schema_to = _schema_of(table, from_id), _schema_of(table, to_id)
+    rows_from, rows_to = _rows_at(table, from_id), _rows_at(table, to_id)
+    schema_from, schema_to = schema_at(table, from_id), schema_at(table, to_id)
     if not removed:
         rows_added, rows_deleted, method = sum(after[p] for p in added), 0, "added files' record counts"
     elif schema_to.identifier_field_ids and set(schema_to.identifier_field_ids) <= set(schema_from.identifier_field_ids):
@@ -109,16 +109,9 @@ def _files(table: Table, snapshot_id: int) -> dict[str, int]:
     return {task.file.file_path: task.file.record_count for task in table.scan(snapshot_id=snapshot_id).plan_files()}
 
 
-def _total_rows(table: Table, snapshot_id: int) -> int:
+def _rows_at(table: Table, snapshot_id: int) -> int:
     snapshot = table.snapshot_by_id(snapshot_id)
-    summary = snapshot.summary.additional_properties if snapshot is not None and snapshot.summary else {}
-    return int(summary.get("total-records", 0))
-
-
-def _schema_of(table: Table, snapshot_id: int) -> Schema:
-    snapshot = table.snapshot_by_id(snapshot_id)
-    schema_id = snapshot.schema_id if snapshot is not None else None
-    return table.schemas().get(schema_id, table.schema()) if schema_id is not None else table.schema()
+    return total_rows(snapshot) if snapshot is not None else 0
 
 
 def _identifier_keys(table: Table, table_name: str, snapshot_id: int, schema: Schema) -> np.ndarray:
@@ -128,7 +121,7 @@ def _identifier_keys(table: Table, table_name: str, snapshot_id: int, schema: Sc
         raise SnapshotNotFoundError(f"snapshot {snapshot_id} not found in {table_name!r}")
     names = tuple(schema.find_column_name(i) for i in schema.identifier_field_ids)
     pinned = PinnedSnapshot("", table_name, snapshot_id, "id", str(snapshot_id), snapshot.timestamp_ms)
-    plan = plan_scan(table, pinned, _schema_of(table, snapshot_id), AlwaysTrue(), names)
+    plan = plan_scan(table, pinned, schema_at(table, snapshot_id), AlwaysTrue(), names)
     keys = [identifier_keys(read_row_group(plan, group)[0], names) for group in plan.row_groups]
     return np.unique(np.concatenate(keys)) if keys else np.empty(0, np.uint64)
 

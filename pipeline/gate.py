@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from pipeline.errors import EmptyDataError, IcetrainError, LabelError
-from pipeline.reading import PreparedRead, count_rows, declared_label_classes
+from pipeline.reading import PreparedRead, count_rows, declared_label_classes, integer_run
 from pipeline.rows import RowProfile
 from pipeline.specs import LoaderConfig
 
@@ -122,7 +120,7 @@ def _class_problems(profile: RowProfile, declared: tuple[str, ...] | None, warni
     else:
         low, high = profile.label_range or (0, 0)
         if declared is not None:
-            numbers = _as_integers(declared)
+            numbers = integer_run(declared)
             if numbers is None or low < min(numbers) or high > max(numbers):
                 found.append(Problem(LabelError, f"label values range over {low}..{high}, outside the declared classes {', '.join(declared)}"))
         distinct = len(declared) if declared is not None else high + 1
@@ -143,14 +141,6 @@ def _same_class(declared: str, value: str) -> bool:
         return float(declared) == float(value)
     except ValueError:
         return False
-
-
-def _as_integers(values: tuple[str, ...]) -> list[int] | None:
-    try:
-        numbers = [int(v) for v in values]
-    except ValueError:
-        return None
-    return numbers if np.array_equal(np.unique(numbers), np.arange(min(numbers), max(numbers) + 1)) else None
 
 
 __all__ = ["DataReport", "Problem", "inspect_data", "judge"]

@@ -102,7 +102,7 @@ def run_description(pinned: PinnedSnapshot, pipeline: str | None, dagster_run_id
     if dagster_run_id:
         link = f"[{dagster_run_id}]({dagster_url.rstrip('/')}/runs/{dagster_run_id})" if dagster_url else f"`{dagster_run_id}`"
         lines.append(f"Dagster run: {link}.")
-    lines.append(f"Train it again: `icetrain reproduce <this run id>`.")
+    lines.append("Train it again: `icetrain reproduce <this run id>`.")
     return "\n\n".join(lines)
 
 

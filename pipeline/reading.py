@@ -24,7 +24,7 @@ from pipeline.errors import ConfigError, FilterError
 from pipeline.loader import IcebergLoader
 from pipeline.rows import RowProfile, RowSource, profile_from_metadata, profile_rows
 from pipeline.scan import ScanPlan, plan_scan
-from pipeline.snapshots import PinnedSnapshot
+from pipeline.snapshots import PinnedSnapshot, schema_at
 from pipeline.tensors import LabelVocabulary, NumericTarget, TensorLayout, declared_classes, layout_for
 from pipeline.transform import sandboxed_connection, transform_batch
 
@@ -45,9 +45,7 @@ class PreparedRead:
 
 def snapshot_schema(table: Table, pinned: PinnedSnapshot) -> Schema:
     """The schema the snapshot was written with (columns may have changed since)."""
-    snapshot = table.snapshot_by_id(pinned.snapshot_id)
-    schema_id = snapshot.schema_id if snapshot is not None else None
-    return table.schemas().get(schema_id, table.schema()) if schema_id is not None else table.schema()
+    return schema_at(table, pinned.snapshot_id)
 
 
 def parse_filter(text: str | None, schema: Schema, pinned: PinnedSnapshot) -> BooleanExpression:
@@ -152,7 +150,7 @@ def count_rows(source: RowSource, read: PreparedRead, *, threads: int = 2, count
     """
     classification = read.spec.task == "classification"
     declared = declared_label_classes(read) if classification else None
-    if not count_classes and (declared is None or _integer_run(declared)):
+    if not count_classes and (declared is None or integer_run(declared) is not None):
         profile = profile_from_metadata(source, read.layout.label)
         if profile is not None:
             return profile
@@ -213,9 +211,10 @@ def _snapshot_label_values(read: PreparedRead) -> tuple[object, ...]:
     return tuple(profile.class_counts or ())
 
 
-def _integer_run(values: tuple[str, ...]) -> bool:
+def integer_run(values: tuple[str, ...]) -> list[int] | None:
+    """The values as integers when they are a run without gaps (``0, 1, 2``), else None."""
     try:
         numbers = sorted(int(v) for v in values)
     except ValueError:
-        return False
-    return numbers == list(range(numbers[0], numbers[0] + len(numbers))) if numbers else False
+        return None
+    return numbers if numbers and numbers == list(range(numbers[0], numbers[0] + len(numbers))) else None

@@ -23,7 +23,6 @@ from pipeline.lineage import SNAPSHOT_ID_TAG, TABLE_TAG, get_run
 from pipeline.settings import Settings
 
 TAG_PREFIX = "icetrain/"
-VERSION_TAG_KEYS = ("icetrain.table", "icetrain.snapshot_id", "icetrain.iceberg_tag")
 MODEL_TABLE_TAG = "icetrain.table"
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -151,27 +150,27 @@ def check_registrable(settings: Settings, name: str, table_name: str) -> None:
     Raises:
         RegistryError: the name is taken by another table.
     """
-    client = MlflowClient(settings.tracking_uri)
+    _refuse_other_table(MlflowClient(settings.tracking_uri), name, table_name)
+
+
+def _refuse_other_table(client: MlflowClient, name: str, table_name: str) -> bool:
+    """Whether the registered model exists; raises RegistryError when it holds another table's models."""
     try:
         existing = client.get_registered_model(name)
     except MlflowException:
-        return
+        return False
     other = existing.tags.get(MODEL_TABLE_TAG)
     if other and other != table_name:
         raise RegistryError(f"registered model {name!r} holds models of table {other!r}, not {table_name!r}; pick another name")
+    return True
 
 
 def _ensure_registered_model(client: MlflowClient, name: str, table_name: str) -> bool:
     """Create the registered model if missing (returns True then); refuse one that holds another table's models."""
-    try:
-        existing = client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, tags={MODEL_TABLE_TAG: table_name})
-        return True
-    other = existing.tags.get(MODEL_TABLE_TAG)
-    if other and other != table_name:
-        raise RegistryError(f"registered model {name!r} holds models of table {other!r}, not {table_name!r}; pick another name")
-    return False
+    if _refuse_other_table(client, name, table_name):
+        return False
+    client.create_registered_model(name, tags={MODEL_TABLE_TAG: table_name})
+    return True
 
 
 __all__ = ["Expiry", "Registered", "check_registrable", "expire", "iceberg_tag_name", "parse_duration", "register", "unregister"]

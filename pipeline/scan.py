@@ -35,7 +35,7 @@ from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.types import ListType, MapType
 
 from pipeline.errors import ColumnError, IcetrainError
-from pipeline.snapshots import PinnedSnapshot
+from pipeline.snapshots import PinnedSnapshot, ancestors
 
 
 @dataclass(frozen=True)
@@ -184,10 +184,7 @@ def _appended_since(table: Table, pinned: PinnedSnapshot, since: int) -> set[str
     """
     from pipeline.errors import ConfigError
 
-    ancestor = table.snapshot_by_id(pinned.snapshot_id)
-    while ancestor is not None and ancestor.snapshot_id != since:
-        ancestor = table.snapshot_by_id(ancestor.parent_snapshot_id) if ancestor.parent_snapshot_id is not None else None
-    if ancestor is None:
+    if since not in {snapshot.snapshot_id for snapshot in ancestors(table, pinned.snapshot_id)}:
         raise ConfigError(f"data.since_snapshot_id {since} is not an ancestor of snapshot {pinned.snapshot_id} of {pinned.table!r}")
     incremental = table.incremental_append_scan(from_snapshot_id_exclusive=since, to_snapshot_id_inclusive=pinned.snapshot_id)
     return {task.file.file_path for task in incremental.plan_files()}

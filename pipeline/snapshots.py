@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot
@@ -116,12 +117,35 @@ def list_snapshots(table: Table) -> list[SnapshotInfo]:
                 committed_at_ms=snapshot.timestamp_ms,
                 operation=summary.operation.value if summary else "unknown",
                 added_rows=int(props.get("added-records", 0)),
-                total_rows=int(props.get("total-records", 0)),
+                total_rows=total_rows(snapshot),
                 refs=tuple(sorted(refs_by_snapshot.get(snapshot.snapshot_id, []))),
                 source=props.get("icetrain.source", ""),
             )
         )
     return rows
+
+
+def schema_at(table: Table, snapshot_id: int) -> Schema:
+    """The schema a snapshot was written with (columns may have changed since)."""
+    snapshot = table.snapshot_by_id(snapshot_id)
+    schema_id = snapshot.schema_id if snapshot is not None else None
+    return table.schemas().get(schema_id, table.schema()) if schema_id is not None else table.schema()
+
+
+def total_rows(snapshot: Snapshot) -> int:
+    """Rows in the table at ``snapshot``, from its summary (0 when the summary does not say)."""
+    props = snapshot.summary.additional_properties if snapshot.summary else {}
+    return int(props.get("total-records", 0))
+
+
+def ancestors(table: Table, snapshot_id: int) -> list[Snapshot]:
+    """The snapshot and its parents, newest first (stops where history was expired)."""
+    found: list[Snapshot] = []
+    current = table.snapshot_by_id(snapshot_id)
+    while current is not None:
+        found.append(current)
+        current = table.snapshot_by_id(current.parent_snapshot_id) if current.parent_snapshot_id is not None else None
+    return found
 
 
 def _pin(snapshot: Snapshot, request: SnapshotRequest, catalog_name: str, asked_by: str, asked_value: str) -> PinnedSnapshot:

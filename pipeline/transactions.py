@@ -32,10 +32,8 @@ from datetime import date, datetime, timezone
 import numpy as np
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
-from pyiceberg.table import Table
-from pyiceberg.table.snapshots import Snapshot
-
 from pipeline.ingest import append_arrow
+from pipeline.snapshots import ancestors
 
 TRANSACTIONS_TABLE = "demo.transactions"
 DAY_PROPERTY = "icetrain.partition"
@@ -116,20 +114,10 @@ def ingest_day(catalog: Catalog, day: date, rows: int = 2000, *, drift_from: dat
     if catalog.table_exists(TRANSACTIONS_TABLE):
         table = catalog.load_table(TRANSACTIONS_TABLE)
         current = table.current_snapshot()
-        if current is not None and any((s.summary.additional_properties if s.summary else {}).get(DAY_PROPERTY) == key for s in _ancestors(table, current)):
+        if current is not None and any((s.summary.additional_properties if s.summary else {}).get(DAY_PROPERTY) == key for s in ancestors(table, current.snapshot_id)):
             return None
     data = transactions_day(day, rows, drift_from=drift_from)
     return append_arrow(catalog, TRANSACTIONS_TABLE, data, source="pipeline.transactions", run_id=run_id, identifier_fields=(IDENTIFIER,), properties={DAY_PROPERTY: key})
-
-
-def _ancestors(table: Table, snapshot: Snapshot) -> list[Snapshot]:
-    found = [snapshot]
-    while found[-1].parent_snapshot_id is not None:
-        parent = table.snapshot_by_id(found[-1].parent_snapshot_id)
-        if parent is None:
-            break
-        found.append(parent)
-    return found
 
 
 def day_of(partition_key: str) -> date:

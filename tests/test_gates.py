@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from dagster import AssetKey, RunConfig, instance_for_test, materialize
+from dagster import AssetKey, instance_for_test, materialize
 
 from assets.assets import trained_model_asset, training_data_asset
 from assets.checks import quality_checks, trainable_check

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.catalog import load_table
 from pipeline.errors import RegistryError, RunNotFoundError, SnapshotNotFoundError
 from pipeline.registry import expire, parse_duration, register, unregister
-from tests.conftest import all_runs, config_for, write_appends
+from tests.conftest import config_for, write_appends
 from tests.test_cli import icetrain
 from training.reproduce import reproduce
 from training.train import train

@@ -1,6 +1,5 @@
 """The train script: DDP across 2 CPU processes, resume after SIGKILL, mixed precision, regression."""
 
-import os
 import signal
 import subprocess
 import textwrap
@@ -19,7 +18,6 @@ from tests.test_cli import ICETRAIN, icetrain
 from training.train import train
 
 RECORDING_MODELS = '''
-import os
 import time
 from pathlib import Path
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pipeline.catalog import load_table, open_catalog
 from pipeline.diff import SnapshotDiff, diff_snapshots
 from pipeline.lineage import SNAPSHOT_ID_TAG, TABLE_TAG, get_run
 from pipeline.settings import Settings
+from training.plots import figure_png, pyplot
 
 ARTIFACT_DIR = "comparisons"
 
@@ -91,11 +91,7 @@ def compare_runs(settings: Settings, run_ids: list[str], *, log_to_mlflow: bool 
 
 
 def _draw(runs: list[ComparedRun]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    plt = pyplot()
     names = sorted({name for run in runs for name in run.metrics})
     figure, (by_snapshot, by_size) = plt.subplots(1, 2, figsize=(10, 3.5))
     labels = [f"{str(r.snapshot_id)[:6]}…\n{r.run_id[:6]}" for r in runs]
@@ -109,11 +105,7 @@ def _draw(runs: list[ComparedRun]) -> bytes:
     for axis in (by_snapshot, by_size):
         axis.set_ylabel("metric")
         axis.legend(fontsize=7)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    plt.close(figure)
-    return buffer.getvalue()
+    return figure_png(figure)
 
 
 __all__ = ["Comparison", "ComparedRun", "compare_runs"]

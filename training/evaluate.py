@@ -25,6 +25,7 @@ from pipeline.settings import Settings
 from training.compute import Compute
 from training.data import open_training_data, pin
 from training.loop import evaluate
+from training.tasks import lower_is_better
 from training.train import make_task
 
 ALIAS = "champion"
@@ -67,13 +68,12 @@ def champion_challenger(settings: Settings, run_id: str, model_name: str, metric
         current = client.get_model_version_by_alias(model_name, ALIAS)
     except MlflowException:
         current = None
-    lower_is_better = any(word in name for word in ("loss", "mae", "error"))
     if current is None or str(current.version) == str(challenger):
         promoted, champion_version, champion_score, reason = True, None, None, "no champion yet"
     else:
         champion_version = str(current.version)
         champion_score = evaluate(_load(client, current.run_id), task, data.val, compute)[name]
-        gain = champion_score - challenger_score if lower_is_better else challenger_score - champion_score
+        gain = champion_score - challenger_score if lower_is_better(name) else challenger_score - champion_score
         promoted = gain > margin
         reason = f"{metric} {challenger_score:.4f} vs champion's {champion_score:.4f}: {'better' if promoted else 'not better'} by more than {margin}"
     if promoted:

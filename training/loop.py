@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from pipeline.config import EarlyStopping
 from training.compute import Compute
-from training.tasks import Task, ranking_metrics
+from training.tasks import Task, lower_is_better, ranking_metrics
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -181,18 +181,15 @@ def _epoch_metrics(run: Fit, epoch: int, sums: torch.Tensor | None, val: EpochLo
 
 def _or_zeros(sums: torch.Tensor | None, task: Task, compute: Compute) -> torch.Tensor:
     """A rank with no batches still joins the all-reduce, with zero sums of the right length."""
-    if sums is not None:
-        return sums
-    width = len(task.sums(torch.zeros(1, task.num_outputs), torch.zeros(1, dtype=torch.long if task.num_outputs > 1 else torch.float32)))
-    return torch.zeros(width, dtype=torch.float64, device=compute.device)
+    return sums if sums is not None else torch.zeros(task.sums_width, dtype=torch.float64, device=compute.device)
 
 
 def _early_stopping(rule: EarlyStopping, metrics: EpochMetrics, progress: Progress) -> None:
     if rule.metric is None:
         return
     value = metrics.values[rule.metric]
-    lower_is_better = rule.mode == "min" or (rule.mode == "auto" and any(word in rule.metric for word in ("loss", "mae", "error")))
-    improved = progress.best is None or (value < progress.best if lower_is_better else value > progress.best)
+    downwards = rule.mode == "min" or (rule.mode == "auto" and lower_is_better(rule.metric))
+    improved = progress.best is None or (value < progress.best if downwards else value > progress.best)
     if improved and not math.isnan(value):
         progress.best, progress.stale_epochs = value, 0
     else:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 def learning_curves_png(history: Sequence[Mapping[str, float]], title: str = "") -> bytes:
     """Loss and every other metric per epoch, as a small PNG (matplotlib's Agg backend, no display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    plt = pyplot()
     epochs = list(range(1, len(history) + 1))
     names = sorted({name for values in history for name in values})
     losses = [n for n in names if n.endswith("loss")]
@@ -26,6 +23,13 @@ def learning_curves_png(history: Sequence[Mapping[str, float]], title: str = "")
         axis.legend(fontsize=7)
     if title:
         figure.suptitle(title, fontsize=9)
+    return figure_png(figure)
+
+
+def figure_png(figure: Any) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed."""
+    from matplotlib import pyplot as plt
+
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80)
@@ -33,4 +37,14 @@ def learning_curves_png(history: Sequence[Mapping[str, float]], title: str = "")
     return buffer.getvalue()
 
 
-__all__ = ["learning_curves_png"]
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    return plt
+
+
+__all__ = ["figure_png", "learning_curves_png", "pyplot"]

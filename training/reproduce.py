@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.catalog import load_table, open_catalog
@@ -97,7 +98,7 @@ def final_weights(settings: Settings, client: MlflowClient, run_id: str) -> dict
     for artifact, key in ((f"{checkpoint.ARTIFACT_DIR}/{checkpoint.ARTIFACT_NAME}", "model"), (LEGACY_CHECKPOINT, "model_state")):
         try:
             path = client.download_artifacts(run_id, artifact, tempfile.mkdtemp(prefix="icetrain-reproduce-"))
-        except Exception:  # MLflow raises several types for a missing artifact
+        except (MlflowException, OSError):  # the artifact is missing: try the next layout
             continue
         state: dict[str, Any] = torch.load(Path(path), map_location="cpu", weights_only=False)
         return state[key]

@@ -42,6 +42,8 @@ class Classification:
         weight = self.class_weights.to(device) if self.class_weights is not None else None
         return nn.CrossEntropyLoss(weight=weight)
 
+    sums_width = 6
+
     def sums(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """[loss sum, correct, rows, true positives, predicted positives, actual positives]."""
         logits = outputs.detach().float()
@@ -103,7 +105,10 @@ class Regression:
     def loss_fn(self, device: torch.device) -> nn.Module:
         return _SquaredError()
 
+    sums_width = 3
+
     def sums(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """[squared error sum, absolute error sum, rows]."""
         error = outputs.detach().float().reshape(-1) - targets.float()
         rows = torch.tensor(float(len(targets)), dtype=torch.float64, device=error.device)
         return torch.stack([(error * error).sum().double(), error.abs().sum().double(), rows])
@@ -121,6 +126,11 @@ class _SquaredError(nn.Module):
 Task = Classification | Regression
 
 
+def lower_is_better(metric: str) -> bool:
+    """Losses and errors improve downwards; accuracy, precision, recall and AUCs upwards."""
+    return any(word in metric for word in ("loss", "mae", "error"))
+
+
 def balanced_weights(class_counts: dict[object, int], classes: tuple[object, ...]) -> torch.Tensor:
     """Weight of class k: rows / (classes * rows of k); a class with no rows gets weight 0."""
     counts = torch.tensor([float(_count_of(class_counts, c)) for c in classes], dtype=torch.float32)
@@ -136,4 +146,4 @@ def _count_of(counts: dict[object, int], cls: object) -> int:
     return 0
 
 
-__all__ = ["Classification", "Regression", "Task", "balanced_weights", "ranking_metrics"]
+__all__ = ["Classification", "Regression", "Task", "balanced_weights", "lower_is_better", "ranking_metrics"]

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -356,7 +357,7 @@ def resume_from(settings: Settings, run_id: str) -> tuple[PipelineConfig, Pinned
         recorder.run_id = run_id
         try:
             path = recorder.download(f"{checkpoint.ARTIFACT_DIR}/{checkpoint.ARTIFACT_NAME}", Path(tempfile.mkdtemp(prefix="icetrain-resume-")))
-        except Exception as exc:  # MLflow raises several types for a missing artifact
+        except (MlflowException, OSError) as exc:  # no such artifact
             raise CheckpointError(f"run {run_id} has no checkpoint to resume from (it stopped before its first one)") from exc
     state = checkpoint.load(path, run_id)
     pinned = PinnedSnapshot(**{**state["pinned"], "snapshot_id": int(state["pinned"]["snapshot_id"])})
