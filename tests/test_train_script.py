@@ -18,6 +18,7 @@ from tests.test_cli import ICETRAIN, icetrain
 from training.train import train
 
 RECORDING_MODELS = '''
+import os
 import time
 from pathlib import Path
 
