@@ -8,11 +8,13 @@ export MLFLOW_DISABLE_TELEMETRY := true
 
 install: $(VENV)/.installed
 
-# Debian's PostgreSQL, for the tests that run a throwaway catalog cluster.
+# Debian packages the tests use: PostgreSQL (throwaway catalog clusters) and Chromium (the
+# browser tests drive both UIs with Playwright; never `playwright install`).
+SYSTEM_PACKAGES = $(if $(wildcard /usr/lib/postgresql/*/bin/initdb),,postgresql) $(if $(wildcard /usr/bin/chromium),,chromium chromium-driver)
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-		echo "installing Debian's postgresql"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	@if [ -n "$(strip $(SYSTEM_PACKAGES))" ]; then \
+		echo "installing Debian's $(strip $(SYSTEM_PACKAGES))"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	fi
 
 $(VENV)/.installed: pyproject.toml constraints.txt

@@ -13,10 +13,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetsDefinition, DataVersion, Failure, MaterializeResult, MetadataValue, Output, TableColumn, TableSchema, asset
+from dagster import AssetExecutionContext, AssetIn, AssetsDefinition, DataVersion, Failure, MaterializeResult, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
 from assets.config import PinConfig
 from assets.failures import user_errors_as_failures
+from assets.history import last_training
+from assets.keys import evaluation_key, table_key, trained_model_key, training_data_key
 from assets.resources import IcebergResource, MlflowResource, combined_settings
 from pipeline.catalog import load_table
 from pipeline.config import PipelineConfig
@@ -42,19 +44,6 @@ class TrainingData:
     config: PipelineConfig
     report: DataReport | None
     quality: QualityReport
-
-
-def table_key(table: str) -> AssetKey:
-    """The asset key of an Iceberg table: its identifier's parts, e.g. ``demo/digits``."""
-    return AssetKey(table.split("."))
-
-
-def training_data_key(pipeline: Pipeline) -> AssetKey:
-    return AssetKey([pipeline.name, "training_data"])
-
-
-def trained_model_key(pipeline: Pipeline) -> AssetKey:
-    return AssetKey([pipeline.name, "trained_model"])
 
 
 def code_version(pipeline: Pipeline) -> str:
@@ -98,7 +87,7 @@ def training_data_asset(pipeline: Pipeline) -> AssetsDefinition:
             data_version=DataVersion(str(pinned.snapshot_id)),
             metadata={
                 "reference_snapshot_id": str(quality.reference_snapshot or ""),
-                "feature_profile": MetadataValue.json(_profile_table(quality)),
+                "feature_profile": _profile_table(quality),
                 "table": pinned.table,
                 "snapshot_id": str(pinned.snapshot_id),
                 "asked_by": pinned.asked_by,
@@ -150,10 +139,6 @@ def trained_model_asset(pipeline: Pipeline) -> AssetsDefinition:
     return trained_model
 
 
-def evaluation_key(pipeline: Pipeline) -> AssetKey:
-    return AssetKey([pipeline.name, "evaluation"])
-
-
 def evaluation_asset(pipeline: Pipeline) -> AssetsDefinition:
     """Champion/challenger: scores the new model and the champion on the same held-out rows; promotes only a better one."""
     retrain, model_name = pipeline.config.retrain, pipeline.config.tracking.registered_model
@@ -167,10 +152,10 @@ def evaluation_asset(pipeline: Pipeline) -> AssetsDefinition:
         description=f"Scores the new {pipeline.name!r} model against the champion of {model_name!r} on the new snapshot's held-out rows ({retrain.champion_metric}, margin {retrain.champion_margin}).",
     )
     def evaluation(context: AssetExecutionContext, iceberg: IcebergResource, mlflow: MlflowResource) -> MaterializeResult:
-        event = context.instance.get_latest_materialization_event(trained_model_key(pipeline))
-        if event is None or event.asset_materialization is None:
+        last = last_training(context.instance, pipeline)
+        if last is None or not last.mlflow_run_id:
             raise Failure(description=f"{trained_model_key(pipeline).to_user_string()} has not been materialized; train first")
-        run_id = str(event.asset_materialization.metadata["mlflow_run_id"].value)
+        run_id = last.mlflow_run_id
         settings = combined_settings(iceberg, mlflow)
         with user_errors_as_failures():
             verdict = champion_challenger(settings, run_id, str(model_name), retrain.champion_metric, retrain.champion_margin)
@@ -203,9 +188,8 @@ def reference_snapshot(context: AssetExecutionContext, settings: Settings, pipel
     ``tracking.registered_model``), else the last trained model's; None before any model."""
     snapshot_id = _champion_snapshot(settings, pipeline.config.tracking.registered_model)
     if snapshot_id is None:
-        event = context.instance.get_latest_materialization_event(trained_model_key(pipeline))
-        value = event.asset_materialization.metadata.get("snapshot_id") if event is not None and event.asset_materialization else None
-        snapshot_id = int(value.value) if value is not None and str(value.value).isdigit() else None
+        last = last_training(context.instance, pipeline)
+        snapshot_id = int(last.snapshot_id) if last is not None and last.snapshot_id.isdigit() else None
     snapshot = table.snapshot_by_id(snapshot_id) if snapshot_id is not None else None
     if snapshot is None:
         return None
@@ -226,11 +210,24 @@ def _champion_snapshot(settings: Settings, model_name: str | None) -> int | None
     return int(value) if value and value.isdigit() else None
 
 
-def _profile_table(quality: QualityReport) -> dict[str, dict[str, float]]:
-    return {
-        name: {"mean": round(p.mean, 6), "nulls": p.nulls, "nans": p.nans, **({"psi": round(quality.drift[name], 4)} if name in quality.drift else {})}
+PROFILE_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("feature", "string"),
+        TableColumn("mean", "float"),
+        TableColumn("nulls", "int"),
+        TableColumn("nans", "int"),
+        TableColumn("psi", "float", description="population stability index against the reference snapshot (the champion's, else the last model's)"),
+    ]
+)
+
+
+def _profile_table(quality: QualityReport) -> MetadataValue:
+    """One row per feature (mean, nulls, NaNs, PSI against the reference), shown as a table in the UI."""
+    records = [
+        TableRecord({"feature": name, "mean": round(p.mean, 6), "nulls": p.nulls, "nans": p.nans, "psi": round(quality.drift[name], 4) if name in quality.drift else None})
         for name, p in quality.profiles.items()
-    }
+    ]
+    return MetadataValue.table(records, schema=PROFILE_SCHEMA)
 
 
 def mlflow_links(mlflow_ui: str | None, summary: dict[str, Any]) -> dict[str, MetadataValue]:

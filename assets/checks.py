@@ -2,7 +2,8 @@
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetChecksDefinition, MetadataValue, asset_check
 
-from assets.assets import TrainingData, training_data_key
+from assets.assets import TrainingData
+from assets.keys import training_data_key
 from pipeline.project import Pipeline
 
 

@@ -10,10 +10,10 @@
 The pipelines themselves are declared in ``icetrain.yaml`` like any other.
 """
 
-from dagster import AssetExecutionContext, AssetSelection, Config, DailyPartitionsDefinition, Definitions, MaterializeResult, asset, define_asset_job
+from dagster import AssetExecutionContext, AssetSelection, BackfillPolicy, Config, DailyPartitionsDefinition, Definitions, MaterializeResult, asset, define_asset_job
 from pydantic import Field
 
-from assets.assets import table_key
+from assets.keys import table_key
 from assets.failures import user_errors_as_failures
 from assets.resources import IcebergResource
 from pipeline.catalog import load_table
@@ -53,22 +53,31 @@ class TransactionsConfig(Config):
 @asset(
     key=table_key(TRANSACTIONS_TABLE),
     partitions_def=daily,
+    backfill_policy=BackfillPolicy.single_run(),
     group_name="demo",
     kinds={"iceberg"},
     description="Fraud-shaped card transactions, one append per day (pipeline.transactions documents the hidden label function).",
 )
 def transactions_table(context: AssetExecutionContext, config: TransactionsConfig, iceberg: IcebergResource) -> MaterializeResult:
-    day = day_of(context.partition_key)
+    """One append per day of the run's partitions, in date order; a day already in the table is skipped.
+
+    A backfill runs its whole date range in one run (``BackfillPolicy.single_run``), which is
+    what lets ``dagster asset materialize --partition-range`` work without a daemon.
+    """
+    days = [day_of(key) for key in context.partition_keys]
+    drift_from = day_of(config.drift_from) if config.drift_from else None
     with user_errors_as_failures():
         catalog = iceberg.catalog()
-        snapshot_id = ingest_day(catalog, day, config.rows_per_day, drift_from=day_of(config.drift_from) if config.drift_from else None, run_id=context.run_id)
+        written = {day: ingest_day(catalog, day, config.rows_per_day, drift_from=drift_from, run_id=context.run_id) for day in sorted(days)}
         current = load_table(catalog, TRANSACTIONS_TABLE).current_snapshot()
+    new_days = [day for day, snapshot_id in written.items() if snapshot_id is not None]
+    context.log.info(f"appended {len(new_days)} of {len(days)} days to {TRANSACTIONS_TABLE}")
     return MaterializeResult(
         metadata={
-            "day": day.isoformat(),
-            "snapshot_id": str(snapshot_id) if snapshot_id is not None else "none (the day was already written)",
+            "days": ", ".join(day.isoformat() for day in sorted(days)),
+            "snapshot_ids": ", ".join(f"{day.isoformat()}: {written[day] if written[day] is not None else 'already written'}" for day in sorted(days)),
             "current_snapshot_id": str(current.snapshot_id) if current else "",
-            "rows_written": config.rows_per_day if snapshot_id is not None else 0,
+            "rows_written": config.rows_per_day * len(new_days),
             "total_rows": total_rows(current) if current else 0,
         }
     )

@@ -3,7 +3,7 @@
 from dagster import AssetSelection, define_asset_job
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from assets.assets import evaluation_key, trained_model_key, training_data_key
+from assets.keys import evaluation_key, trained_model_key, training_data_key
 from pipeline.project import Pipeline
 
 

@@ -1,18 +1,47 @@
 """A pipeline's scheduled retraining (stopped unless ``retrain.schedule_on``; start it in the UI)."""
 
-from dagster import DefaultScheduleStatus, ScheduleDefinition
+from dagster import DefaultScheduleStatus, RunConfig, RunRequest, ScheduleDefinition, ScheduleEvaluationContext, SkipReason, schedule
 
+from assets.assets import code_version
+from assets.keys import training_data_key
+from assets.config import PinConfig
+from assets.history import last_training
 from assets.jobs import UnresolvedAssetJobDefinition
-
+from assets.resources import IcebergResource
 from pipeline.project import Pipeline
 
 
 def retrain_schedule(pipeline: Pipeline, job: UnresolvedAssetJobDefinition) -> ScheduleDefinition:
-    retrain = pipeline.config.retrain
-    return ScheduleDefinition(
+    """Each tick pins the table's current snapshot and retrains on it.
+
+    A tick skips, saying why, when the table has no snapshot yet or when the last trained
+    model already used this snapshot with this code version (nothing would change). The
+    run key is ``snapshot:code_version``, so the same pair never trains twice from here.
+    """
+    retrain, table_name = pipeline.config.retrain, pipeline.table
+    op_name = "__".join(training_data_key(pipeline).path)
+    version = code_version(pipeline)
+
+    @schedule(
         name=f"{pipeline.name}_schedule",
         job=job,
         cron_schedule=retrain.schedule,
         default_status=DefaultScheduleStatus.RUNNING if retrain.schedule_on else DefaultScheduleStatus.STOPPED,
-        description=f"Retrain {pipeline.name!r} on {pipeline.table}'s current snapshot ({retrain.schedule}), pinned when the run starts.",
+        description=f"Retrain {pipeline.name!r} on {table_name}'s current snapshot ({retrain.schedule}) unless its model already trained on it.",
     )
+    def retrain_on_schedule(context: ScheduleEvaluationContext, iceberg: IcebergResource) -> RunRequest | SkipReason:
+        catalog = iceberg.catalog()
+        current = catalog.load_table(table_name).current_snapshot() if catalog.table_exists(table_name) else None
+        if current is None:
+            return SkipReason(f"table {table_name} has no snapshot yet")
+        seen = str(current.snapshot_id)
+        last = last_training(context.instance, pipeline)
+        if last is not None and last.snapshot_id == seen and last.code_version == version:
+            return SkipReason(f"the last model (MLflow run {last.mlflow_run_id}) already trained on snapshot {seen} of {table_name} with code version {version}")
+        return RunRequest(
+            run_key=f"{seen}:{version}",
+            run_config=RunConfig(ops={op_name: PinConfig(snapshot_id=seen)}),
+            tags={"icetrain/snapshot_id": seen, "icetrain/pipeline": pipeline.name, "icetrain/trigger": "schedule"},
+        )
+
+    return retrain_on_schedule

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
-from assets.assets import trained_model_key, training_data_key
+from assets.history import last_training
+from assets.keys import training_data_key
 from assets.config import PinConfig
 from assets.jobs import UnresolvedAssetJobDefinition
 from assets.resources import IcebergResource
@@ -37,15 +38,6 @@ class SensorCursor:
 
     def write(self) -> str:
         return json.dumps({"seen": self.seen, "base": self.base})
-
-
-def _last_trained_snapshot(context: SensorEvaluationContext, pipeline: Pipeline) -> str:
-    """The snapshot id the latest materialization of the pipeline's model trained on ('' if none)."""
-    event = context.instance.get_latest_materialization_event(trained_model_key(pipeline))
-    if event is None or event.asset_materialization is None:
-        return ""
-    value = event.asset_materialization.metadata.get("snapshot_id")
-    return str(value.value) if value is not None else ""
 
 
 def _rows_added(table: Table, base: str, current: Snapshot) -> int | None:
@@ -93,7 +85,11 @@ def new_snapshot_sensor(pipeline: Pipeline, job: UnresolvedAssetJobDefinition) -
             return SkipReason(f"started: recorded snapshot {seen} of {table_name} as seen; the next new snapshot retrains (retrain.train_on_first_snapshot: true trains on this one)")
         if cursor is not None and cursor.seen == seen:
             return SkipReason(f"no new snapshot of {table_name} since {seen}")
-        base = _last_trained_snapshot(context, pipeline) or (cursor.base if cursor else "")
+        last = last_training(context.instance, pipeline)
+        if last is not None and last.snapshot_id == seen:
+            context.update_cursor(SensorCursor(seen, seen).write())
+            return SkipReason(f"snapshot {seen} of {table_name} was already trained (MLflow run {last.mlflow_run_id})")
+        base = (last.snapshot_id if last is not None else "") or (cursor.base if cursor else "")
         added = _rows_added(table, base, current) if base else None
         if added is not None and added < retrain.min_new_rows:
             context.update_cursor(SensorCursor(seen, base).write())

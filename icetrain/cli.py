@@ -377,6 +377,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         stopped = [s.name for s in servers if s.process.poll() is not None]
         raise IcetrainError(f"{', '.join(stopped)} stopped unexpectedly; see {logs}")
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not leave servers running
         for server in servers:
             server.stop()
 

@@ -25,15 +25,28 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
 
-    def stop(self, timeout: float = 20) -> None:
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM the whole group, then SIGKILL whatever is left after ``timeout`` seconds.
+
+        ``dagster dev`` started without a terminal can ignore SIGTERM, and its children can
+        outlive it, so the group is killed even when its leader has already gone.
+        """
+        if self.process.poll() is None:
+            _signal_group(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        _signal_group(self.process.pid, signal.SIGKILL)
+        if self.process.poll() is None:
             self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout)
+
+
+def _signal_group(group: int, signum: int) -> None:
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:
+        pass
 
 
 def free_port() -> int:

@@ -1,18 +1,19 @@
 """The Dagster definitions of declared pipelines materialize in process; the pinned id flows to MLflow; the gate blocks."""
 
 import json
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
-from dagster import AssetKey, DagsterInstance, RunConfig, build_sensor_context, instance_for_test, materialize
+from dagster import AssetKey, DagsterInstance, RunConfig, build_schedule_context, build_sensor_context, instance_for_test, materialize
 from mlflow.tracking import MlflowClient
 
-from assets.assets import trained_model_asset, training_data_asset
+from assets.assets import code_version, trained_model_asset, training_data_asset
 from assets.checks import trainable_check
 from assets.config import PinConfig
 from assets.demo import digits_table
 from assets.pipelines import project_definitions
 from assets.resources import IcebergResource, MlflowResource
+from assets.schedules import retrain_schedule
 from assets.sensors import new_snapshot_sensor
 from assets.jobs import train_job
 from pipeline.catalog import load_table
@@ -190,6 +191,47 @@ def test_the_sensor_waits_for_enough_new_rows_since_the_last_trained_model(setti
         append_arrow(catalog, "demo.rows", tabular_rows(120, 20), source="test")
         after_training = sensor(context).skip_message
         assert f"adds 20 rows since snapshot {current} of the last trained model" in after_training
+
+
+def test_the_sensor_skips_a_snapshot_that_was_already_trained(settings, catalog, instance) -> None:
+    sensor = new_snapshot_sensor(ROWS, train_job(ROWS))
+    write_appends(catalog, "demo.rows", [40])
+    with build_sensor_context(instance=instance, resources={"iceberg": IcebergResource()}) as context:
+        assert "started" in sensor(context).skip_message
+        append_arrow(catalog, "demo.rows", tabular_rows(40, 10), source="test")
+        trained_by_hand = materialize(pipeline_assets(ROWS), instance=instance, resources=RESOURCES)
+        current = str(load_table(catalog, "demo.rows").current_snapshot().snapshot_id)
+        model = metadata(trained_by_hand, "rows/trained_model")
+
+        message = sensor(context).skip_message
+
+    assert model["snapshot_id"] == current
+    assert message == f"snapshot {current} of demo.rows was already trained (MLflow run {model['mlflow_run_id']})"
+
+
+def test_the_nightly_schedule_pins_the_current_snapshot_and_skips_what_was_already_trained(settings, catalog, instance) -> None:
+    schedule = retrain_schedule(ROWS, train_job(ROWS))
+    night = datetime(2026, 11, 24, 3, tzinfo=UTC)
+    with build_schedule_context(instance=instance, resources={"iceberg": IcebergResource()}, scheduled_execution_time=night) as context:
+        assert schedule(context).skip_message == "table demo.rows has no snapshot yet"
+        write_appends(catalog, "demo.rows", [40])
+        first = str(load_table(catalog, "demo.rows").current_snapshot().snapshot_id)
+        request = schedule(context)
+        assert request.run_config["ops"]["rows__training_data"]["config"]["snapshot_id"] == first
+        assert request.run_key.startswith(f"{first}:") and request.tags["icetrain/trigger"] == "schedule"
+
+        append_arrow(catalog, "demo.rows", tabular_rows(40, 10), source="test")  # committed after the tick: the run stays pinned
+        result = materialize(pipeline_assets(ROWS), instance=instance, resources=RESOURCES, run_config=request.run_config, tags=request.tags)
+        assert result.success and metadata(result, "rows/trained_model")["snapshot_id"] == first
+        second = str(load_table(catalog, "demo.rows").current_snapshot().snapshot_id)
+        assert schedule(context).run_config["ops"]["rows__training_data"]["config"]["snapshot_id"] == second
+
+        materialize(pipeline_assets(ROWS), instance=instance, resources=RESOURCES, run_config=schedule(context).run_config)
+        skipped = schedule(context).skip_message
+        retrained = parse_project({"pipelines": {"rows": {"data": {"table": "demo.rows"}, "optim": {"epochs": 2}}}}).pipeline("rows")
+        after_code_change = retrain_schedule(retrained, train_job(retrained))(context)
+    assert after_code_change.run_key == f"{second}:{code_version(retrained)}", "new code retrains on the same snapshot"
+    assert skipped.startswith("the last model (MLflow run ") and f"already trained on snapshot {second} of demo.rows" in skipped
 
 
 def test_training_data_carries_the_snapshot_id_as_its_data_version_and_a_code_version(settings, catalog, instance) -> None:

@@ -10,10 +10,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
 from icetrain.servers import free_port
-from pipeline.catalog import load_table
+from pipeline.catalog import load_table, open_catalog
 from pipeline.demo_data import digits_arrow
 from tests.conftest import all_runs, tabular_rows
 
@@ -200,3 +200,21 @@ def test_an_old_run_whose_config_no_longer_validates_names_the_key(settings, dig
     out = icetrain("train", "--from-run", old)
     assert out.returncode == 1
     assert out.stderr.strip() == f"icetrain: error: run {old} recorded a config that no longer validates: data.val_fraction: Input should be less than 1 (got '1.5')"
+
+
+def test_a_date_range_backfills_from_the_dagster_cli_one_snapshot_per_day(settings, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("ICETRAIN_CONFIG", str(REPO / "icetrain.yaml"))
+    (tmp_path / "dagster_home").mkdir()
+    (tmp_path / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    dagster = str(Path(sys.executable).parent / "dagster")
+    backfill = [dagster, "asset", "materialize", "--select", "demo/transactions", "-m", "assets.definitions"]
+
+    first = subprocess.run([*backfill, "--partition-range", "2026-11-01...2026-11-03"], capture_output=True, text=True, timeout=300)
+    again = subprocess.run([*backfill, "--partition-range", "2026-11-02...2026-11-04"], capture_output=True, text=True, timeout=300)
+
+    assert first.returncode == 0 and again.returncode == 0, first.stderr[-2000:] + again.stderr[-2000:]
+    table = load_table(open_catalog(settings), "demo.transactions")
+    assert [s.summary.additional_properties["icetrain.partition"] for s in table.snapshots()] == ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]
+    with DagsterInstance.get() as instance:
+        assert instance.get_materialized_partitions(AssetKey(["demo", "transactions"])) == {"2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"}

@@ -56,6 +56,10 @@ def test_drift_passes_on_undrifted_days_and_fails_on_drifted_ones_naming_the_fea
     assert not check.passed
     assert "velocity_24h PSI" in check.description and "ip_risk PSI" in check.description
     assert check.metadata["psi"].value["ip_risk"] > 0.25 and check.metadata["psi"].value["merchant_risk"] < 0.1
+    (pinned,) = [e for e in drifted.get_asset_materialization_events() if e.asset_key == AssetKey(["fraud", "training_data"])]
+    profile = {record.data["feature"]: record.data for record in pinned.materialization.metadata["feature_profile"].value.records}
+    assert profile["ip_risk"]["psi"] == pytest.approx(check.metadata["psi"].value["ip_risk"], abs=1e-4)
+    assert profile["amount"]["nulls"] == 0 and profile["amount"]["mean"] > 0
 
 
 def test_a_renamed_feature_breaks_the_contract_and_says_so(settings, catalog, instance) -> None:
