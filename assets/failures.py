@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from dagster import Failure
 
 from pipeline.errors import IcetrainError
+from pipeline.secrets import scrub
 
 
 @contextmanager
@@ -15,4 +16,4 @@ def user_errors_as_failures() -> Iterator[None]:
     try:
         yield
     except IcetrainError as exc:
-        raise Failure(description=str(exc)) from exc
+        raise Failure(description=scrub(str(exc))) from exc

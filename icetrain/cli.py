@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from icetrain.training import TrainRequest
 from pipeline.config import PipelineConfig, apply_overrides, parse_config
 from pipeline.errors import ConfigError, IcetrainError
+from pipeline.secrets import redact, scrub
 from pipeline.settings import Settings
 
 # Config flags of ``icetrain train``: each sets one key path of the config tree.
@@ -56,10 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IcetrainError as exc:
         if args.debug:
             raise
-        print(f"icetrain: error: {exc}", file=sys.stderr)
+        print(f"icetrain: error: {one_line(scrub(str(exc)))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def one_line(message: str) -> str:
+    """A message as one line, whatever user input it quotes (line breaks shown as ``\\n``)."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="append Parquet or CSV files to a table, one snapshot each")
     ingest.add_argument("table")
     ingest.add_argument("files", nargs="+")
+    ingest.add_argument("--append-id", help="name this append; re-running with the same id never appends twice (1-128 of letters, digits, - _ . :)")
+    ingest.add_argument("--no-check", action="store_true", help="append even if the data breaks the table's contract (missing columns, NaN/inf, labels outside the classes)")
     ingest.add_argument("--identifier", help="comma-separated columns that identify a row, set when the first file creates the table (keeps splits stable)")
     ingest.set_defaults(handler=cmd_ingest)
 
@@ -134,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     expire.add_argument("--older-than", required=True, metavar="DURATION", help="30d, 12h, 45m, 0s")
     expire.set_defaults(handler=cmd_expire)
 
+    doctor = commands.add_parser("doctor", help="list (and with --delete remove) files under a table that nothing references")
+    doctor.add_argument("table")
+    doctor.add_argument("--older-than", default="1d", metavar="DURATION", help="safety window: only files older than this (default 1d; a writer still working keeps its files)")
+    doctor.add_argument("--delete", action="store_true", help="delete the unreferenced files listed")
+    doctor.set_defaults(handler=cmd_doctor)
+
     ui = commands.add_parser("ui", help="start the Dagster UI and the MLflow UI on localhost")
     ui.add_argument("--dagster-port", type=int, default=3000)
     ui.add_argument("--mlflow-port", type=int, default=5000)
@@ -160,7 +174,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nTrained on snapshot {outcome.snapshot_id}")
     print("  " + "  ".join(f"{name} {value:.3f}" for name, value in outcome.metrics.items()))
     print(f"Dagster run: {outcome.dagster_run_id}")
-    print(f"MLflow run:  {outcome.mlflow_run_id}  (tracking URI {settings.tracking_uri})")
+    print(f"MLflow run:  {outcome.mlflow_run_id}  (tracking URI {redact(settings.tracking_uri)})")
     print("\nOpen both UIs:  icetrain ui   (or: make ui)")
     print(f"Train again on exactly the same data:  icetrain train --from-run {outcome.mlflow_run_id}")
     return 0
@@ -168,13 +182,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from pipeline.catalog import open_catalog
-    from pipeline.ingest import append_file
+    from pipeline.ingest import append_files, check_append_id, find_append
 
     catalog = open_catalog(Settings.from_env())
     identifier_fields = tuple(name.strip() for name in args.identifier.split(",") if name.strip()) if args.identifier else ()
-    for path in args.files:
-        snapshot_id = append_file(catalog, args.table, path, identifier_fields=identifier_fields)
-        print(f"{path}: snapshot {snapshot_id}")
+    if args.append_id is not None:
+        earlier = find_append(catalog, args.table, check_append_id(args.append_id))
+        if earlier is not None:
+            print(f"append id {args.append_id!r} is already committed to {args.table} as snapshot {earlier}; nothing written")
+            return 0
+    snapshot_id = append_files(catalog, args.table, args.files, identifier_fields=identifier_fields, append_id=args.append_id, check=not args.no_check)
+    print(f"snapshot {snapshot_id}: {len(args.files)} file{'s' if len(args.files) > 1 else ''} appended to {args.table} in one commit")
     return 0
 
 
@@ -336,6 +354,25 @@ def cmd_unregister(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from pipeline.catalog import load_table, open_catalog
+    from pipeline.doctor import inspect_files, remove_files
+    from pipeline.registry import parse_duration
+
+    window = parse_duration(args.older_than)
+    table = load_table(open_catalog(Settings.from_env()), args.table)
+    checkup = inspect_files(table, window)
+    for stray in checkup.orphans:
+        print(f"unreferenced  {stray.size:>12,} B  {stray.modified:%Y-%m-%d %H:%M:%S}  {stray.path}")
+    size = sum(stray.size for stray in checkup.orphans)
+    print(f"{args.table}: {checkup.referenced} referenced files; {len(checkup.orphans)} unreferenced older than {args.older_than} ({size:,} bytes); {len(checkup.too_young)} younger kept")
+    if checkup.orphans and not args.delete:
+        print("run again with --delete to remove them")
+    if args.delete:
+        print(f"deleted {remove_files(table, checkup.orphans)} unreferenced files")
+    return 0
+
+
 def cmd_expire(args: argparse.Namespace) -> int:
     from pipeline.catalog import load_table, open_catalog
     from pipeline.registry import expire, parse_duration
@@ -356,7 +393,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
     dagster_home = resolve_dagster_home(settings)
     logs = settings.home / "logs"
     signal.signal(signal.SIGTERM, _interrupt)
-    from pipeline.lineage import redact
     from pipeline.project import find_project_file
 
     remote_mlflow = settings.tracking_uri.startswith(("http://", "https://"))
@@ -369,8 +405,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         if not remote_mlflow:
             wait_until_up(servers[1], "/health")
         print(f"Dagster UI: {servers[0].url}/asset-groups   (DAGSTER_HOME={dagster_home})")
-        mlflow_url = settings.tracking_uri if remote_mlflow else servers[1].url
-        print(f"MLflow UI:  {mlflow_url}/#/experiments   (tracking URI {settings.tracking_uri})")
+        mlflow_url = redact(settings.tracking_uri) if remote_mlflow else servers[1].url
+        print(f"MLflow UI:  {mlflow_url}/#/experiments   (tracking URI {redact(settings.tracking_uri)})")
         print(f"Logs in {logs}. Press Ctrl-C to stop.", flush=True)
         while all(server.process.poll() is None for server in servers):
             time.sleep(1)

@@ -34,6 +34,7 @@ def run_training(settings: Settings, request: TrainRequest, *, debug: bool = Fal
     from training.data import open_training_data, pin
     from training.models import resolve_factory
     from training.launch import launch
+    from training.liveness import check_tracking
     from training.train import result_summary, resume_from, train
 
     if request.resume_run_id:
@@ -45,6 +46,7 @@ def run_training(settings: Settings, request: TrainRequest, *, debug: bool = Fal
     config = request.config
     if config.compute.nproc == 1:
         return result_summary(train(settings, config, pipeline=request.pipeline, progress_bar=request.progress, launched_by="cli", tags=request.tags))
+    check_tracking(settings)
     pinned = pin(settings, config)
     open_training_data(settings, config, pinned)
     resolve_factory(config.model.factory)

@@ -16,6 +16,7 @@ from pyiceberg.utils.config import Config
 
 from pipeline.settings import Settings
 from pipeline.errors import CatalogError, TableNotFoundError
+from pipeline.names import check_table_name
 
 
 def external_catalog_config(settings: Settings) -> dict[str, str] | None:
@@ -44,11 +45,8 @@ def open_catalog(settings: Settings) -> Catalog:
 
 
 def split_identifier(identifier: str) -> tuple[str, str]:
-    """Split 'namespace.table' into its namespace and table name."""
-    namespace, _, name = identifier.rpartition(".")
-    if not namespace or not name:
-        raise TableNotFoundError(f"table must be named as 'namespace.table', got {identifier!r}")
-    return namespace, name
+    """Split 'namespace.table' into its namespace and table name, refusing names that could hurt (``pipeline.names``)."""
+    return check_table_name(identifier)
 
 
 def load_table(catalog: Catalog, identifier: str) -> Table:

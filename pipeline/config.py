@@ -20,7 +20,8 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InvalidNameError
+from pipeline.names import check_ref_name, check_table_name
 from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest, parse_as_of
 
 NOT_GIVEN = ("", "null", "~", "None")  # what `--set key=` may say for "not given" on an optional text key
@@ -77,8 +78,21 @@ class DataConfig(Section):
     @field_validator("table")
     @classmethod
     def _table_name(cls, value: str | None) -> str | None:
-        if value is not None and (value != value.strip() or "." not in value or any(not part for part in value.split("."))):
-            raise ValueError(f"must be 'namespace.table' without surrounding spaces, got {value!r}")
+        if value is not None:
+            try:
+                check_table_name(value)
+            except InvalidNameError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("ref")
+    @classmethod
+    def _ref_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                check_ref_name(value, "ref")
+            except InvalidNameError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("as_of")

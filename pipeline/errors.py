@@ -67,3 +67,15 @@ class CheckpointError(IcetrainError):
 
 class RegistryError(IcetrainError):
     """A model cannot be registered or unregistered (name taken by another table, no model, tag exists)."""
+
+
+class InvalidNameError(IcetrainError):
+    """A table, namespace, tag or branch name that could hurt the catalog or the warehouse."""
+
+
+class TrackingError(IcetrainError):
+    """The MLflow tracking store or server cannot be reached."""
+
+
+class DataFileError(IcetrainError):
+    """A file a snapshot lists is missing or damaged."""

@@ -6,6 +6,10 @@ no empty table behind.
 
 from __future__ import annotations
 
+import itertools
+import random
+import re
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,16 +18,24 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException, NamespaceAlreadyExistsError, TableAlreadyExistsError
 from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException
 from pyiceberg.table import Table
 
 from pipeline.catalog import split_identifier
+from pipeline.contract import check_contract
 from pipeline.errors import IngestError
+from pipeline.names import check_table_name
 
 SOURCE_PROPERTY = "icetrain.source"
 RUN_ID_PROPERTY = "icetrain.dagster-run-id"
 APPEND_ID_PROPERTY = "icetrain.append-id"
+APPEND_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+COMMIT_DEADLINE_S = 300.0
+# PyIceberg's own retries of a conflicting commit, set on tables icetrain creates; whole
+# attempts are retried on top of these until the deadline.
+COMMIT_RETRY_PROPERTIES = {"commit.retry.num-retries": "8", "commit.retry.min-wait-ms": "20", "commit.retry.max-wait-ms": "1000"}
+CONFLICTS = (CommitFailedException, CommitStateUnknownException, TableAlreadyExistsError, NamespaceAlreadyExistsError)
 
 
 def append_arrow(
@@ -36,8 +48,17 @@ def append_arrow(
     table_properties: Mapping[str, str] | None = None,
     identifier_fields: Sequence[str] = (),
     properties: Mapping[str, str] | None = None,
+    append_id: str | None = None,
+    deadline_s: float = COMMIT_DEADLINE_S,
+    check: bool = True,
 ) -> int:
     """Append an Arrow table as one new snapshot, creating the table on first write.
+
+    Concurrent writers are expected: a commit that conflicts is retried (PyIceberg's own
+    retries, then whole attempts with jittered exponential backoff) until ``deadline_s``; a
+    table created by someone else in the meantime is appended to. Before every attempt the
+    table's history is searched for ``append_id``, so an attempt whose outcome was unclear is
+    never committed twice, and neither is a whole ingest re-run with the same ``append_id``.
 
     Args:
         source: who produced the data (a file path, 'sklearn.datasets.load_digits', ...);
@@ -46,58 +67,155 @@ def append_arrow(
         table_properties: properties set when the table is created (image shapes, classes).
         identifier_fields: columns that identify a row; used when the table is created.
         properties: more entries for the snapshot summary (e.g. the partition a run wrote).
+        append_id: names this append (``icetrain.append-id`` in the summary); a random one
+            if not given. An append id already in the table returns that snapshot, writing nothing.
+        deadline_s: how long to keep retrying conflicting commits.
+        check: check the data against an existing table's contract first (``pipeline.contract``).
 
     Returns:
-        The id of the snapshot this append committed.
+        The id of the snapshot holding this append.
 
     Raises:
-        IngestError: no rows, a schema that does not match the table, or a commit conflict
-            that outlasted PyIceberg's retries. Nothing is committed in any of these cases.
+        InvalidNameError: the table name could hurt the catalog or warehouse.
+        IngestError: no rows, a schema that does not match the table, data that breaks its
+            contract, or commits that kept conflicting until the deadline. Nothing is committed
+            in any of these cases.
     """
+    check_table_name(identifier)
     if data.num_rows == 0:
         raise IngestError(f"nothing to append to {identifier!r}: the data has no rows")
-    append_id = uuid.uuid4().hex
+    append_id = check_append_id(append_id) if append_id is not None else uuid.uuid4().hex
     summary = {**(properties or {}), SOURCE_PROPERTY: source, APPEND_ID_PROPERTY: append_id}
     if run_id:
         summary[RUN_ID_PROPERTY] = run_id
-    try:
-        if catalog.table_exists(identifier):
-            table = catalog.load_table(identifier)
-            table.append(data, snapshot_properties=summary)
-        else:
-            table = _create_with_first_append(catalog, identifier, data, summary, table_properties, identifier_fields)
-    except CommitFailedException as exc:
-        raise IngestError(f"append to {identifier!r} conflicted with concurrent commits; nothing was written, retry: {exc}") from exc
-    except (ValueError, TypeError, pa.ArrowInvalid, UnsupportedPyArrowTypeException) as exc:
-        raise IngestError(f"cannot append to {identifier!r}: {_explain(catalog, identifier, data, exc)}") from exc
-    return _snapshot_with_append_id(table, append_id)
+    give_up = time.monotonic() + deadline_s
+    for attempt in itertools.count():
+        landed = find_append(catalog, identifier, append_id)
+        if landed is not None:
+            return landed
+        try:
+            table = _append_once(catalog, identifier, data, summary, table_properties, identifier_fields, check)
+            return _snapshot_with_append_id(table, append_id)
+        except CONFLICTS as exc:
+            if time.monotonic() >= give_up:
+                landed = find_append(catalog, identifier, append_id)
+                if landed is not None:
+                    return landed
+                raise IngestError(
+                    f"append to {identifier!r} kept conflicting with concurrent commits for {deadline_s:.0f}s ({attempt + 1} attempts);"
+                    f" nothing was written; re-run with append id {append_id!r} to be safe ({_first_line(exc)})"
+                ) from exc
+            time.sleep(_backoff(attempt))
+        except (ValueError, TypeError, pa.ArrowInvalid, UnsupportedPyArrowTypeException) as exc:
+            raise IngestError(f"cannot append to {identifier!r}: {_explain(catalog, identifier, data, exc)}") from exc
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
-def append_file(catalog: Catalog, identifier: str, path: str | Path, *, run_id: str | None = None, identifier_fields: Sequence[str] = ()) -> int:
-    """Append a Parquet or CSV file as one snapshot; the source recorded is the file path.
+def find_append(catalog: Catalog, identifier: str, append_id: str) -> int | None:
+    """The snapshot that committed ``append_id`` to the table, or None (also when there is no table)."""
+    if not catalog.table_exists(identifier):
+        return None
+    for snapshot in reversed(catalog.load_table(identifier).snapshots()):
+        if snapshot.summary and snapshot.summary.additional_properties.get(APPEND_ID_PROPERTY) == append_id:
+            return snapshot.snapshot_id
+    return None
 
-    ``identifier_fields`` name the columns that identify a row when the first append creates
-    the table (they keep train/validation splits stable across file rewrites).
+
+def check_append_id(append_id: str) -> str:
+    """An append id is 1-128 letters, digits, '-', '_', '.' or ':' (it goes into snapshot summaries).
 
     Raises:
-        IngestError: the file is missing, of an unknown kind, unreadable, or does not fit the table.
+        IngestError: it is not.
     """
-    file = Path(path)
+    if not APPEND_ID.fullmatch(append_id):
+        raise IngestError(f"append id {append_id[:80]!r} is not valid: use 1-128 letters, digits, '-', '_', '.' or ':'")
+    return append_id
+
+
+def append_file(
+    catalog: Catalog, identifier: str, path: str | Path, *, run_id: str | None = None, identifier_fields: Sequence[str] = (), append_id: str | None = None, check: bool = True
+) -> int:
+    """Append a Parquet or CSV file as one snapshot; the source recorded is the file path."""
+    return append_files(catalog, identifier, [path], run_id=run_id, identifier_fields=identifier_fields, append_id=append_id, check=check)
+
+
+def append_files(
+    catalog: Catalog,
+    identifier: str,
+    paths: Sequence[str | Path],
+    *,
+    run_id: str | None = None,
+    identifier_fields: Sequence[str] = (),
+    append_id: str | None = None,
+    check: bool = True,
+) -> int:
+    """Append Parquet or CSV files together as one snapshot: all of them are committed, or none.
+
+    Every file is read and checked against the table (and the others) before anything is
+    written. ``identifier_fields`` name the columns that identify a row when the first append
+    creates the table (they keep train/validation splits stable across file rewrites).
+
+    Raises:
+        IngestError: a file is missing, of an unknown kind, unreadable, or does not fit the
+            table or the other files; the message names the file. Nothing is committed.
+    """
+    check_table_name(identifier)
+    if not paths:
+        raise IngestError(f"nothing to append to {identifier!r}: no files given")
+    files = [Path(path) for path in paths]
+    tables = [_read_file(catalog, identifier, file) for file in files]
+    if len(tables) > 1:
+        tables = [table.cast(_nullable(table.schema)) for table in tables]  # files differ in nullability only by accident
+        for file, table in zip(files[1:], tables[1:]):
+            difference = schema_difference(tables[0].schema, table.schema)
+            if difference:
+                raise IngestError(f"cannot append {str(file)!r} with {str(files[0])!r} to {identifier!r}: the files differ: {difference}")
+    data = pa.concat_tables([table.cast(tables[0].schema) for table in tables]) if len(tables) > 1 else tables[0]
+    source = ", ".join(str(file.resolve()) for file in files)
+    return append_arrow(catalog, identifier, data, source=source[:2000], run_id=run_id, identifier_fields=identifier_fields, append_id=append_id, check=check)
+
+
+def _nullable(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([field.with_nullable(True) for field in schema], metadata=schema.metadata)
+
+
+def _read_file(catalog: Catalog, identifier: str, file: Path) -> pa.Table:
     if not file.is_file():
         raise IngestError(f"cannot append {str(file)!r} to {identifier!r}: no such file")
     suffix = file.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
-            data = pq.read_table(file)
-        elif suffix in (".csv", ".tsv"):
+            return pq.read_table(file)
+        if suffix in (".csv", ".tsv"):
             delimiter = "\t" if suffix == ".tsv" else ","
             data = pa_csv.read_csv(file, parse_options=pa_csv.ParseOptions(delimiter=delimiter))
-            data = _conform_to_table(catalog, identifier, data)
-        else:
-            raise IngestError(f"cannot append {str(file)!r}: only .parquet and .csv files are supported")
+            return _conform_to_table(catalog, identifier, data)
     except (pa.ArrowInvalid, OSError) as exc:
         raise IngestError(f"cannot read {str(file)!r}: {_first_line(exc)}") from exc
-    return append_arrow(catalog, identifier, data, source=str(file.resolve()), run_id=run_id, identifier_fields=identifier_fields)
+    raise IngestError(f"cannot append {str(file)!r}: only .parquet and .csv files are supported")
+
+
+def _append_once(
+    catalog: Catalog,
+    identifier: str,
+    data: pa.Table,
+    summary: dict[str, str],
+    table_properties: Mapping[str, str] | None,
+    identifier_fields: Sequence[str],
+    check: bool,
+) -> Table:
+    if catalog.table_exists(identifier):
+        table = catalog.load_table(identifier)
+        if check:
+            check_contract(table, data, identifier)
+        table.append(_fit_required(data, table, identifier), snapshot_properties=summary)
+        return table
+    return _create_with_first_append(catalog, identifier, data, summary, table_properties, identifier_fields)
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before attempt ``attempt + 1``: exponential from 50 ms, capped at 2 s, with jitter."""
+    return random.uniform(0.5, 1.5) * min(0.05 * 2**attempt, 2.0)
 
 
 def schema_difference(table_schema: pa.Schema, data_schema: pa.Schema) -> str:
@@ -154,12 +272,30 @@ def _create_with_first_append(
     namespace, _ = split_identifier(identifier)
     data = _required(data, identifier, identifier_fields)
     catalog.create_namespace_if_not_exists(namespace)
-    with catalog.create_table_transaction(identifier, schema=data.schema, properties=dict(table_properties or {})) as tx:
+    with catalog.create_table_transaction(identifier, schema=data.schema, properties={**COMMIT_RETRY_PROPERTIES, **(table_properties or {})}) as tx:
         if identifier_fields:
             with tx.update_schema() as update:
                 update.set_identifier_fields(*identifier_fields)
         tx.append(data, snapshot_properties=summary)
     return catalog.load_table(identifier)
+
+
+def _fit_required(data: pa.Table, table: Table, identifier: str) -> pa.Table:
+    """The data with the table's required columns marked required, when they hold no nulls.
+
+    Arrow marks every column read from a file nullable; Iceberg refuses such a column for a
+    required field (identifier fields are required) even when it has no nulls.
+
+    Raises:
+        IngestError: a required column has nulls.
+    """
+    required = {field.name for field in table.schema().fields if field.required}
+    for name in required & set(data.column_names):
+        nulls = data.column(name).null_count
+        if nulls:
+            raise IngestError(f"cannot append to {identifier!r}: column {name!r} is required by the table and has {nulls} null values")
+    schema = pa.schema([f.with_nullable(False) if f.name in required else f for f in data.schema], metadata=data.schema.metadata)
+    return data.cast(schema) if schema != data.schema else data
 
 
 def _required(data: pa.Table, identifier: str, identifier_fields: Sequence[str]) -> pa.Table:

@@ -7,10 +7,10 @@ and the MLflow and Dagster UIs are JavaScript, which would round a number).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 from mlflow.data.dataset import Dataset
@@ -24,8 +24,13 @@ from pipeline.config import PipelineConfig
 from pipeline.dataset_source import IcebergDatasetSource
 from pipeline.errors import RunNotFoundError
 from pipeline.params import from_params
+from pipeline.secrets import redact
 from pipeline.settings import Settings
 from pipeline.specs import ReadSpec
+
+# MLflow prints "View run ... at: <tracking URI>" when a run ends on a server, password and
+# all; icetrain prints its own (redacted) links instead.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 from pipeline.snapshots import PinnedSnapshot
 from pipeline.tensors import TensorLayout
 
@@ -211,16 +216,6 @@ def replay_config(settings: Settings, run_id: str) -> PipelineConfig:
     tags = run.data.tags
     config = from_params(run.data.params, run_id=run_id)
     return config.updated({"data.table": tags[TABLE_TAG], "data.snapshot_id": int(tags[SNAPSHOT_ID_TAG]), "data.ref": None, "data.as_of": None})
-
-
-def redact(uri: str) -> str:
-    """A URI without its password, for messages."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _mlflow_type(data_type: pa.DataType) -> DataType:

@@ -26,7 +26,7 @@ from pipeline.rows import RowProfile, RowSource, profile_from_metadata, profile_
 from pipeline.scan import ScanPlan, plan_scan
 from pipeline.snapshots import PinnedSnapshot, schema_at
 from pipeline.tensors import LabelVocabulary, NumericTarget, TensorLayout, declared_classes, layout_for
-from pipeline.transform import sandboxed_connection, transform_batch
+from pipeline.transform import check_transform, sandboxed_connection, transform_batch
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ def prepare_read(table: Table, pinned: PinnedSnapshot, spec: ReadSpec) -> Prepar
     identifiers = [schema.find_column_name(i) for i in schema.identifier_field_ids]
     split_key = split_key_for(spec, identifiers, pinned)
     if spec.sql:
+        check_transform(spec.sql)
         plan = plan_scan(table, pinned, schema, row_filter, None, split_key, spec.since_snapshot_id)
         empty = pa.RecordBatch.from_pylist([], schema=schema.as_arrow())
         output = transform_batch(sandboxed_connection(), empty, spec.sql).schema

@@ -6,6 +6,7 @@ from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
 from pipeline.errors import IngestError, SnapshotNotFoundError
+from pipeline.names import check_ref_name
 
 
 def create_tag(table: Table, name: str, snapshot_id: int | None = None) -> int:
@@ -15,6 +16,7 @@ def create_tag(table: Table, name: str, snapshot_id: int | None = None) -> int:
         SnapshotNotFoundError: the snapshot does not exist, or the table has none.
         IngestError: the name is already a ref, or the commit conflicted; nothing was written.
     """
+    check_ref_name(name)
     target = snapshot_id if snapshot_id is not None else getattr(table.current_snapshot(), "snapshot_id", None)
     if target is None or table.snapshot_by_id(target) is None:
         raise SnapshotNotFoundError(f"cannot tag {'.'.join(table.name())}: snapshot {target} does not exist")

@@ -10,7 +10,9 @@ PyIceberg below 0.13 for that reason.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +36,7 @@ from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.types import ListType, MapType
 
-from pipeline.errors import ColumnError, IcetrainError
+from pipeline.errors import ColumnError, DataFileError, IcetrainError
 from pipeline.snapshots import PinnedSnapshot, ancestors
 
 
@@ -154,7 +156,7 @@ def plan_scan(
         for task in tasks
     )
     with ThreadPoolExecutor(max_workers=8) as pool:
-        footers = list(pool.map(lambda ref: _row_groups_of(table.io, ref.path, bound_filter, table.metadata), files))
+        footers = list(pool.map(lambda ref: _row_groups_of(table.io, ref.path, bound_filter, table.metadata, pinned), files))
     row_groups = []
     for file_index, (sizes, kept) in enumerate(footers):
         first = 0
@@ -239,7 +241,7 @@ def read_row_group(plan: ScanPlan, group: RowGroup, schema: Schema | None = None
     """
     ref = plan.files[group.file_index]
     wanted = schema if schema is not None else plan.read_schema
-    with plan.io().new_input(ref.path).open() as source:
+    with _reading(ref.path, plan.pinned), plan.io().new_input(ref.path).open() as source:
         fragment = _get_file_format(FileFormat.PARQUET, pre_buffer=True).make_fragment(source, row_groups=[group.row_group])
         physical = fragment.physical_schema
         projection = _projection(plan, group.file_index, physical, wanted)
@@ -279,7 +281,7 @@ def _read_schema(schema: Schema, row_filter: BooleanExpression, columns: tuple[s
     known = {f.name for f in schema.fields}
     missing = [name for name in names if name not in known]
     if missing:
-        raise ColumnError(f"column(s) {', '.join(missing)} not found; columns: {', '.join(f.name for f in schema.fields)}")
+        raise ColumnError(f"column(s) {', '.join(repr(m) for m in missing)} not found; columns: {', '.join(f.name for f in schema.fields)}")
     return schema.select(*names, case_sensitive=True)
 
 
@@ -295,9 +297,19 @@ def _bound_filter_columns(schema: Schema, bound_filter: BooleanExpression) -> li
     return [schema.find_column_name(field_id) for field_id in sorted(extract_field_ids(bound_filter))]
 
 
-def _row_groups_of(io: FileIO, path: str, bound_filter: BooleanExpression, metadata: TableMetadata) -> tuple[list[int], set[int]]:
+@contextmanager
+def _reading(path: str, pinned: PinnedSnapshot) -> Iterator[None]:
+    """Turn a missing or damaged data file into one line naming the file, the table and the snapshot."""
+    try:
+        yield
+    except (OSError, pa.ArrowInvalid) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise DataFileError(f"cannot read data file {path} of {pinned.table} at snapshot {pinned.snapshot_id}: {reason}") from exc
+
+
+def _row_groups_of(io: FileIO, path: str, bound_filter: BooleanExpression, metadata: TableMetadata, pinned: PinnedSnapshot) -> tuple[list[int], set[int]]:
     """Every row group's size, and the row groups whose Parquet statistics may match the filter."""
-    with io.new_input(path).open() as source:
+    with _reading(path, pinned), io.new_input(path).open() as source:
         fragment = _get_file_format(FileFormat.PARQUET).make_fragment(source)
         sizes = [group.num_rows for group in fragment.row_groups]
         everything = set(range(len(sizes)))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pipeline.errors import ConfigError
+from pipeline.names import check_ref_name, check_table_name
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,9 @@ class SnapshotRequest:
         given = [name for name in ("snapshot_id", "ref", "as_of") if getattr(self, name) is not None]
         if len(given) > 1:
             raise ConfigError(f"ask for at most one of snapshot id, ref or as-of time; got {', '.join(given)}")
-        if not self.table or "." not in self.table:
-            raise ConfigError(f"table must be named as 'namespace.table', got {self.table!r}")
+        check_table_name(self.table)
+        if self.ref is not None:
+            check_ref_name(self.ref, "ref")
 
     @property
     def kind(self) -> str:

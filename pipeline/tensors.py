@@ -92,7 +92,7 @@ def layout_for(
     if spec.features is not None:
         missing = [name for name in spec.features if name not in names]
         if missing:
-            raise ColumnError(f"feature column(s) {', '.join(missing)} not found; columns: {', '.join(names)}")
+            raise ColumnError(f"feature column(s) {', '.join(repr(m) for m in missing)} not found; columns: {', '.join(names)}")
         features = spec.features
     elif images:
         features = tuple(images)

@@ -53,7 +53,7 @@ def test_overrides_read_values_as_yaml_but_text_keys_as_text() -> None:
         (["data.snapshot_id=5", "data.ref=v1"], "give at most one of data.snapshot_id, data.ref, data.as_of"),
         (["data.as_of=yesterday"], "data.as_of: as-of time 'yesterday' is neither ISO 8601"),
         (["data.as_of=99999999999999999999"], "data.as_of: as-of time '99999999999999999999'"),
-        (["data.table=demo..digits"], "data.table: must be 'namespace.table'"),
+        (["data.table=demo..digits"], "data.table: table name 'demo..digits' is not valid: it has an empty part"),
         (["loader.batch_size=0"], "loader.batch_size: Input should be greater than or equal to 1"),
         (["retrain.schedule=every night"], "retrain.schedule: must be a 5-field cron expression"),
         (["data.image_shape=[1, 8, 8]"], "data.image_shape needs data.features to name exactly one column"),
@@ -72,7 +72,7 @@ def test_the_config_round_trips_through_mlflow_params() -> None:
         apply_overrides(
             PipelineConfig().model_dump(),
             ["data.table=demo.rows", "data.snapshot_id=7649098236878454242", "data.features=[x1]", "data.classes=['a', 'b']",
-             "model.factory=mypkg.models:net", "model.kwargs={hidden: 8}", "optim.lr=0.25", "loader.block_rows=512", "data.sql=select 1"],
+             "model.factory=mypkg.models:net", "model.kwargs={hidden: 8}", "optim.lr=0.25", "loader.block_rows=512", "data.sql=select * from snapshot"],
         )
     )  # fmt: skip
     params = to_params(config)

@@ -80,3 +80,74 @@ def test_the_first_file_can_declare_identifier_fields(settings, catalog, tmp_pat
     with pytest.raises(IngestError, match="identifier column 'key' is not in the data"):
         append_file(catalog, "demo.other", tmp_path / "rows.parquet", identifier_fields=("key",))
     assert not catalog.table_exists("demo.other")
+
+
+@pytest.fixture
+def contracted(catalog) -> str:
+    """A table whose first append declares an identifier and the classes 0, 1, 2."""
+    from pipeline.tensors import label_classes_property
+
+    append_arrow(catalog, "demo.contract", tabular_rows(0, 30), source="test", identifier_fields=("id",), table_properties=label_classes_property([0, 1, 2]))
+    return "demo.contract"
+
+
+def broken(change: str) -> pa.Table:
+    rows = tabular_rows(100, 10).to_pydict()
+    if change == "missing":
+        del rows["x2"]
+    elif change == "nan":
+        rows["x2"][3] = float("nan")
+        rows["x1"][4] = float("inf")
+    elif change == "outside":
+        rows["label"][:4] = [7, 7, 9, 3]
+    elif change == "null-id":
+        rows["id"][0] = None
+    schema = pa.schema([field.with_nullable(True) for field in tabular_rows(0, 1).schema if field.name in rows])
+    return pa.table(rows, schema=schema)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("missing", "column 'x2' is missing from the data (1 of the table's columns are)"),
+        ("nan", "column 'x1' has 0 NaN and 1 infinite values"),
+        ("outside", "label column 'label' has 4 values outside the declared classes (0, 1, 2)"),
+        ("null-id", "column 'id' is required and has 1 null values"),
+    ],
+)
+def test_data_that_breaks_the_table_contract_is_refused_naming_the_column_and_count(catalog, contracted, change: str, message: str) -> None:
+    with pytest.raises(IngestError) as raised:
+        append_arrow(catalog, contracted, broken(change), source="test")
+    assert message in str(raised.value) and "nothing was written" in str(raised.value)
+    assert len(load_table(catalog, contracted).snapshots()) == 1
+
+
+def test_negative_class_indices_are_refused_when_no_classes_are_declared(catalog) -> None:
+    append_arrow(catalog, "demo.rows", tabular_rows(0, 10), source="test")
+    rows = tabular_rows(10, 5).to_pydict()
+    rows["label"][1] = -1
+    with pytest.raises(IngestError, match="label column 'label' has 1 negative values"):
+        append_arrow(catalog, "demo.rows", pa.table(rows, schema=tabular_rows(0, 1).schema), source="test")
+
+
+def test_unchecked_appends_commit_what_they_are_given(catalog, contracted) -> None:
+    append_arrow(catalog, contracted, broken("nan"), source="test", check=False)
+    assert load_table(catalog, contracted).scan().to_arrow().num_rows == 40
+
+
+def test_several_files_commit_as_one_snapshot_or_not_at_all(catalog, contracted, tmp_path: Path) -> None:
+    from pipeline.ingest import append_files
+
+    good, bad, more = tmp_path / "good.parquet", tmp_path / "bad.parquet", tmp_path / "more.parquet"
+    pq.write_table(tabular_rows(100, 5), good)
+    pq.write_table(broken("outside"), bad)
+    pq.write_table(tabular_rows(200, 5), more)
+
+    with pytest.raises(IngestError, match="outside the declared classes"):
+        append_files(catalog, contracted, [good, bad, more])
+    assert len(load_table(catalog, contracted).snapshots()) == 1, "the good file is not committed without the others"
+
+    snapshot_id = append_files(catalog, contracted, [good, more])
+    table = load_table(catalog, contracted)
+    assert [s.snapshot_id for s in table.snapshots()][-1] == snapshot_id and len(table.snapshots()) == 2
+    assert table.snapshot_by_id(snapshot_id).summary.additional_properties[SOURCE_PROPERTY] == f"{good}, {more}"

@@ -129,8 +129,8 @@ def test_the_sql_sandbox_refuses_files_databases_extensions_and_settings() -> No
         (ReadSpec(label="target"), LabelError, "label column 'target' not found"),
         (ReadSpec(features=("x9",)), ColumnError, "x9"),
         (ReadSpec(row_filter="id > 1000"), EmptyDataError, "no rows matching filter"),
-        (ReadSpec(sql="select * from elsewhere"), TransformError, "SQL transform failed"),
-        (ReadSpec(sql="select * from read_csv('/etc/passwd')"), TransformError, "disabled"),
+        (ReadSpec(sql="select * from snapshot where nonsense > 1"), TransformError, "SQL transform failed"),
+        (ReadSpec(sql="select * from read_csv('/etc/passwd')"), TransformError, "it must read FROM snapshot only"),
     ],
 )
 def test_bad_read_specs_fail_with_one_line_errors(catalog, spec, error, message) -> None:

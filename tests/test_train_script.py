@@ -1,6 +1,7 @@
 """The train script: DDP across 2 CPU processes, resume after SIGKILL, mixed precision, regression."""
 
 import signal
+import socket
 import subprocess
 import textwrap
 import time
@@ -119,14 +120,17 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(settings, numbered) 
     first = torch.load(path, weights_only=False)
     assert first["progress"]["epoch"] == 0 and first["loader"]["batches_done"] > 0, "the checkpoint is mid-epoch"
     (run,) = all_runs(settings)
-    assert run.info.status == "RUNNING"
+    assert run.info.status == "RUNNING", "nobody could end it: the process was killed"
+
+    reference = icetrain(*args, "--set", "model.kwargs={delay: 0.0}")
+    assert reference.returncode == 0, reference.stderr
+    found_dead = MlflowClient(settings.tracking_uri).get_run(run.info.run_id)
+    assert found_dead.info.status == "KILLED", "the next run in the experiment ends a run whose process is gone"
+    assert found_dead.data.tags["icetrain.ended_by"] == f"process {killed.pid} on {socket.gethostname()} is gone (found by a later icetrain run)"
 
     resumed = icetrain("train", "--resume", run.info.run_id, "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert f"MLflow run {run.info.run_id}" in resumed.stdout
-
-    reference = icetrain(*args, "--set", "model.kwargs={delay: 0.0}")
-    assert reference.returncode == 0, reference.stderr
     runs = {r.info.run_id: r for r in all_runs(settings)}
     assert len(runs) == 2 and runs[run.info.run_id].info.status == "FINISHED"
     (other,) = [r for r in runs if r != run.info.run_id]

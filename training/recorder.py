@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.errors import CheckpointError
 from pipeline.lineage import IcebergSnapshotDataset, ensure_experiment, register_sources
 from pipeline.settings import Settings
+from training.liveness import Heartbeat, end_dead_runs, process_tags
 
 MODEL_ARTIFACT = "model"
 _BATCH = 100
@@ -37,13 +38,16 @@ class MlflowRecorder:
         self.experiment_id = ""
         self.model_id = ""
         self.dataset = ("", "")
+        self._heartbeat: Heartbeat | None = None
 
     def start(self, tags: Mapping[str, str], run_name: str | None) -> str:
         """Create the run (RUNNING) in the configured experiment."""
         register_sources()
         self.experiment_id = ensure_experiment(self.client, self.settings, self.experiment)
-        run = self.client.create_run(self.experiment_id, tags=dict(tags), run_name=run_name)
+        end_dead_runs(self.client, self.experiment_id)
+        run = self.client.create_run(self.experiment_id, tags={**tags, **process_tags()}, run_name=run_name)
         self.run_id = run.info.run_id
+        self._heartbeat = Heartbeat(self.client, self.run_id).__enter__()
         return self.run_id
 
     def reopen(self, run_id: str) -> None:
@@ -60,7 +64,11 @@ class MlflowRecorder:
         self.model_id = models[0].model_id if models else ""
         training = [d.dataset for d in run.inputs.dataset_inputs if any(t.value == "training" for t in d.tags)]
         self.dataset = (training[0].name, training[0].digest) if training else ("", "")
+        end_dead_runs(self.client, self.experiment_id)
+        for key, value in process_tags().items():
+            self.client.set_tag(run_id, key, value)
         self.client.update_run(run_id, status="RUNNING")
+        self._heartbeat = Heartbeat(self.client, run_id).__enter__()
 
     def logged_params(self) -> dict[str, str]:
         return dict(self.client.get_run(self.run_id).data.params)
@@ -120,6 +128,9 @@ class MlflowRecorder:
         return self.model_id
 
     def finish(self, status: str = "FINISHED") -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.__exit__()
+            self._heartbeat = None
         if self.model_id and status != "FINISHED":
             self.client.finalize_logged_model(self.model_id, "FAILED")
         if self.run_id:

@@ -35,6 +35,7 @@ from pipeline.settings import Settings
 from pipeline.snapshots import PinnedSnapshot
 from training import checkpoint
 from training.compute import Compute, close_compute, init_compute
+from training.liveness import check_tracking
 from training.data import TrainingData, feature_sample, open_training_data, pin
 from training.loop import EpochMetrics, Fit, Progress, fit
 from training.models import build_model
@@ -115,6 +116,12 @@ def train(
         close_compute(compute)
 
 
+def _check_then_pin(settings: Settings, config: PipelineConfig, pinned: PinnedSnapshot | None) -> PinnedSnapshot:
+    """MLflow must answer before any data is read; then the snapshot is pinned (rank 0 only)."""
+    check_tracking(settings)
+    return pin(settings, config, pinned)
+
+
 def _train(
     settings: Settings,
     config: PipelineConfig,
@@ -124,8 +131,8 @@ def _train(
     resume: Resume | None,
     progress_bar: bool,
 ) -> TrainResult:
-    # 1. Data: rank 0 pins the snapshot, every rank reads that one; the gate runs here.
-    pinned = compute.share(lambda: pin(settings, config, pinned))
+    # 1. Data: rank 0 pins the snapshot (once it knows MLflow answers), every rank reads that one; the gate runs here.
+    pinned = compute.share(lambda: _check_then_pin(settings, config, pinned))
     data = open_training_data(settings, config, pinned)
     config = resolved_config(config, data, compute)
     task = make_task(config, data)

@@ -1,0 +1,80 @@
+"""Names that reach the catalog and the warehouse: tables, namespaces, tags and branches.
+
+A table name becomes a directory under the warehouse and a key in the catalog, so it is
+checked once, at the edge, before anything is read or written: ``zz.t`` and ``zz.t<TAB>``
+must not become two tables in one folder, ``../../etc`` must not become a path, and ``?`` or
+``#`` must not turn into stray files under another name. Ref names (tags, branches) live only
+in table metadata, so they may hold ``/`` (``icetrain/digits/v1``) but no control characters
+or surrounding spaces.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from pipeline.errors import InvalidNameError
+
+MAX_PART = 128
+MAX_IDENTIFIER = 255
+MAX_REF = 255
+_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+
+
+def check_table_name(identifier: str) -> tuple[str, str]:
+    """Validate ``namespace.table`` and split it; nested namespaces (``a.b.t``) are allowed.
+
+    Each part starts with a letter, digit or underscore and holds only letters, digits,
+    ``_`` and ``-`` (at most 128 characters; 255 in all).
+
+    Raises:
+        InvalidNameError: the name is empty, too long, or a part has another character.
+    """
+    if not isinstance(identifier, str) or not identifier:
+        raise InvalidNameError("a table name is required, as 'namespace.table'")
+    shown = _show(identifier)
+    if len(identifier) > MAX_IDENTIFIER:
+        raise InvalidNameError(f"table name {shown} is {len(identifier)} characters long; at most {MAX_IDENTIFIER}")
+    parts = identifier.split(".")
+    if len(parts) < 2:
+        raise InvalidNameError(f"table must be named as 'namespace.table', got {shown}")
+    for part in parts:
+        problem = _part_problem(part)
+        if problem:
+            raise InvalidNameError(f"table name {shown} is not valid: {problem}")
+    return ".".join(parts[:-1]), parts[-1]
+
+
+def check_ref_name(name: str, kind: str = "tag") -> str:
+    """Validate a tag or branch name: 1-255 printable characters, no surrounding spaces.
+
+    Raises:
+        InvalidNameError: empty, too long, surrounded by spaces or holding a control character.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidNameError(f"a {kind} name must not be empty")
+    shown = _show(name)
+    if len(name) > MAX_REF:
+        raise InvalidNameError(f"{kind} name {shown} is {len(name)} characters long; at most {MAX_REF}")
+    if name != name.strip():
+        raise InvalidNameError(f"{kind} name {shown} has surrounding spaces")
+    bad = next((c for c in name if not c.isprintable() or unicodedata.category(c).startswith("Z") and c != " "), None)
+    if bad is not None:
+        raise InvalidNameError(f"{kind} name {shown} holds the unprintable character {bad!r}")
+    return name
+
+
+def _part_problem(part: str) -> str:
+    if not part:
+        return "it has an empty part (two dots in a row, or a dot at an end)"
+    if len(part) > MAX_PART:
+        return f"part {_show(part[:20] + '...')} is {len(part)} characters long; at most {MAX_PART}"
+    if _PART.fullmatch(part):
+        return ""
+    bad = next((c for c in part if not (c.isascii() and (c.isalnum() or c in "_-"))), part[0])
+    return f"part {_show(part)} holds {bad!r}; use letters, digits, '_' and '-' (not first)"
+
+
+def _show(text: str) -> str:
+    """A name as Python writes it, so tabs, newlines and spaces are visible in the one-line message."""
+    return repr(text if len(text) <= 80 else text[:77] + "...")

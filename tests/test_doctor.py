@@ -1,0 +1,76 @@
+"""A killed ingest leaves no visible partial snapshot, and `icetrain doctor` finds and removes what it left behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from pipeline.catalog import load_table
+from pipeline.doctor import inspect_files
+from tests.conftest import all_runs, write_appends
+
+ICETRAIN = str(Path(sys.executable).parent / "icetrain")
+BIG_APPEND = textwrap.dedent(
+    """
+    import numpy as np, pyarrow as pa
+    from pipeline.settings import Settings
+    from pipeline.catalog import open_catalog
+    from pipeline.ingest import append_arrow
+    n = 6_000_000
+    rng = np.random.default_rng(0)
+    rows = pa.table({"id": pa.array(np.arange(10**6, 10**6 + n)), "x1": pa.array(rng.random(n, dtype=np.float32)),
+                     "x2": rng.random(n), "label": pa.array(np.arange(n) % 3)})
+    append_arrow(open_catalog(Settings.from_env()), "demo.rows", rows, source="killed writer")
+    """
+)
+
+
+def test_a_killed_ingest_commits_nothing_and_doctor_removes_its_files(settings, catalog) -> None:
+    write_appends(catalog, "demo.rows", [50])
+    before = load_table(catalog, "demo.rows")
+    data_dir = Path(before.location().removeprefix("file://")) / "data"
+    known = set(data_dir.iterdir())
+
+    writer = subprocess.Popen([sys.executable, "-c", BIG_APPEND], env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    while not set(data_dir.iterdir()) - known:
+        assert writer.poll() is None and time.monotonic() < deadline, "the writer ended before it wrote a data file"
+        time.sleep(0.01)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=30)
+
+    after = load_table(catalog, "demo.rows")
+    assert [s.snapshot_id for s in after.snapshots()] == [s.snapshot_id for s in before.snapshots()]
+    assert after.scan().to_arrow().num_rows == 50
+    stray = inspect_files(after, timedelta(0)).orphans
+    assert stray and all("/data/" in f.path and Path(f.path.removeprefix("file://")) not in known for f in stray)
+    assert inspect_files(after, timedelta(days=1)).orphans == (), "files younger than the window are kept"
+
+    listed = subprocess.run([ICETRAIN, "doctor", "demo.rows", "--older-than", "0s"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert all(f.path in listed.stdout for f in stray) and "--delete" in listed.stdout
+    assert set(data_dir.iterdir()) - known, "listing deletes nothing"
+
+    deleted = subprocess.run([ICETRAIN, "doctor", "demo.rows", "--older-than", "0s", "--delete"], capture_output=True, text=True, timeout=120)
+    assert deleted.returncode == 0, deleted.stderr
+    assert f"deleted {len(stray)} unreferenced file" in deleted.stdout
+    assert set(data_dir.iterdir()) == known
+    assert load_table(catalog, "demo.rows").scan().to_arrow().num_rows == 50
+
+
+def test_a_missing_or_damaged_data_file_is_named_with_its_table_and_snapshot(settings, catalog) -> None:
+    (first, second) = write_appends(catalog, "demo.rows", [40, 60])
+    table = load_table(catalog, "demo.rows")
+    files = sorted(Path(f.removeprefix("file://")) for f in table.inspect.all_files().column("file_path").to_pylist())
+    files[0].write_bytes(b"not parquet at all")
+    files[1].unlink()
+
+    for snapshot_id in (first, second):
+        out = subprocess.run([ICETRAIN, "train", "--table", "demo.rows", "--snapshot-id", str(snapshot_id)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+        assert out.stderr.startswith("icetrain: error: cannot read data file file://") and f"of demo.rows at snapshot {snapshot_id}: " in out.stderr
+    assert all_runs(settings) == []
