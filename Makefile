@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install system-deps demo test ui bench clean
+.PHONY: install system-deps demo test ui bench soak clean services services-stop
 
 install: $(VENV)/.installed
 
@@ -32,10 +32,23 @@ test: install system-deps
 ui: install
 	$(BIN)/icetrain ui
 
+# PostgreSQL (catalog, MLflow store, Dagster storage) and an MLflow server on 127.0.0.1, data
+# under .icetrain/services; then `export ICETRAIN_PROFILE=services`.
+services: install system-deps
+	$(BIN)/icetrain services start
+
+services-stop: install
+	$(BIN)/icetrain services stop
+
 # The loader benchmark (about 5 minutes at the default 4,000,000 rows; ROWS=400000 for a quick look).
 ROWS ?= 4000000
 bench: install
 	$(BIN)/python bench/loader_bench.py --rows $(ROWS)
+
+# 200 ingests and 20 training runs against its own services (PostgreSQL, MLflow server): planning
+# time as snapshots pile up, metadata before/after expire, lineage checked (a few minutes).
+soak: install system-deps
+	$(BIN)/python bench/soak.py --ingests 200 --trains 20
 
 clean:
 	rm -rf .icetrain mlruns mlartifacts dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--delete", action="store_true", help="delete the unreferenced files listed")
     doctor.set_defaults(handler=cmd_doctor)
 
+    services = commands.add_parser("services", help="start or stop PostgreSQL and an MLflow server for ICETRAIN_PROFILE=services")
+    services.add_argument("action", choices=["start", "stop", "status"])
+    services.set_defaults(handler=cmd_services)
+
     ui = commands.add_parser("ui", help="start the Dagster UI and the MLflow UI on localhost")
     ui.add_argument("--dagster-port", type=int, default=3000)
     ui.add_argument("--mlflow-port", type=int, default=5000)
@@ -370,6 +374,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print("run again with --delete to remove them")
     if args.delete:
         print(f"deleted {remove_files(table, checkup.orphans)} unreferenced files")
+    return 0
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from icetrain.services import start_services, stop_services
+    from pipeline.settings import SERVICES_FILE, services_dir
+
+    home = Settings.from_env({k: v for k, v in os.environ.items() if k != "ICETRAIN_PROFILE"}).home
+    settings = Settings(home=home)
+    record_file = services_dir(home) / SERVICES_FILE
+    if args.action == "start":
+        record = start_services(settings)
+        print(f"PostgreSQL on 127.0.0.1:{record['postgres_port']} (databases iceberg, mlflow, dagster)")
+        print(f"MLflow server on http://127.0.0.1:{record['mlflow_port']}")
+        print(f"Dagster instance {services_dir(home) / 'dagster_home'}")
+        print("Use them with:  export ICETRAIN_PROFILE=services   (stop with: icetrain services stop)")
+    elif args.action == "stop":
+        print("stopped" if stop_services(settings) else f"no services recorded in {record_file}")
+    else:
+        print(record_file.read_text().strip() if record_file.exists() else f"no services recorded in {record_file}")
     return 0
 
 

@@ -15,13 +15,15 @@ telemetry:
 
 
 def resolve_dagster_home(settings: Settings) -> Path:
-    """``$DAGSTER_HOME`` if set; else ``./dagster_home`` if it has a dagster.yaml; else one under ICETRAIN_HOME.
+    """The profile's instance (``ICETRAIN_PROFILE=services``); else ``$DAGSTER_HOME`` if set; else ``./dagster_home`` if it has a dagster.yaml; else one under ICETRAIN_HOME.
 
     The chosen folder is exported as ``DAGSTER_HOME`` (absolute, as Dagster requires) and
     gets a ``dagster.yaml`` and a dismissed first-run dialog if it has none.
     """
     configured = os.environ.get("DAGSTER_HOME")
-    if configured:
+    if settings.dagster_home is not None:  # the services profile's instance (PostgreSQL storage) wins
+        home = settings.dagster_home
+    elif configured:
         home = Path(configured).expanduser().resolve()
     elif (Path.cwd() / "dagster_home" / "dagster.yaml").is_file():
         home = (Path.cwd() / "dagster_home").resolve()

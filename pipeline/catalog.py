@@ -8,8 +8,12 @@ catalog name in ``Settings.catalog_name``; no code changes.
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Mapping
+
 from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.catalog.sql import SqlCatalog
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.table import Table
 from pyiceberg.utils.config import Config
@@ -33,15 +37,32 @@ def open_catalog(settings: Settings) -> Catalog:
     configured = external_catalog_config(settings)
     if configured is not None:
         try:
-            return load_catalog(settings.catalog_name, **configured)
+            return connect_catalog(settings.catalog_name, configured)
         except Exception as exc:  # PyIceberg raises many types for bad config; all mean "cannot load"
             raise CatalogError(f"cannot load Iceberg catalog {settings.catalog_name!r} from PyIceberg configuration: {exc}") from exc
     settings.warehouse.mkdir(parents=True, exist_ok=True)
-    return SqlCatalog(
-        settings.catalog_name,
-        uri=f"sqlite:///{settings.catalog_db}",
-        warehouse=settings.warehouse.as_uri(),
-    )
+    properties = {"type": "sql", "uri": settings.catalog_uri or f"sqlite:///{settings.catalog_db}", "warehouse": settings.warehouse.as_uri()}
+    try:
+        return connect_catalog(settings.catalog_name, properties)
+    except Exception as exc:  # SQLAlchemy raises many types for an unreachable database
+        raise CatalogError(f"cannot open the Iceberg SQL catalog {settings.catalog_name!r}: {exc}") from exc
+
+
+def connect_catalog(name: str, properties: Mapping[str, str], attempts: int = 6) -> Catalog:
+    """``load_catalog``, retried when processes race to initialize a new SQL catalog's tables.
+
+    A SQL catalog creates its tables on first use; several processes opening a fresh one at
+    once can collide in the database (a duplicate-key or "already exists" error) although the
+    catalog is fine a moment later.
+    """
+    for attempt in range(attempts):
+        try:
+            return load_catalog(name, **properties)
+        except (IntegrityError, OperationalError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.5))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def split_identifier(identifier: str) -> tuple[str, str]:

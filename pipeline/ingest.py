@@ -190,7 +190,7 @@ def _read_file(catalog: Catalog, identifier: str, file: Path) -> pa.Table:
             delimiter = "\t" if suffix == ".tsv" else ","
             data = pa_csv.read_csv(file, parse_options=pa_csv.ParseOptions(delimiter=delimiter))
             return _conform_to_table(catalog, identifier, data)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:  # a binary file named .csv fails to decode
         raise IngestError(f"cannot read {str(file)!r}: {_first_line(exc)}") from exc
     raise IngestError(f"cannot append {str(file)!r}: only .parquet and .csv files are supported")
 

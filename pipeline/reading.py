@@ -62,12 +62,14 @@ def parse_filter(text: str | None, schema: Schema, pinned: PinnedSnapshot) -> Bo
         raise FilterError(
             f"cannot parse row filter {text!r} near character {exc.loc + 1}; expected e.g. \"label >= 3 and id < 100\""
         ) from exc
+    except (ValueError, TypeError) as exc:  # PyIceberg's parser builds expressions it then rejects (``x < 5 or true``)
+        raise FilterError(f"cannot use row filter {text!r}: {_first_line(exc)}; expected e.g. \"label >= 3 and id < 100\"") from exc
     try:
         bind(schema, expression, case_sensitive=True)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         columns = ", ".join(field.name for field in schema.fields)
         raise FilterError(
-            f"row filter {text!r} does not fit snapshot {pinned.snapshot_id} of {pinned.table!r} ({exc}); columns: {columns}"
+            f"row filter {text!r} does not fit snapshot {pinned.snapshot_id} of {pinned.table!r} ({_first_line(exc)}); columns: {columns}"
         ) from exc
     return expression
 
@@ -219,3 +221,8 @@ def integer_run(values: tuple[str, ...]) -> list[int] | None:
     except ValueError:
         return None
     return numbers if numbers and numbers == list(range(numbers[0], numbers[0] + len(numbers))) else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split("\n")[0].split())
+    return text or type(exc).__name__

@@ -6,10 +6,13 @@ train and how is the pipeline configuration in ``pipeline.config``.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.errors import ConfigError
 
 HOME_ENV = "ICETRAIN_HOME"
 CATALOG_ENV = "ICETRAIN_CATALOG"
@@ -21,6 +24,14 @@ MLFLOW_UI_ENV = "ICETRAIN_MLFLOW_UI"
 DAGSTER_UI_ENV = "ICETRAIN_DAGSTER_UI"
 DEFAULT_CATALOG = "icetrain"
 DEFAULT_EXPERIMENT = "icetrain"
+PROFILE_ENV = "ICETRAIN_PROFILE"
+PROFILES = ("local", "services")
+SERVICES_FILE = "services.json"
+
+
+def services_dir(home: Path) -> Path:
+    """Where ``icetrain services`` keeps PostgreSQL, MLflow's artifacts, Dagster's home and ``services.json``."""
+    return home / "services"
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,8 @@ class Settings:
     experiment: str = DEFAULT_EXPERIMENT
     mlflow_ui: str | None = None
     dagster_ui: str | None = None
+    profile: str = "local"
+    catalog_uri: str | None = None
 
     @classmethod
     def from_env(
@@ -63,14 +76,25 @@ class Settings:
         """Build settings from explicit values, falling back to the environment, then defaults."""
         env = os.environ if environ is None else environ
         chosen_home = Path(home or env.get(HOME_ENV) or DEFAULT_HOME).expanduser().resolve()
+        profile = env.get(PROFILE_ENV) or "local"
+        if profile not in PROFILES:
+            raise ConfigError(f"{PROFILE_ENV}={profile!r}: must be one of {', '.join(PROFILES)}")
+        services = _running_services(chosen_home) if profile == "services" else {}
         return cls(
             home=chosen_home,
             catalog_name=catalog_name or env.get(CATALOG_ENV) or DEFAULT_CATALOG,
-            mlflow_tracking_uri=mlflow_tracking_uri or env.get(MLFLOW_URI_ENV) or None,
+            mlflow_tracking_uri=mlflow_tracking_uri or env.get(MLFLOW_URI_ENV) or services.get("mlflow") or None,
             experiment=experiment or env.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT,
-            mlflow_ui=env.get(MLFLOW_UI_ENV) or None,
+            mlflow_ui=env.get(MLFLOW_UI_ENV) or services.get("mlflow") or None,
             dagster_ui=env.get(DAGSTER_UI_ENV) or None,
+            profile=profile,
+            catalog_uri=services.get("catalog"),
         )
+
+    @property
+    def dagster_home(self) -> Path | None:
+        """The profile's Dagster instance (services: PostgreSQL storage); None for the local profile."""
+        return services_dir(self.home) / "dagster_home" if self.profile == "services" else None
 
     @property
     def warehouse(self) -> Path:
@@ -91,6 +115,23 @@ class Settings:
     def artifact_root(self) -> Path | None:
         """Where the embedded MLflow store keeps artifacts; None when a tracking URI is given."""
         return None if self.mlflow_tracking_uri else self.home / "mlartifacts"
+
+
+def _running_services(home: Path) -> dict[str, str]:
+    """The catalog and MLflow addresses ``icetrain services start`` recorded under ``home``.
+
+    Raises:
+        ConfigError: the services are not running (no ``services.json``).
+    """
+    record = services_dir(home) / SERVICES_FILE
+    try:
+        ports = json.loads(record.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{PROFILE_ENV}=services but no services run for {home} ({record} is missing); start them with `make services`") from None
+    return {
+        "catalog": f"postgresql+psycopg2://icetrain@127.0.0.1:{ports['postgres_port']}/iceberg",
+        "mlflow": f"http://127.0.0.1:{ports['mlflow_port']}",
+    }
 
 
 __all__ = ["Settings"]

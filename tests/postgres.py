@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import glob
-import os
 import shutil
 import subprocess
 import tempfile
@@ -12,12 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from icetrain.servers import free_port
-
-
-def postgres_bin() -> Path | None:
-    """The folder with initdb and pg_ctl from Debian's postgresql package, if installed."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
+from icetrain.services import as_postgres_user, postgres_bin
 
 
 @contextmanager
@@ -28,7 +21,7 @@ def postgres_cluster() -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="icetrain-pg-"))
     data = folder / "data"
     port = free_port()
-    as_postgres = _as_postgres_user(folder)
+    as_postgres = as_postgres_user(folder)
     try:
         subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "icetrain"], check=True, capture_output=True)
         options = f"-p {port} -k {folder} -h 127.0.0.1"
@@ -48,11 +41,3 @@ def postgres_cluster() -> Iterator[str]:
             subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _as_postgres_user(folder: Path) -> list[str]:
-    """PostgreSQL refuses to run as root: hand the folder to the postgres user and run as it."""
-    if os.geteuid() != 0:
-        return []
-    shutil.chown(folder, "postgres", "postgres")
-    return ["runuser", "-u", "postgres", "--"]

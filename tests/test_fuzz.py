@@ -114,3 +114,9 @@ def test_the_train_command_trains_or_fails_in_one_line_and_leaves_nothing_runnin
         assert err.getvalue().strip().splitlines()[-1].startswith(("icetrain: error: ", "icetrain train: error: ")), err.getvalue()
     assert all(run.info.status == "FINISHED" for run in runs), "no run is left RUNNING or FAILED by a user mistake"
     assert len(load_table(catalog, "demo.rows").snapshots()) == 1
+
+
+@pytest.mark.parametrize("text", ["label < 5 or true", "true and false", "not true", "label in ()", "x1 > 'a'", "id is nan", "label <> 1e999", "x1 == 1", "id in (1, 'x')", "label not in ('a',)"])
+def test_filters_that_once_gave_tracebacks_are_one_line(rows, text: str) -> None:
+    table, pinned = rows
+    only_icetrain_errors(parse_filter, text, snapshot_schema(table, pinned), pinned)

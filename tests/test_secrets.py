@@ -2,7 +2,6 @@
 appear in no output, error, log, MLflow record, Dagster record or snapshot summary."""
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-from pyiceberg.catalog import load_catalog
+from pipeline.catalog import connect_catalog
 
 from pipeline.ingest import append_arrow
+from tests.conftest import tabular_rows
 
 ROWS_PER_APPEND = 4
 
@@ -20,8 +21,33 @@ def rows(writer: int, append: int) -> pa.Table:
 
 def write(catalog_properties: dict[str, str], table: str, writer: int, appends: int) -> list[int]:
     """Append ``appends`` times with append ids ``w<writer>-<n>``; returns the snapshot ids."""
-    catalog = load_catalog("race", **catalog_properties)
+    catalog = _catalog(catalog_properties)
     return [
         append_arrow(catalog, table, rows(writer, n), source=f"writer {writer}", append_id=f"w{writer}-{n}", identifier_fields=("id",))
         for n in range(appends)
     ]
+
+
+def churn(catalog_properties: dict[str, str], table: str, writer: int, rounds: int) -> int:
+    """Append, then delete some rows (a copy-on-write rewrite of data files), ``rounds`` times; returns commits made."""
+    from pyiceberg.exceptions import CommitFailedException, ValidationException
+
+    catalog = _catalog(catalog_properties)
+    commits = 0
+    for n in range(rounds):
+        append_arrow(catalog, table, tabular_rows(10_000 * (writer + 1) + 7 * n, 7), source=f"churn {writer}")
+        commits += 1
+        for _ in range(20):
+            try:
+                catalog.load_table(table).delete(f"id < {(n + 1) * 7}")
+                commits += 1
+                break
+            except (CommitFailedException, ValidationException):  # a concurrent delete of the same rows: try again on the new state
+                continue
+    return commits
+
+
+def _catalog(catalog_properties: dict[str, str]):
+    """The catalog the properties describe; ``catalog_name`` (default 'race') names it, as tables are registered per name."""
+    properties = dict(catalog_properties)
+    return connect_catalog(properties.pop("catalog_name", "race"), properties)
