@@ -110,6 +110,8 @@ class DataConfig(Section):
         given = [name for name in ("snapshot_id", "ref", "as_of") if getattr(self, name) is not None]
         if len(given) > 1:
             raise ValueError(f"give at most one of data.snapshot_id, data.ref, data.as_of; got {', '.join('data.' + g for g in given)}")
+        if self.features == ():
+            raise ValueError("data.features names no column; name at least one, or leave it out for every numeric column")
         if self.features is not None and self.label in self.features:
             raise ValueError(f"label column {self.label!r} cannot also be a feature")
         if self.image_shape is not None and (self.features is None or len(self.features) != 1):

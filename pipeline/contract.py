@@ -3,8 +3,8 @@
 Bad rows found at ingest cost one line; found at training time they cost a failed run on a
 snapshot that can never be un-committed. So an append to an existing table is checked
 against what the table promises its readers: every column present, values in required
-columns, finite floats, and labels that are valid classes (within ``icetrain.label.classes``
-when the table declares them; non-negative class indices otherwise). The first problem is
+columns, finite floats, and labels within ``icetrain.label.classes`` when the table declares
+them (a table without declared classes may hold a regression target). The first problem is
 reported with the column and how many rows break it; ``check=False`` (``--no-check``) skips it.
 """
 
@@ -26,7 +26,7 @@ def check_contract(table: Table, data: pa.Table, identifier: str) -> None:
 
     Raises:
         IngestError: a missing column, nulls in a required column, NaN or infinite floats,
-            or labels outside the declared classes (or negative class indices).
+            or labels outside the declared classes.
     """
     problem = _missing(table, data) or _nulls(table, data) or _not_finite(data) or _bad_labels(table, data)
     if problem:
@@ -67,7 +67,4 @@ def _bad_labels(table: Table, data: pa.Table) -> str:
         values = pc.cast(column, pa.string()) if not pa.types.is_string(column.type) else column
         outside = pc.sum(pc.invert(pc.fill_null(pc.is_in(values, value_set=pa.array(classes)), True))).as_py() or 0
         return f"label column {label!r} has {outside} values outside the declared classes ({', '.join(classes)})" if outside else ""
-    if pa.types.is_integer(column.type):
-        negative = pc.sum(pc.less(column, 0)).as_py() or 0
-        return f"label column {label!r} has {negative} negative values; class indices start at 0 (or declare the classes)" if negative else ""
-    return ""
+    return ""  # without declared classes the label may be a regression target: any value goes

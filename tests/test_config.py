@@ -54,6 +54,7 @@ def test_overrides_read_values_as_yaml_but_text_keys_as_text() -> None:
         (["data.as_of=yesterday"], "data.as_of: as-of time 'yesterday' is neither ISO 8601"),
         (["data.as_of=99999999999999999999"], "data.as_of: as-of time '99999999999999999999'"),
         (["data.table=demo..digits"], "data.table: table name 'demo..digits' is not valid: it has an empty part"),
+        (["data.features=[]"], "data.features names no column"),
         (["loader.batch_size=0"], "loader.batch_size: Input should be greater than or equal to 1"),
         (["retrain.schedule=every night"], "retrain.schedule: must be a 5-field cron expression"),
         (["data.image_shape=[1, 8, 8]"], "data.image_shape needs data.features to name exactly one column"),

@@ -122,14 +122,6 @@ def test_data_that_breaks_the_table_contract_is_refused_naming_the_column_and_co
     assert len(load_table(catalog, contracted).snapshots()) == 1
 
 
-def test_negative_class_indices_are_refused_when_no_classes_are_declared(catalog) -> None:
-    append_arrow(catalog, "demo.rows", tabular_rows(0, 10), source="test")
-    rows = tabular_rows(10, 5).to_pydict()
-    rows["label"][1] = -1
-    with pytest.raises(IngestError, match="label column 'label' has 1 negative values"):
-        append_arrow(catalog, "demo.rows", pa.table(rows, schema=tabular_rows(0, 1).schema), source="test")
-
-
 def test_unchecked_appends_commit_what_they_are_given(catalog, contracted) -> None:
     append_arrow(catalog, contracted, broken("nan"), source="test", check=False)
     assert load_table(catalog, contracted).scan().to_arrow().num_rows == 40

@@ -45,3 +45,25 @@ def test_runs_of_processes_that_are_gone_or_silent_are_ended_and_live_ones_are_l
     status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
     assert status == {"alive": "RUNNING", "gone": "KILLED", "silent elsewhere": "KILLED", "beating elsewhere": "RUNNING", "not icetrain's": "RUNNING"}
     assert client.get_run(ids["silent elsewhere"]).data.tags[ENDED_BY_TAG].startswith("no heartbeat from process 4242 on other-host for ")
+
+
+def test_a_tracking_server_without_a_health_page_still_counts_as_answering(settings) -> None:
+    import http.server
+    import threading
+
+    from pipeline.settings import Settings
+    from training.liveness import check_tracking
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args) -> None: ...
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        check_tracking(Settings(home=settings.home, mlflow_tracking_uri=f"http://127.0.0.1:{server.server_port}"))
+    finally:
+        server.shutdown()

@@ -133,6 +133,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(settings, numbered) 
     assert f"MLflow run {run.info.run_id}" in resumed.stdout
     runs = {r.info.run_id: r for r in all_runs(settings)}
     assert len(runs) == 2 and runs[run.info.run_id].info.status == "FINISHED"
+    assert "icetrain.ended_by" not in runs[run.info.run_id].data.tags, "a resumed run is alive again"
     (other,) = [r for r in runs if r != run.info.run_id]
     finished = torch.load(path, weights_only=False)
     uninterrupted = torch.load(settings.home / "checkpoints" / other / "last.pt", weights_only=False)

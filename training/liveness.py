@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -66,11 +67,11 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="icetrain-heartbeat", daemon=True)
 
-    def __enter__(self) -> "Heartbeat":
+    def start(self) -> "Heartbeat":
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
 
@@ -86,7 +87,8 @@ def check_tracking(settings: Settings, timeout: float = 5.0) -> None:
     """Fail fast, before any data is read, when the MLflow tracking server does not answer.
 
     Raises:
-        TrackingError: an http(s) tracking URI whose ``/health`` does not answer within ``timeout``.
+        TrackingError: an http(s) tracking URI that does not answer within ``timeout`` (any HTTP
+            status counts as an answer: not every server has ``/health``).
     """
     uri = settings.tracking_uri
     if not uri.startswith(("http://", "https://")):
@@ -99,6 +101,8 @@ def check_tracking(settings: Settings, timeout: float = 5.0) -> None:
     try:
         with urllib.request.urlopen(health, timeout=timeout) as response:
             response.read(64)
+    except urllib.error.HTTPError:
+        return  # it answered (a server without /health, or one that wants credentials there): reachable
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise TrackingError(f"MLflow tracking server {redact(uri)} does not answer ({reason}); nothing was read or recorded") from None

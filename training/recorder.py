@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.errors import CheckpointError
 from pipeline.lineage import IcebergSnapshotDataset, ensure_experiment, register_sources
 from pipeline.settings import Settings
-from training.liveness import Heartbeat, end_dead_runs, process_tags
+from training.liveness import ENDED_BY_TAG, Heartbeat, end_dead_runs, process_tags
 
 MODEL_ARTIFACT = "model"
 _BATCH = 100
@@ -47,7 +47,7 @@ class MlflowRecorder:
         end_dead_runs(self.client, self.experiment_id)
         run = self.client.create_run(self.experiment_id, tags={**tags, **process_tags()}, run_name=run_name)
         self.run_id = run.info.run_id
-        self._heartbeat = Heartbeat(self.client, self.run_id).__enter__()
+        self._heartbeat = Heartbeat(self.client, self.run_id).start()
         return self.run_id
 
     def reopen(self, run_id: str) -> None:
@@ -65,10 +65,12 @@ class MlflowRecorder:
         training = [d.dataset for d in run.inputs.dataset_inputs if any(t.value == "training" for t in d.tags)]
         self.dataset = (training[0].name, training[0].digest) if training else ("", "")
         end_dead_runs(self.client, self.experiment_id)
+        if ENDED_BY_TAG in run.data.tags or ENDED_BY_TAG in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, ENDED_BY_TAG)  # it lives again; the new process is recorded below
         for key, value in process_tags().items():
             self.client.set_tag(run_id, key, value)
         self.client.update_run(run_id, status="RUNNING")
-        self._heartbeat = Heartbeat(self.client, run_id).__enter__()
+        self._heartbeat = Heartbeat(self.client, run_id).start()
 
     def logged_params(self) -> dict[str, str]:
         return dict(self.client.get_run(self.run_id).data.params)
@@ -129,7 +131,7 @@ class MlflowRecorder:
 
     def finish(self, status: str = "FINISHED") -> None:
         if self._heartbeat is not None:
-            self._heartbeat.__exit__()
+            self._heartbeat.stop()
             self._heartbeat = None
         if self.model_id and status != "FINISHED":
             self.client.finalize_logged_model(self.model_id, "FAILED")
