@@ -148,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--delete", action="store_true", help="delete the unreferenced files listed")
     doctor.set_defaults(handler=cmd_doctor)
 
+    maintain = commands.add_parser("maintain", help="merge manifests, compact small files, expire old untagged snapshots")
+    maintain.add_argument("table")
+    maintain.add_argument("--target-file-mb", type=int, default=128, help="size of the compacted data files (default 128)")
+    maintain.add_argument("--expire-older-than", metavar="DURATION", help="also expire snapshots older than this (never tagged ones, branch heads or the current one)")
+    maintain.set_defaults(handler=cmd_maintain)
+
     services = commands.add_parser("services", help="start or stop PostgreSQL and an MLflow server for ICETRAIN_PROFILE=services")
     services.add_argument("action", choices=["start", "stop", "status"])
     services.set_defaults(handler=cmd_services)
@@ -374,6 +380,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print("run again with --delete to remove them")
     if args.delete:
         print(f"deleted {remove_files(table, checkup.orphans)} unreferenced files")
+    return 0
+
+
+def cmd_maintain(args: argparse.Namespace) -> int:
+    from pipeline.catalog import load_table, open_catalog
+    from pipeline.maintenance import maintain
+    from pipeline.registry import parse_duration
+
+    if not 1 <= args.target_file_mb <= 4096:
+        raise ConfigError(f"--target-file-mb must be between 1 and 4096, got {args.target_file_mb}")
+    window = parse_duration(args.expire_older_than) if args.expire_older_than else None
+    table = load_table(open_catalog(Settings.from_env()), args.table)
+    done = maintain(table, target_file_bytes=args.target_file_mb * 1024 * 1024, expire_older_than=window)
+    print(f"{args.table}: data files {done.files_before} -> {done.files_after} ({done.rewritten_files} small files rewritten), manifests {done.manifests_before} -> {done.manifests_after}; current snapshot {done.snapshot_id}")
+    if done.expiry is not None:
+        print(f"expired {len(done.expiry.expired)} snapshots; kept {len(done.expiry.kept)} (tagged, branch heads, current or newer)")
+    print(f"later appends merge manifests; unreferenced files: icetrain doctor {args.table} --delete")
     return 0
 
 

@@ -18,7 +18,14 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException, NamespaceAlreadyExistsError, TableAlreadyExistsError
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    CommitStateUnknownException,
+    NamespaceAlreadyExistsError,
+    NoSuchNamespaceError,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+)
 from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException
 from pyiceberg.table import Table
 
@@ -35,6 +42,8 @@ COMMIT_DEADLINE_S = 300.0
 # PyIceberg's own retries of a conflicting commit, set on tables icetrain creates; whole
 # attempts are retried on top of these until the deadline.
 COMMIT_RETRY_PROPERTIES = {"commit.retry.num-retries": "8", "commit.retry.min-wait-ms": "20", "commit.retry.max-wait-ms": "1000"}
+# Appends merge small manifests, so planning does not grow with every append (see pipeline.maintenance).
+NEW_TABLE_PROPERTIES = {**COMMIT_RETRY_PROPERTIES, "commit.manifest-merge.enabled": "true", "commit.manifest.min-count-to-merge": "16"}
 CONFLICTS = (CommitFailedException, CommitStateUnknownException, TableAlreadyExistsError, NamespaceAlreadyExistsError)
 
 
@@ -84,13 +93,14 @@ def append_arrow(
     check_table_name(identifier)
     if data.num_rows == 0:
         raise IngestError(f"nothing to append to {identifier!r}: the data has no rows")
+    named = append_id is not None
     append_id = check_append_id(append_id) if append_id is not None else uuid.uuid4().hex
     summary = {**(properties or {}), SOURCE_PROPERTY: source, APPEND_ID_PROPERTY: append_id}
     if run_id:
         summary[RUN_ID_PROPERTY] = run_id
     give_up = time.monotonic() + deadline_s
     for attempt in itertools.count():
-        landed = find_append(catalog, identifier, append_id)
+        landed = find_append(catalog, identifier, append_id) if named or attempt else None  # a fresh random id cannot be there yet
         if landed is not None:
             return landed
         try:
@@ -113,9 +123,11 @@ def append_arrow(
 
 def find_append(catalog: Catalog, identifier: str, append_id: str) -> int | None:
     """The snapshot that committed ``append_id`` to the table, or None (also when there is no table)."""
-    if not catalog.table_exists(identifier):
+    try:
+        table = catalog.load_table(identifier)
+    except (NoSuchTableError, NoSuchNamespaceError):
         return None
-    for snapshot in reversed(catalog.load_table(identifier).snapshots()):
+    for snapshot in reversed(table.snapshots()):
         if snapshot.summary and snapshot.summary.additional_properties.get(APPEND_ID_PROPERTY) == append_id:
             return snapshot.snapshot_id
     return None
@@ -204,13 +216,14 @@ def _append_once(
     identifier_fields: Sequence[str],
     check: bool,
 ) -> Table:
-    if catalog.table_exists(identifier):
+    try:
         table = catalog.load_table(identifier)
-        if check:
-            check_contract(table, data, identifier)
-        table.append(_fit_required(data, table, identifier), snapshot_properties=summary)
-        return table
-    return _create_with_first_append(catalog, identifier, data, summary, table_properties, identifier_fields)
+    except (NoSuchTableError, NoSuchNamespaceError):
+        return _create_with_first_append(catalog, identifier, data, summary, table_properties, identifier_fields)
+    if check:
+        check_contract(table, data, identifier)
+    table.append(_fit_required(data, table, identifier), snapshot_properties=summary)
+    return table
 
 
 def _backoff(attempt: int) -> float:
@@ -272,7 +285,7 @@ def _create_with_first_append(
     namespace, _ = split_identifier(identifier)
     data = _required(data, identifier, identifier_fields)
     catalog.create_namespace_if_not_exists(namespace)
-    with catalog.create_table_transaction(identifier, schema=data.schema, properties={**COMMIT_RETRY_PROPERTIES, **(table_properties or {})}) as tx:
+    with catalog.create_table_transaction(identifier, schema=data.schema, properties={**NEW_TABLE_PROPERTIES, **(table_properties or {})}) as tx:
         if identifier_fields:
             with tx.update_schema() as update:
                 update.set_identifier_fields(*identifier_fields)

@@ -186,8 +186,16 @@ def _appended_since(table: Table, pinned: PinnedSnapshot, since: int) -> set[str
     """
     from pipeline.errors import ConfigError
 
-    if since not in {snapshot.snapshot_id for snapshot in ancestors(table, pinned.snapshot_id)}:
+    lineage = ancestors(table, pinned.snapshot_id)
+    if since not in {snapshot.snapshot_id for snapshot in lineage}:
         raise ConfigError(f"data.since_snapshot_id {since} is not an ancestor of snapshot {pinned.snapshot_id} of {pinned.table!r}")
+    between = lineage[: [snapshot.snapshot_id for snapshot in lineage].index(since)]  # newer than ``since``, up to the pinned one
+    rewrites = [snapshot for snapshot in between if snapshot.summary is not None and snapshot.summary.operation.value != "append"]
+    if rewrites:
+        raise ConfigError(
+            f"data.since_snapshot_id {since}: snapshot {rewrites[0].snapshot_id} of {pinned.table!r} rewrote files (operation {rewrites[0].summary.operation.value}:"
+            " a delete, overwrite or compaction), so the rows appended since cannot be told apart; train on the whole snapshot"
+        )
     incremental = table.incremental_append_scan(from_snapshot_id_exclusive=since, to_snapshot_id_inclusive=pinned.snapshot_id)
     return {task.file.file_path for task in incremental.plan_files()}
 

@@ -9,6 +9,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from pipeline.catalog import load_table
 from pipeline.doctor import inspect_files
 from tests.conftest import all_runs, write_appends
@@ -73,4 +75,42 @@ def test_a_missing_or_damaged_data_file_is_named_with_its_table_and_snapshot(set
         out = subprocess.run([ICETRAIN, "train", "--table", "demo.rows", "--snapshot-id", str(snapshot_id)], capture_output=True, text=True, timeout=120)
         assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
         assert out.stderr.startswith("icetrain: error: cannot read data file file://") and f"of demo.rows at snapshot {snapshot_id}: " in out.stderr
+    assert all_runs(settings) == []
+
+
+def test_maintain_compacts_small_files_and_merges_manifests_keeping_every_row_and_older_snapshots(settings, catalog) -> None:
+    from pipeline.maintenance import maintain
+    from pipeline.registry import parse_duration
+
+    snapshot_ids = write_appends(catalog, "demo.rows", [20] * 40)
+    table = load_table(catalog, "demo.rows")
+    rows_before = table.scan().to_arrow().sort_by("id")
+    from pipeline.refs import create_tag
+
+    create_tag(table, "model-v1", snapshot_ids[9])
+
+    out = subprocess.run([ICETRAIN, "maintain", "demo.rows", "--expire-older-than", "0s"], capture_output=True, text=True, timeout=300)
+
+    assert out.returncode == 0, out.stderr
+    assert "data files 40 -> 1 (40 small files rewritten)" in out.stdout
+    table = load_table(catalog, "demo.rows")
+    assert table.scan().to_arrow().sort_by("id").equals(rows_before)
+    assert len(table.current_snapshot().manifests(table.io)) <= 2
+    assert table.scan(snapshot_id=snapshot_ids[9]).to_arrow().num_rows == 200, "a tagged snapshot survives expiry with its rows"
+    assert {s.snapshot_id for s in table.snapshots()} == {snapshot_ids[9], table.current_snapshot().snapshot_id}
+    again = maintain(table, expire_older_than=parse_duration("0s"))
+    assert again.rewritten_files == 0 and again.files_after == 1
+
+
+def test_appends_since_a_snapshot_are_refused_across_a_compaction(settings, catalog) -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.maintenance import maintain
+    from training.train import train
+    from tests.conftest import config_for
+
+    first, *_ = write_appends(catalog, "demo.rows", [20, 20, 20])
+    maintain(load_table(catalog, "demo.rows"))
+
+    with pytest.raises(ConfigError, match=r"rewrote files \(operation overwrite: a delete, overwrite or compaction\)"):
+        train(settings, config_for("demo.rows", f"data.since_snapshot_id={first}"), progress_bar=False)
     assert all_runs(settings) == []
