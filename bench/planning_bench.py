@@ -8,6 +8,9 @@ default, and icetrain's before) is the baseline measured in the same run; then
 
     python bench/planning_bench.py [--appends 1000] [--out bench/results.json]
 
+Building the two 1,000-append tables takes about 20 minutes here (appends slow down as the
+metadata grows); ``--appends 300`` is a quick look.
+
 Rows ``plan_10``, ``plan_100``, ``plan_1000``, ``plan_1000_unmerged``, ``plan_1000_maintained``
 (``plan_s``, best of 5) are merged into ``results.json`` by name.
 """
