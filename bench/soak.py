@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -39,12 +40,15 @@ def main() -> int:
     from icetrain.services import start_services, stop_services
     from pipeline.settings import Settings
 
-    start_services(Settings(home=home.resolve()))
+    record = start_services(Settings(home=home.resolve()))
     os.environ["ICETRAIN_PROFILE"] = "services"
     try:
         soak(Settings.from_env(), args.ingests, args.trains, args.rows)
     finally:
         stop_services(Settings(home=home.resolve()))
+        shutil.rmtree(home, ignore_errors=True)
+        if str(record["postgres_dir"]).startswith("/var/lib/icetrain/"):  # root's fallback for the cluster
+            shutil.rmtree(Path(str(record["postgres_dir"])).parent, ignore_errors=True)
     return 0
 
 
