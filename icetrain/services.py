@@ -28,6 +28,7 @@ from pathlib import Path
 from icetrain.servers import Server, _tool, free_port, wait_until_up
 from pipeline.errors import IcetrainError
 from pipeline.settings import SERVICES_FILE, Settings, services_dir
+from training.liveness import process_start_time
 
 DATABASES = ("iceberg", "mlflow", "dagster")
 PG_USER = "icetrain"
@@ -165,11 +166,7 @@ def _start_mlflow(folder: Path, pg_port: int, port: int) -> Server:
 
 def _alive(pid: int) -> bool:
     """Whether ``pid`` still runs (a zombie waiting for its parent counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2 :][:1] != "Z"
+    return process_start_time(pid) is not None
 
 
 def _is_mlflow(pid: int) -> bool:

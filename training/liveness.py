@@ -41,7 +41,7 @@ def process_tags() -> dict[str, str]:
     return {
         HOST_TAG: socket.gethostname(),
         PID_TAG: str(os.getpid()),
-        STARTED_TAG: _start_time(os.getpid()) or "",
+        STARTED_TAG: process_start_time(os.getpid()) or "",
         HEARTBEAT_TAG: str(int(time.time())),
     }
 
@@ -113,7 +113,7 @@ def _why_dead(tags: Mapping[str, str], now: float) -> str:
     if host is None or not pid.isdigit():
         return ""  # not an icetrain run, or one from before these tags: leave it alone
     if host == socket.gethostname():
-        current = _start_time(int(pid))
+        current = process_start_time(int(pid))
         if current is None:
             return f"process {pid} on {host} is gone (found by a later icetrain run)"
         if started and current != started:
@@ -125,7 +125,7 @@ def _why_dead(tags: Mapping[str, str], now: float) -> str:
     return ""
 
 
-def _start_time(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux), '' where unknown, None if no such process."""
     if not Path("/proc/self/stat").exists():  # not Linux: only whether the pid exists
         try:
