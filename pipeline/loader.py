@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
@@ -25,8 +25,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.specs import LoaderConfig
-from pipeline.errors import ConfigError, ResumeError
-from pipeline.order import Block, EpochPlan, block_permutation, locate, plan_epoch
+from pipeline.errors import ConfigError, EmptyDataError, ResumeError
+from pipeline.order import Block, EpochPlan, block_permutation, locate, plan_epoch, unit_order
 from pipeline.rows import RowProfile, RowSource, piece_tensors
 from pipeline.tensors import LabelVocabulary, TensorLayout
 
@@ -52,20 +52,41 @@ class IcebergLoader(IterableDataset):
         source: RowSource,
         layout: TensorLayout,
         vocabulary: LabelVocabulary,
-        profile: RowProfile,
+        profile: RowProfile | Callable[[], RowProfile],
         config: LoaderConfig,
     ):
+        """``profile`` may be a function that counts: the loader then counts only when something
+        needs exact counts (``len``, ``profile``, ``state_dict``, resuming, several ranks or
+        workers); a first epoch on one rank without them streams while counting."""
         super().__init__()
         self.source = source
         self.layout = layout
         self.vocabulary = vocabulary
-        self.profile = profile
+        self._profile = profile if isinstance(profile, RowProfile) else None
+        self._count = None if isinstance(profile, RowProfile) else profile
+        self._streamed_rows: np.ndarray | None = None
         self.config = config
         self.rank, self.world_size = _rank_and_world(config)
         self.block_rows = config.block_rows or _block_rows_for(layout, config)
         self.epoch = 0
         self._batches_done = 0
         self._pin = torch.cuda.is_available()
+
+    @property
+    def profile(self) -> RowProfile:
+        """Exact rows per row group and what is known of the label (counted now if not yet)."""
+        if self._profile is None:
+            assert self._count is not None, "a loader in a worker process never counts"
+            self._profile = self._count()
+        return self._profile
+
+    @property
+    def counted(self) -> bool:
+        """Whether the exact row counts are known yet (a lazily counting loader learns them in its first epoch)."""
+        return self._profile is not None or self._streamed_rows is not None
+
+    def _unit_rows(self) -> np.ndarray:
+        return self._streamed_rows if self._profile is None and self._streamed_rows is not None else self.profile.unit_rows
 
     @property
     def plan_digest(self) -> str:
@@ -81,7 +102,7 @@ class IcebergLoader(IterableDataset):
             self.config.split,
             self.config.val_fraction,
             self.config.split_seed,
-            self.profile.unit_rows.tobytes(),
+            self._unit_rows().tobytes(),
         ):
             digest.update(repr(part).encode())
         if plan.since_snapshot_id is not None:
@@ -91,7 +112,7 @@ class IcebergLoader(IterableDataset):
     def epoch_plan(self, epoch: int | None = None) -> EpochPlan:
         """This rank's blocks for ``epoch`` (the current one by default)."""
         return plan_epoch(
-            self.profile.unit_rows,
+            self._unit_rows(),
             seed=self.config.seed,
             epoch=self.epoch if epoch is None else epoch,
             shuffle=self.config.shuffle,
@@ -103,12 +124,12 @@ class IcebergLoader(IterableDataset):
     @property
     def rows_per_epoch(self) -> int:
         """Rows this rank reads per epoch (the same on every rank)."""
-        return self.profile.total_rows // self.world_size
+        return int(self._unit_rows().sum()) // self.world_size
 
     @property
     def dropped_rows(self) -> int:
         """Rows left out per epoch so that every rank reads the same number (< world_size)."""
-        return self.profile.total_rows - self.rows_per_epoch * self.world_size
+        return int(self._unit_rows().sum()) - self.rows_per_epoch * self.world_size
 
     def __len__(self) -> int:
         rows, size = self.rows_per_epoch, self.config.batch_size
@@ -165,14 +186,17 @@ class IcebergLoader(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         if get_worker_info() is not None:
             raise ConfigError("IcebergLoader decodes in its own workers: set LoaderConfig.num_workers, and num_workers=0 on the outer DataLoader")
-        epoch_plan = self.epoch_plan()
-        skip_rows = self._batches_done * self.config.batch_size
-        first_block, offset = locate(epoch_plan.blocks, skip_rows)
-        remaining = epoch_plan.rows - skip_rows
-        if self.config.drop_last:
-            remaining -= remaining % self.config.batch_size
-        chunks = self._chunks(epoch_plan.blocks[first_block:], offset)
-        for features, labels in _cut(chunks, self.config.batch_size, remaining):
+        if not self.counted and self._batches_done == 0 and self.world_size == 1 and self.config.num_workers == 0:
+            chunks, remaining = self._streamed_chunks(), None
+        else:
+            epoch_plan = self.epoch_plan()
+            skip_rows = self._batches_done * self.config.batch_size
+            first_block, offset = locate(epoch_plan.blocks, skip_rows)
+            remaining = epoch_plan.rows - skip_rows
+            if self.config.drop_last:
+                remaining -= remaining % self.config.batch_size
+            chunks = self._chunks(epoch_plan.blocks[first_block:], offset)
+        for features, labels in _cut(chunks, self.config.batch_size, remaining, self.config.drop_last):
             self._batches_done += 1
             yield (features.pin_memory(), labels.pin_memory()) if self._pin else (features, labels)
         self.epoch, self._batches_done = self.epoch + 1, 0
@@ -207,6 +231,42 @@ class IcebergLoader(IterableDataset):
                     parts.append(pending.popleft().result())
                 yield from self.arrange(block, parts, offset if block is blocks[0] else 0)
                 parts = []
+
+    def _streamed_chunks(self) -> Iterator[Batch]:
+        """The epoch's blocks without counting first (one rank, rows known only once decoded).
+
+        Row groups are decoded whole, in the epoch's order, and closed into blocks as their
+        rows add up to ``block_rows``: exactly the blocks ``plan_epoch`` makes from exact
+        counts on one rank, so the order is the same as a counted epoch's. The counts seen
+        are kept, so later epochs (and ``len``) need no counting pass.
+        """
+        groups = self.source.plan.row_groups
+        order = unit_order(len(groups), self.config.seed, self.epoch, self.config.shuffle).tolist()
+        seen = np.zeros(len(groups), dtype=np.int64)
+        ahead = self.config.decode_threads + 1
+        with ThreadPoolExecutor(max_workers=self.config.decode_threads) as pool:
+            pending: deque[Future[Batch]] = deque()
+            parts: list[Batch] = []
+            rows = blocks = 0
+            for position, unit in enumerate(order):
+                while len(pending) < ahead and position + len(pending) < len(order):
+                    job = order[position + len(pending)]
+                    pending.append(pool.submit(piece_tensors, self.source, self.layout, self.vocabulary, job, 0, groups[job].num_rows))
+                part = pending.popleft().result()
+                seen[unit] = len(part[1])
+                if not len(part[1]):
+                    continue
+                parts.append(part)
+                rows += len(part[1])
+                if rows >= self.block_rows:
+                    yield from self.arrange(Block(blocks, (), 0), parts, 0)
+                    parts, rows, blocks = [], 0, blocks + 1
+            if parts:
+                yield from self.arrange(Block(blocks, (), 0), parts, 0)
+        if not seen.sum():
+            pinned = self.source.plan.pinned
+            raise EmptyDataError(f"snapshot {pinned.snapshot_id} of {pinned.table!r} has no rows after the SQL transform")
+        self._streamed_rows = seen
 
     def arrange(self, block: Block, parts: list[Batch], offset: int) -> Iterator[Batch]:
         """A block's rows in their epoch order (shuffled within the block), from ``offset`` on."""
@@ -257,11 +317,15 @@ class _BlockStream(IterableDataset):
             yield list(loader.arrange(block, parts, self.offset if position == 0 else 0))
 
 
-def _cut(chunks: Iterator[Batch], batch_size: int, rows: int) -> Iterator[Batch]:
+def _cut(chunks: Iterator[Batch], batch_size: int, rows: int | None, drop_last: bool = False) -> Iterator[Batch]:
     """Consecutive batches of ``batch_size`` rows (the last may be short) from a stream of chunks, ``rows`` in all.
 
     Full batches inside a chunk are views of it; only batches that straddle chunks are copied.
+    ``rows=None``: every row the chunks hold (the last short batch dropped with ``drop_last``).
     """
+    if rows is None:
+        yield from _cut_all(chunks, batch_size, drop_last)
+        return
     carry: list[Batch] = []
     carried = 0
     for features, labels in chunks:
@@ -282,6 +346,29 @@ def _cut(chunks: Iterator[Batch], batch_size: int, rows: int) -> Iterator[Batch]
             start += take
         if rows <= 0:
             return
+
+
+def _cut_all(chunks: Iterator[Batch], batch_size: int, drop_last: bool) -> Iterator[Batch]:
+    carry: list[Batch] = []
+    carried = 0
+    for features, labels in chunks:
+        start, available = 0, len(labels)
+        if carried:
+            take = min(batch_size - carried, available)
+            carry.append((features[:take], labels[:take]))
+            carried += take
+            start = take
+            if carried < batch_size:
+                continue
+            yield torch.cat([c[0] for c in carry]), torch.cat([c[1] for c in carry])
+            carry, carried = [], 0
+        while available - start >= batch_size:
+            yield features[start : start + batch_size], labels[start : start + batch_size]
+            start += batch_size
+        if start < available:
+            carry, carried = [(features[start:], labels[start:])], available - start
+    if carried and not drop_last:
+        yield (torch.cat([c[0] for c in carry]), torch.cat([c[1] for c in carry])) if len(carry) > 1 else carry[0]
 
 
 def _block_rows_for(layout: TensorLayout, config: LoaderConfig) -> int:

@@ -26,7 +26,7 @@ from pipeline.rows import RowProfile, RowSource, profile_from_metadata, profile_
 from pipeline.scan import ScanPlan, plan_scan
 from pipeline.snapshots import PinnedSnapshot, schema_at
 from pipeline.tensors import LabelVocabulary, NumericTarget, TensorLayout, declared_classes, layout_for
-from pipeline.transform import check_transform, sandboxed_connection, transform_batch
+from pipeline.transform import check_transform, referenced_columns, sandboxed_connection, transform_batch
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,8 @@ def prepare_read(table: Table, pinned: PinnedSnapshot, spec: ReadSpec) -> Prepar
     """Validate ``spec`` against the snapshot and plan its row groups.
 
     Without a SQL transform only the label, feature and filter columns are read; with one,
-    every column is read and the query's output (tried on no rows first) decides the layout.
+    the columns the query names (every column for ``*``), and the query's output (tried on
+    no rows first) decides the layout.
 
     Raises:
         FilterError, LabelError, ColumnError, TransformError: the spec does not fit the snapshot.
@@ -89,7 +90,8 @@ def prepare_read(table: Table, pinned: PinnedSnapshot, spec: ReadSpec) -> Prepar
     split_key = split_key_for(spec, identifiers, pinned)
     if spec.sql:
         check_transform(spec.sql)
-        plan = plan_scan(table, pinned, schema, row_filter, None, split_key, spec.since_snapshot_id)
+        read_columns = referenced_columns(spec.sql, [field.name for field in schema.fields])
+        plan = plan_scan(table, pinned, schema, row_filter, read_columns, split_key, spec.since_snapshot_id)
         empty = pa.RecordBatch.from_pylist([], schema=schema.as_arrow())
         output = transform_batch(sandboxed_connection(), empty, spec.sql).schema
         layout = layout_for(output, table.properties, spec, identifiers)
@@ -125,9 +127,13 @@ def open_loader(
     """A loader of ``(features, targets)`` batches over the pinned snapshot.
 
     Counts every row group's rows first (from metadata when it suffices, else reading only
-    the label and filter columns, or running the SQL), which makes ``len()``, the equal split
-    across ranks and the label vocabulary exact; then judges the rows with the data gate
-    (``pipeline.gate``). Targets are class indices for classification, float32 for regression.
+    the label and filter columns, or running the SQL reduced to its WHERE and label), which
+    makes ``len()``, the equal split across ranks and the label vocabulary exact; then judges
+    the rows with the data gate (``pipeline.gate``). With a SQL transform whose targets need
+    no count (declared classes, or a regression) counting waits until something needs it: a
+    first epoch on one rank streams at once and learns the counts (nulls and labels outside
+    the classes still fail, batch by batch). Targets are class indices for classification,
+    float32 for regression.
 
     Raises:
         EmptyDataError: no rows are selected.
@@ -138,10 +144,36 @@ def open_loader(
 
     read = prepared or prepare_read(table, pinned, spec)
     source = read.source(config)
-    profile = count_rows(source, read, threads=config.decode_threads)
-    judge(profile, read, split=config.split, training=False).raise_if_failed()
+
+    def counted() -> RowProfile:
+        profile = count_rows(source, read, threads=config.decode_threads)
+        judge(profile, read, split=config.split, training=False).raise_if_failed()
+        return profile
+
+    known = _target_without_counting(read)
+    if known is not None:
+        return IcebergLoader(source, read.layout, known, counted, config)
+    profile = counted()
     target = label_vocabulary(read, profile) if read.spec.task == "classification" else NumericTarget()
     return IcebergLoader(source, read.layout, target, profile, config)
+
+
+def _target_without_counting(read: PreparedRead) -> LabelVocabulary | NumericTarget | None:
+    """With a SQL transform, rows are only known by running it; when the targets need no count
+    (a regression, or declared classes) the loader counts lazily, in its first epoch. None: count first.
+
+    Without SQL counting is cheap (metadata, or the label column alone), so it stays up front.
+    """
+    if not read.spec.sql:
+        return None
+    if read.spec.task != "classification":
+        return NumericTarget()
+    declared = declared_label_classes(read)
+    if declared is None:
+        return None
+    label_type = read.output_schema.field(read.layout.label).type
+    example = np.zeros(0, dtype=np.int64 if pa.types.is_integer(label_type) else object)
+    return LabelVocabulary.from_values(example, declared)
 
 
 def count_rows(source: RowSource, read: PreparedRead, *, threads: int = 2, count_classes: bool = False) -> RowProfile:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import duckdb
 import numpy as np
@@ -25,7 +25,7 @@ from pipeline.errors import LabelError
 from pipeline.scan import ScanPlan, read_row_group
 from pipeline.split import identifier_keys, position_keys, split_mask
 from pipeline.tensors import LabelVocabulary, TensorLayout, features_to_tensor, label_values
-from pipeline.transform import sandboxed_connection, transform_batch
+from pipeline.transform import row_local_query, sandboxed_connection, transform_batch
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class RowSource:
 
     The SQL transform runs on each row group separately (it must be row-local: projections,
     filters, expressions; aggregates or ORDER BY would see one row group at a time), which is
-    what lets row groups be decoded in parallel and counted exactly.
+    what lets row groups be decoded in parallel and counted exactly. ``only`` keeps just that
+    output column of the transform (counting needs the label alone, so reads less).
     """
 
     plan: ScanPlan
@@ -42,7 +43,13 @@ class RowSource:
     split: str = "all"
     split_seed: int = 0
     val_fraction: float = 0.0
+    only: str | None = None
     _local: threading.local = field(default_factory=threading.local, compare=False, repr=False)
+    _arrow_schema: pa.Schema | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.sql and self._arrow_schema is None:
+            object.__setattr__(self, "_arrow_schema", self.plan.read_schema.as_arrow())
 
     def rows(self, unit: int, schema: Schema | None = None, split: str | None = None) -> pa.Table | pa.RecordBatch:
         """Row group ``unit`` after deletes, filter, split and SQL.
@@ -60,7 +67,8 @@ class RowSource:
         if mask is not None:
             batch = batch.filter(pa.array(mask))
         if self.sql:
-            batch = transform_batch(self._connection(), batch, self.sql)
+            query = row_local_query(self.sql, self._arrow_schema, self.only)
+            batch = query.run(self._connection(), batch) if query is not None else transform_batch(self._connection(), batch, self.sql)
         return batch
 
     def split_rows(self, unit: int, positions: np.ndarray, split: str | None = None, batch: pa.Table | None = None) -> np.ndarray | None:
@@ -123,10 +131,11 @@ def profile_rows(source: RowSource, label: str, threads: int = 2, *, count_value
     """
     plan = source.plan
     schema = _label_schema(plan, label)
+    counting, schema = _sql_count_query(source, label) or (source, None if source.sql else schema)
 
     def count(unit: int) -> tuple[int, Counter[object], int, int]:
-        read, positions = read_row_group(plan, plan.row_groups[unit], None if source.sql else schema)
-        everything = source.after_read(unit, read, positions, "all")
+        read, positions = read_row_group(plan, plan.row_groups[unit], schema)
+        everything = counting.after_read(unit, read, positions, "all")
         if label not in everything.schema.names:
             raise LabelError(f"label column {label!r} not found; columns: {', '.join(everything.schema.names)}")
         column = everything.column(label)
@@ -140,7 +149,7 @@ def profile_rows(source: RowSource, label: str, threads: int = 2, *, count_value
         elif not source.sql:
             selected = int(source.split_rows(unit, positions, batch=read).sum())
         else:  # the split comes before the SQL, so the query runs again on the split's rows
-            selected = source.after_read(unit, read, positions, source.split).num_rows
+            selected = counting.after_read(unit, read, positions, source.split).num_rows
         return selected, counts, column.null_count, nans
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -216,6 +225,20 @@ def _single_batch(table: pa.Table) -> pa.RecordBatch:
         return pa.RecordBatch.from_pylist([], schema=table.schema)
     batches = table.to_batches()
     return batches[0] if len(batches) == 1 else table.combine_chunks().to_batches()[0]
+
+
+def _sql_count_query(source: RowSource, label: str) -> tuple[RowSource, Schema] | None:
+    """With a SQL transform, a source that only keeps rows and yields the label, and the narrow
+    schema it reads (plus filter and split-key columns); None without SQL or when unclear."""
+    if not source.sql:
+        return None
+    plan = source.plan
+    reduced = row_local_query(source.sql, plan.read_schema.as_arrow(), only=label)
+    if reduced is None:
+        return None
+    keep = {*reduced.sources, *plan.filter_columns(), *plan.split_key}
+    names = [f.name for f in plan.read_schema.fields]
+    return replace(source, only=label), plan.read_schema.select(*[name for name in names if name in keep])
 
 
 def _label_schema(plan: ScanPlan, label: str) -> Schema | None:

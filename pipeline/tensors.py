@@ -177,7 +177,7 @@ class LabelVocabulary:
         """
         if self._are_indices and values.dtype.kind in "iu":
             if len(values) and (values.min() < 0 or values.max() >= len(self.classes)):
-                bad = values[(values < 0) | (values >= len(self.classes))][0]
+                bad = _plain(values[(values < 0) | (values >= len(self.classes))][0])
                 raise LabelError(f"label value {bad!r} is not one of the classes 0..{len(self.classes) - 1}")
             return torch.from_numpy(values.astype(np.int64, copy=True))
         classes = np.array(self.classes)
@@ -185,7 +185,7 @@ class LabelVocabulary:
         index = np.clip(index, 0, len(classes) - 1)
         unknown = classes[index] != values
         if unknown.any():
-            raise LabelError(f"label value {values[unknown][0]!r} is not one of the classes {list(self.classes)}")
+            raise LabelError(f"label value {_plain(values[unknown][0])!r} is not one of the classes {list(self.classes)}")
         return torch.from_numpy(index.astype(np.int64))
 
 
@@ -203,8 +203,13 @@ class NumericTarget:
         """
         target = np.asarray(values, dtype=np.float32)
         if not np.isfinite(target).all():
-            raise LabelError(f"label value {target[~np.isfinite(target)][0]!r} is not a finite number")
+            raise LabelError(f"label value {_plain(target[~np.isfinite(target)][0])!r} is not a finite number")
         return torch.from_numpy(target)
+
+
+def _plain(value: object) -> object:
+    """A NumPy scalar as the Python value it holds, so messages read ``5``, not ``np.int64(5)``."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _image_shape(properties: Mapping[str, str], column: str) -> tuple[int, ...] | None:
