@@ -1,8 +1,9 @@
 """The loader: a pinned Iceberg snapshot streamed into PyTorch batches, exactly and resumably.
 
-Row groups are decoded in bulk (by threads of this process, or by DataLoader workers, which
-each decode whole shuffle blocks dealt round-robin); this process only cuts the blocks, which
-arrive in their canonical order, into batches. So the sample order is a function of the
+Row groups are decoded in bulk (by threads of this process, or by worker processes, which
+each decode whole shuffle blocks dealt round-robin and hand them over in shared memory, see
+``pipeline.workers``); this process only cuts the blocks, which arrive in their canonical
+order, into batches. So the sample order is a function of the
 snapshot, seed, epoch, rank and world size alone, never of the number of workers.
 
 Resume state (``state_dict``) is a few integers and ids: the epoch and how many batches this
@@ -22,13 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.specs import LoaderConfig
 from pipeline.errors import ConfigError, EmptyDataError, ResumeError
 from pipeline.order import Block, EpochPlan, block_permutation, locate, plan_epoch, unit_order
 from pipeline.rows import RowProfile, RowSource, piece_tensors
-from pipeline.tensors import LabelVocabulary, TensorLayout
+from pipeline.tensors import LabelVocabulary, NumericTarget, TensorLayout
+from pipeline.workers import SlotLayout, decode_in_workers
 
 STATE_VERSION = 1
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -206,13 +208,15 @@ class IcebergLoader(IterableDataset):
             return iter(())
         if self.config.num_workers == 0:
             return self._local_chunks(blocks, offset)
-        workers = DataLoader(
-            _BlockStream(self, blocks, offset),
-            batch_size=None,
-            num_workers=min(self.config.num_workers, len(blocks)),
-            prefetch_factor=1,
-        )
-        return (chunk for block_chunks in workers for chunk in block_chunks)
+
+        def decode(position: int) -> tuple[int, Callable[[np.ndarray, np.ndarray], None]]:
+            block = blocks[position]
+            parts = [piece_tensors(self.source, self.layout, self.vocabulary, p.unit, p.start, p.stop) for p in block.pieces]
+            return self.arranger(block, parts, offset if position == 0 else 0)
+
+        target = np.float32 if isinstance(self.vocabulary, NumericTarget) else np.int64
+        slot = SlotLayout(max(block.rows for block in blocks), self.layout.feature_shape, np.dtype(np.float32), np.dtype(target))
+        return decode_in_workers(min(self.config.num_workers, len(blocks)), len(blocks), slot, decode)
 
     def _local_chunks(self, blocks: tuple[Block, ...], offset: int) -> Iterator[Batch]:
         """Decode pieces a few ahead on threads (PyArrow decodes without the GIL), in order."""
@@ -268,6 +272,24 @@ class IcebergLoader(IterableDataset):
             raise EmptyDataError(f"snapshot {pinned.snapshot_id} of {pinned.table!r} has no rows after the SQL transform")
         self._streamed_rows = seen
 
+    def arranger(self, block: Block, parts: list[Batch], offset: int) -> tuple[int, Callable[[np.ndarray, np.ndarray], None]]:
+        """The rows ``arrange`` yields, as their count and a function that writes them into given arrays.
+
+        Decode workers write blocks straight into shared memory this way, without a copy in between.
+        """
+        features = np.concatenate([p[0].numpy() for p in parts]) if len(parts) > 1 else parts[0][0].numpy()
+        labels = np.concatenate([p[1].numpy() for p in parts]) if len(parts) > 1 else parts[0][1].numpy()
+        order = block_permutation(len(labels), self.config.seed, self.epoch, self.rank, block.index)[offset:] if self.config.shuffle else None
+
+        def write(into_features: np.ndarray, into_labels: np.ndarray) -> None:
+            if order is None:
+                into_features[...], into_labels[...] = features[offset:], labels[offset:]
+            else:  # mode 'raise' would gather into a temporary first
+                np.take(features, order, axis=0, out=into_features, mode="wrap")
+                np.take(labels, order, out=into_labels, mode="wrap")
+
+        return len(labels) - offset, write
+
     def arrange(self, block: Block, parts: list[Batch], offset: int) -> Iterator[Batch]:
         """A block's rows in their epoch order (shuffled within the block), from ``offset`` on."""
         if not self.config.shuffle:
@@ -295,26 +317,6 @@ class IcebergLoader(IterableDataset):
             "dropped_rows_per_epoch": self.dropped_rows,
             "row_groups": len(self.source.plan.row_groups),
         }
-
-
-class _BlockStream(IterableDataset):
-    """Inside DataLoader worker i of N: decode blocks i, i + N, i + 2N, ...
-
-    The DataLoader returns worker results round-robin, so blocks come out in their order.
-    """
-
-    def __init__(self, loader: IcebergLoader, blocks: tuple[Block, ...], offset: int):
-        super().__init__()
-        self.loader, self.blocks, self.offset = loader, blocks, offset
-
-    def __iter__(self) -> Iterator[Batch]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        loader = self.loader
-        for position in range(worker, len(self.blocks), workers):
-            block = self.blocks[position]
-            parts = [piece_tensors(loader.source, loader.layout, loader.vocabulary, p.unit, p.start, p.stop) for p in block.pieces]
-            yield list(loader.arrange(block, parts, self.offset if position == 0 else 0))
 
 
 def _cut(chunks: Iterator[Batch], batch_size: int, rows: int | None, drop_last: bool = False) -> Iterator[Batch]:

@@ -253,7 +253,7 @@ def read_row_group(plan: ScanPlan, group: RowGroup, schema: Schema | None = None
         fragment = _get_file_format(FileFormat.PARQUET, pre_buffer=True).make_fragment(source, row_groups=[group.row_group])
         physical = fragment.physical_schema
         projection = _projection(plan, group.file_index, physical, wanted)
-        table = fragment.to_table(schema=physical, columns=projection.columns)
+        table = fragment.to_table(schema=physical, columns=projection.columns, use_threads=False)  # the loader decodes row groups in parallel itself
     positions = np.arange(group.first_row, group.first_row + table.num_rows, dtype=np.int64)
     if len(ref.deleted_positions):
         keep = ~np.isin(positions, ref.deleted_positions, assume_unique=True)

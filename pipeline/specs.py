@@ -126,7 +126,7 @@ class LoaderConfig:
         val_fraction, split_seed: the share of rows in 'val', and the hash seed.
     How:
         batch_size: rows per batch. drop_last: drop each rank's final short batch.
-        num_workers: DataLoader worker processes that decode row groups (0: decode in this
+        num_workers: worker processes that decode row groups (0: decode in this
             process with ``decode_threads`` threads). Never changes the order of rows.
         rank, world_size: this process's share; None reads torch.distributed (or 1 process).
     Shuffling and determinism:
