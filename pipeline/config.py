@@ -153,6 +153,7 @@ class LoaderSection(Section):
     block_rows: int | None = Field(None, ge=1, description="Shuffle buffer in rows; default: buffer_mb of tensors.")
     buffer_mb: int = Field(32, ge=1)
     shuffle: bool = True
+    cache_mb: int = Field(4096, ge=0, description="Decoded row groups kept on local disk ($ICETRAIN_CACHE_DIR) for later epochs; 0: off.")
 
 
 class ModelSection(Section):
@@ -275,6 +276,7 @@ class PipelineConfig(Section):
             buffer_mb=self.loader.buffer_mb,
             num_workers=self.loader.num_workers,
             decode_threads=self.loader.decode_threads,
+            cache_mb=self.loader.cache_mb,
             split=split,
             val_fraction=self.data.val_fraction,
             split_seed=self.data.split_seed,

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,7 @@ from pipeline.errors import ConfigError, EmptyDataError, ResumeError
 from pipeline.order import Block, EpochPlan, block_permutation, locate, plan_epoch, unit_order
 from pipeline.rows import RowProfile, RowSource, piece_tensors
 from pipeline.tensors import LabelVocabulary, NumericTarget, TensorLayout
+from pipeline.cache import FORMAT_VERSION as CACHE_FORMAT, DecodedCache, default_cache_dir
 from pipeline.workers import SlotLayout, decode_in_workers
 
 STATE_VERSION = 1
@@ -67,6 +70,8 @@ class IcebergLoader(IterableDataset):
         self._profile = profile if isinstance(profile, RowProfile) else None
         self._count = None if isinstance(profile, RowProfile) else profile
         self._streamed_rows: np.ndarray | None = None
+        self._cache: DecodedCache | None = None
+        self._cache_pid = 0
         self.config = config
         self.rank, self.world_size = _rank_and_world(config)
         self.block_rows = config.block_rows or _block_rows_for(layout, config)
@@ -211,7 +216,7 @@ class IcebergLoader(IterableDataset):
 
         def decode(position: int) -> tuple[int, Callable[[np.ndarray, np.ndarray], None]]:
             block = blocks[position]
-            parts = [piece_tensors(self.source, self.layout, self.vocabulary, p.unit, p.start, p.stop) for p in block.pieces]
+            parts = [self._piece(p.unit, p.start, p.stop) for p in block.pieces]
             return self.arranger(block, parts, offset if position == 0 else 0)
 
         target = np.float32 if isinstance(self.vocabulary, NumericTarget) else np.int64
@@ -230,7 +235,7 @@ class IcebergLoader(IterableDataset):
                 for _ in block.pieces:
                     while next_job < len(jobs) and len(pending) < ahead:
                         _, piece = jobs[next_job]
-                        pending.append(pool.submit(piece_tensors, self.source, self.layout, self.vocabulary, piece.unit, piece.start, piece.stop))
+                        pending.append(pool.submit(self._piece, piece.unit, piece.start, piece.stop))
                         next_job += 1
                     parts.append(pending.popleft().result())
                 yield from self.arrange(block, parts, offset if block is blocks[0] else 0)
@@ -255,7 +260,7 @@ class IcebergLoader(IterableDataset):
             for position, unit in enumerate(order):
                 while len(pending) < ahead and position + len(pending) < len(order):
                     job = order[position + len(pending)]
-                    pending.append(pool.submit(piece_tensors, self.source, self.layout, self.vocabulary, job, 0, groups[job].num_rows))
+                    pending.append(pool.submit(self._piece, job, 0, groups[job].num_rows))
                 part = pending.popleft().result()
                 seen[unit] = len(part[1])
                 if not len(part[1]):
@@ -271,6 +276,51 @@ class IcebergLoader(IterableDataset):
             pinned = self.source.plan.pinned
             raise EmptyDataError(f"snapshot {pinned.snapshot_id} of {pinned.table!r} has no rows after the SQL transform")
         self._streamed_rows = seen
+
+    def _piece(self, unit: int, start: int, stop: int) -> Batch:
+        """Rows [start, stop) of row group ``unit``: from the decoded cache when it holds them, else decoded (and kept)."""
+        cache = self._decoded_cache()
+        if cache is None:
+            return piece_tensors(self.source, self.layout, self.vocabulary, unit, start, stop)
+        whole = cache.get(unit, self.layout.feature_shape)
+        if whole is None:
+            whole = piece_tensors(self.source, self.layout, self.vocabulary, unit, 0, self.source.plan.row_groups[unit].num_rows)
+            cache.put(unit, *whole)
+        return whole[0][start:stop], whole[1][start:stop]
+
+    def _decoded_cache(self) -> DecodedCache | None:
+        if self.config.cache_mb <= 0:
+            return None
+        if self._cache is None or self._cache_pid != os.getpid():
+            root = Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()
+            self._cache, self._cache_pid = DecodedCache(root, self.cache_key(), self.config.cache_mb).open(), os.getpid()
+        return self._cache
+
+    def cache_key(self) -> dict[str, Any]:
+        """What decides the decoded rows: the decoded cache's key (no row counts: a lazy loader has none yet)."""
+        plan = self.source.plan
+        files = hashlib.sha256()
+        for ref in plan.files:
+            data = ref.task.file
+            files.update(f"{ref.path}|{data.file_size_in_bytes}|{data.record_count}\n".encode())
+            files.update(ref.deleted_positions.tobytes())
+        files.update(repr([(g.file_index, g.row_group, g.first_row, g.num_rows) for g in plan.row_groups]).encode())
+        return {
+            "format": CACHE_FORMAT,
+            "table_uuid": str(plan.metadata.table_uuid),
+            "snapshot_id": str(plan.pinned.snapshot_id),
+            "data": files.hexdigest(),
+            "filter": repr(plan.row_filter),
+            "sql": self.source.sql,
+            "layout": repr(self.layout),
+            "split": [self.source.split, self.source.val_fraction, self.source.split_seed, list(plan.split_key)],
+            "targets": [type(self.vocabulary).__name__, repr(self.vocabulary.classes)],
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_count"], state["_cache"] = None, None
+        return state
 
     def arranger(self, block: Block, parts: list[Batch], offset: int) -> tuple[int, Callable[[np.ndarray, np.ndarray], None]]:
         """The rows ``arrange`` yields, as their count and a function that writes them into given arrays.

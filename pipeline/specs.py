@@ -134,6 +134,10 @@ class LoaderConfig:
             ``block_rows`` (the shuffle buffer: peak memory is about this many rows, plus the
             row groups being decoded). None sizes blocks to ``buffer_mb`` of tensors.
         seed: same snapshot + seed + epoch gives the same order, on any number of workers.
+    Decoded cache (``pipeline.cache``):
+        cache_mb: keep decoded row groups on local disk, up to this many megabytes in all
+            (least recently used selections go first), so later epochs skip decoding; 0: off.
+        cache_dir: where; None: ``$ICETRAIN_CACHE_DIR``, else ``~/.cache/icetrain/decoded``.
     """
 
     batch_size: int = 1024
@@ -149,10 +153,14 @@ class LoaderConfig:
     split_seed: int = 0
     rank: int | None = None
     world_size: int | None = None
+    cache_mb: int = 4096
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or (self.block_rows is not None and self.block_rows < 1) or self.buffer_mb < 1:
             raise ConfigError(f"batch size, block rows and buffer size must be positive, got {self.batch_size}, {self.block_rows}, {self.buffer_mb}")
+        if self.cache_mb < 0:
+            raise ConfigError(f"cache_mb must be >= 0 (0 turns the decoded cache off), got {self.cache_mb}")
         if self.num_workers < 0 or self.decode_threads < 1:
             raise ConfigError("num_workers must be >= 0 and decode_threads >= 1")
         if self.split not in ("all", "train", "val"):

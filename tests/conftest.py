@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,11 @@ from pipeline.config import PipelineConfig, apply_overrides, parse_config
 from pipeline.settings import Settings
 from pipeline.demo_data import ingest_digits
 from pipeline.ingest import append_arrow
+
+# The decoded cache is on by default; the suite (and every process it starts) keeps its own.
+_CACHE = tempfile.mkdtemp(prefix="icetrain-test-cache-")
+os.environ["ICETRAIN_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 def config_for(table: str, *assignments: str) -> PipelineConfig:
     """A quick config for ``table``: two epochs, then ``section.key=value`` assignments as on the CLI."""
