@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
@@ -124,6 +125,7 @@ def _receive(channel: Any, process: Any) -> int:
 
 def _work(index: int, workers: int, blocks: int, slots: list[SharedMemory], layout: SlotLayout, decode: Callable[[int], Writer], done: Any, free: Any) -> None:
     """One worker: decode its blocks, each written into its next slot (inherited through fork) once the trainer has freed it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it stops the workers
     torch.set_num_threads(1)
     for number, position in enumerate(range(index, blocks, workers)):
         try:
