@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
+from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 from pyiceberg.table import Table
 from pyiceberg.typedef import Record
@@ -17,6 +18,13 @@ from pipeline.ingest import append_arrow
 from tests.conftest import tabular_rows
 
 _names = itertools.count()
+
+
+def shapes_catalog(folder: Path) -> SqlCatalog:
+    """An empty SQLite catalog in ``folder`` with the namespace ``shapes`` that ``table_of_shape`` writes to."""
+    catalog = SqlCatalog("icetrain", uri=f"sqlite:///{folder / 'catalog.db'}", warehouse=(folder / "warehouse").as_uri())
+    catalog.create_namespace("shapes")
+    return catalog
 
 
 def table_of_shape(catalog: Catalog, file_rows: list[int], row_group_rows: int) -> Table:

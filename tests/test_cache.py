@@ -11,23 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pyiceberg.catalog.sql import SqlCatalog
 
 from pipeline.cache import DecodedCache
 from pipeline.reading import open_loader
 from pipeline.snapshots import resolve_snapshot
 from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
-from tests.loader_tables import table_of_shape
+from tests.loader_tables import shapes_catalog, table_of_shape
 
 SPEC = ReadSpec(features=("x1", "x2"))
 
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cache")
-    catalog = SqlCatalog("icetrain", uri=f"sqlite:///{folder / 'catalog.db'}", warehouse=(folder / "warehouse").as_uri())
-    catalog.create_namespace("shapes")
-    return catalog
+    return shapes_catalog(tmp_path_factory.mktemp("cache"))
 
 
 def loader_for(table, cache: Path | None, spec: ReadSpec = SPEC, **config):

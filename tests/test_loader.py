@@ -14,7 +14,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.types import DoubleType, LongType
 
 from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
@@ -22,7 +21,7 @@ from pipeline.errors import ColumnError, ResumeError
 from pipeline.reading import open_loader
 from pipeline.snapshots import resolve_snapshot
 from tests.conftest import tabular_rows
-from tests.loader_tables import add_position_deletes, data_file_paths, table_of_shape
+from tests.loader_tables import add_position_deletes, data_file_paths, shapes_catalog, table_of_shape
 
 IDS = ReadSpec(features=("id",))
 EXAMPLES = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -33,10 +32,7 @@ row_group_rows = st.integers(min_value=2, max_value=16)
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("loader")
-    catalog = SqlCatalog("icetrain", uri=f"sqlite:///{folder / 'catalog.db'}", warehouse=(folder / "warehouse").as_uri())
-    catalog.create_namespace("shapes")
-    return catalog
+    return shapes_catalog(tmp_path_factory.mktemp("loader"))
 
 
 def loader_for(table, spec=IDS, **config):

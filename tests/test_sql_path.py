@@ -13,7 +13,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pyiceberg.catalog.sql import SqlCatalog
 
 from pipeline.errors import EmptyDataError, LabelError
 from pipeline.reading import open_loader
@@ -21,7 +20,7 @@ from pipeline.snapshots import resolve_snapshot
 from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
 from pipeline.tensors import features_to_tensor
 from pipeline.transform import row_local_query, sandboxed_connection, transform_batch
-from tests.loader_tables import table_of_shape
+from tests.loader_tables import shapes_catalog, table_of_shape
 
 EXAMPLES = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CLASSES = ("0", "1", "2")
@@ -83,10 +82,7 @@ def test_queries_it_cannot_split_safely_run_whole(sql) -> None:
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sqlpath")
-    catalog = SqlCatalog("icetrain", uri=f"sqlite:///{folder / 'catalog.db'}", warehouse=(folder / "warehouse").as_uri())
-    catalog.create_namespace("shapes")
-    return catalog
+    return shapes_catalog(tmp_path_factory.mktemp("sqlpath"))
 
 
 def open_sql_loader(table, sql: str, classes=CLASSES, **config):

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pyiceberg.catalog.sql import SqlCatalog
 
 from pipeline.errors import DataFileError, LabelError
 from pipeline.reading import open_loader
 from pipeline.snapshots import resolve_snapshot
 from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
 from pipeline.workers import SlotLayout, WorkerError, decode_in_workers
-from tests.loader_tables import data_file_paths, table_of_shape
+from tests.loader_tables import data_file_paths, shapes_catalog, table_of_shape
 
 LAYOUT = SlotLayout(rows=8, feature_shape=(2,), feature_dtype=np.dtype(np.float32), target_dtype=np.dtype(np.int64))
 
@@ -92,10 +91,7 @@ def test_leaving_early_stops_the_workers_and_frees_the_memory() -> None:
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("workers")
-    catalog = SqlCatalog("icetrain", uri=f"sqlite:///{folder / 'catalog.db'}", warehouse=(folder / "warehouse").as_uri())
-    catalog.create_namespace("shapes")
-    return catalog
+    return shapes_catalog(tmp_path_factory.mktemp("workers"))
 
 
 def loader_for(table, spec: ReadSpec, **config):
