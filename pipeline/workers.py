@@ -100,7 +100,10 @@ def decode_in_workers(
             if process.is_alive():
                 process.terminate()
         for process in processes:
-            process.join(timeout=10)
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
         for channel in done:
             channel.close()
             channel.join_thread()
@@ -126,7 +129,8 @@ def _receive(channel: Any, process: Any) -> int:
 def _work(index: int, workers: int, blocks: int, slots: list[SharedMemory], layout: SlotLayout, decode: Callable[[int], Writer], done: Any, free: Any) -> None:
     """One worker: decode its blocks, each written into its next slot (inherited through fork) once the trainer has freed it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it stops the workers
-    torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler inherited from the trainer: stopping must stop
+    # No torch.set_num_threads here: OpenMP is not fork-safe, and nothing a worker runs uses torch's thread pool.
     for number, position in enumerate(range(index, blocks, workers)):
         try:
             rows, write = decode(position)
