@@ -297,14 +297,6 @@ def _select_node(sql: str) -> dict | None:
     return statements[0]["node"] if len(statements) == 1 and statements[0]["node"].get("type") == "SELECT_NODE" else None
 
 
-def _output_name(entry: dict) -> str:
-    if entry.get("alias"):
-        return str(entry["alias"])
-    if entry.get("class") == "COLUMN_REF":
-        return str(entry.get("column_names", [""])[-1])
-    return ""
-
-
 def _columns_of(tree: object, columns: Sequence[str]) -> tuple[str, ...] | None:
     """Every column a (part of a) parsed query names, in ``columns``' order; None for ``*`` or a name that is not a column."""
     by_lower = {name.lower(): name for name in columns}
