@@ -28,6 +28,7 @@ from pyiceberg.exceptions import (
 )
 from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException
 from pyiceberg.table import Table
+from sqlalchemy.exc import IntegrityError
 
 from pipeline.catalog import split_identifier
 from pipeline.contract import check_contract
@@ -119,6 +120,19 @@ def append_arrow(
         except (ValueError, TypeError, pa.ArrowInvalid, UnsupportedPyArrowTypeException) as exc:
             raise IngestError(f"cannot append to {identifier!r}: {_explain(catalog, identifier, data, exc)}") from exc
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def ensure_namespace(catalog: Catalog, namespace: str) -> None:
+    """Create ``namespace`` unless it exists, also when another writer creates it at the same moment.
+
+    PyIceberg's SQL catalog checks, then inserts: a writer that loses the race gets the
+    database's unique-key ``IntegrityError``, not ``NamespaceAlreadyExistsError``.
+    """
+    try:
+        catalog.create_namespace_if_not_exists(namespace)
+    except IntegrityError:
+        if not catalog.namespace_exists(namespace):
+            raise
 
 
 def find_append(catalog: Catalog, identifier: str, append_id: str) -> int | None:
@@ -284,7 +298,7 @@ def _create_with_first_append(
 ) -> Table:
     namespace, _ = split_identifier(identifier)
     data = _required(data, identifier, identifier_fields)
-    catalog.create_namespace_if_not_exists(namespace)
+    ensure_namespace(catalog, namespace)
     with catalog.create_table_transaction(identifier, schema=data.schema, properties={**NEW_TABLE_PROPERTIES, **(table_properties or {})}) as tx:
         if identifier_fields:
             with tx.update_schema() as update:

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.catalog import load_table
 from pipeline.errors import IngestError
-from pipeline.ingest import RUN_ID_PROPERTY, SOURCE_PROPERTY, append_arrow, append_file
+from pipeline.ingest import RUN_ID_PROPERTY, SOURCE_PROPERTY, append_arrow, append_file, ensure_namespace
 from tests.conftest import tabular_rows
 
 
@@ -143,3 +143,17 @@ def test_several_files_commit_as_one_snapshot_or_not_at_all(catalog, contracted,
     table = load_table(catalog, contracted)
     assert [s.snapshot_id for s in table.snapshots()][-1] == snapshot_id and len(table.snapshots()) == 2
     assert table.snapshot_by_id(snapshot_id).summary.additional_properties[SOURCE_PROPERTY] == f"{good}, {more}"
+
+
+def test_losing_the_race_to_create_a_namespace_is_not_an_error(catalog, monkeypatch) -> None:
+    catalog.create_namespace("raced")
+    real = catalog.namespace_exists
+    checks = []
+
+    def first_check_misses(namespace):  # the loser checked before the winner's insert landed
+        checks.append(namespace)
+        return False if len(checks) == 1 else real(namespace)
+
+    monkeypatch.setattr(catalog, "namespace_exists", first_check_misses)
+    ensure_namespace(catalog, "raced")
+    assert len(checks) == 2 and real("raced")
