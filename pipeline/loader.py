@@ -375,52 +375,29 @@ def _cut(chunks: Iterator[Batch], batch_size: int, rows: int | None, drop_last: 
     Full batches inside a chunk are views of it; only batches that straddle chunks are copied.
     ``rows=None``: every row the chunks hold (the last short batch dropped with ``drop_last``).
     """
-    if rows is None:
-        yield from _cut_all(chunks, batch_size, drop_last)
-        return
+    left: float = math.inf if rows is None else rows
     carry: list[Batch] = []
     carried = 0
     for features, labels in chunks:
         start, available = 0, len(labels)
-        while start < available and rows > 0:
-            target = min(batch_size, rows)
+        while start < available and left > 0:
+            target = int(min(batch_size, left))
             take = min(target - carried, available - start)
             if carried == 0 and take == target:
                 yield features[start : start + take], labels[start : start + take]
-                rows -= take
+                left -= take
             else:
                 carry.append((features[start : start + take], labels[start : start + take]))
                 carried += take
                 if carried == target:
                     yield torch.cat([c[0] for c in carry]), torch.cat([c[1] for c in carry])
-                    rows -= carried
+                    left -= carried
                     carry, carried = [], 0
             start += take
-        if rows <= 0:
+        if left <= 0:
             return
-
-
-def _cut_all(chunks: Iterator[Batch], batch_size: int, drop_last: bool) -> Iterator[Batch]:
-    carry: list[Batch] = []
-    carried = 0
-    for features, labels in chunks:
-        start, available = 0, len(labels)
-        if carried:
-            take = min(batch_size - carried, available)
-            carry.append((features[:take], labels[:take]))
-            carried += take
-            start = take
-            if carried < batch_size:
-                continue
-            yield torch.cat([c[0] for c in carry]), torch.cat([c[1] for c in carry])
-            carry, carried = [], 0
-        while available - start >= batch_size:
-            yield features[start : start + batch_size], labels[start : start + batch_size]
-            start += batch_size
-        if start < available:
-            carry, carried = [(features[start:], labels[start:])], available - start
-    if carried and not drop_last:
-        yield (torch.cat([c[0] for c in carry]), torch.cat([c[1] for c in carry])) if len(carry) > 1 else carry[0]
+    if carried and not drop_last:  # only when the total was not known: the chunks ran out mid-batch
+        yield torch.cat([c[0] for c in carry]), torch.cat([c[1] for c in carry])
 
 
 def _block_rows_for(layout: TensorLayout, config: LoaderConfig) -> int:

@@ -233,7 +233,7 @@ def _sql_count_query(source: RowSource, label: str) -> tuple[RowSource, Schema] 
     if not source.sql:
         return None
     plan = source.plan
-    reduced = row_local_query(source.sql, plan.read_schema.as_arrow(), only=label)
+    reduced = row_local_query(source.sql, source._arrow_schema, only=label)
     if reduced is None:
         return None
     keep = {*reduced.sources, *plan.filter_columns(), *plan.split_key}
