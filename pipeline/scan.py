@@ -37,6 +37,7 @@ from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.types import ListType, MapType
 
 from pipeline.errors import ColumnError, DataFileError, IcetrainError
+from pipeline.filters import bind_to_snapshot, for_planning
 from pipeline.snapshots import PinnedSnapshot, ancestors
 
 
@@ -75,7 +76,8 @@ class ScanPlan:
         files: the data files the (pruned) scan needs, sorted by path.
         row_groups: every row group of those files, in canonical order (file, row group).
         read_schema: the snapshot's schema pruned to the columns read (outputs + filter columns).
-        row_filter: the filter bound to the snapshot schema (AlwaysTrue when none).
+        row_filter: the filter bound to the snapshot schema (AlwaysTrue when none), NaN
+            ordered above numbers (``pipeline/filters.py``).
         split_key: the identifier columns that identify a row for the train/validation
             split (read with every row group); empty: rows are identified by file and position.
         since_snapshot_id: only files appended after this snapshot are planned (incremental).
@@ -138,9 +140,9 @@ def plan_scan(
         ColumnError: a column is not in the snapshot's schema.
         IcetrainError: the snapshot has equality deletes, which icetrain cannot apply yet.
     """
-    bound_filter = bind(snapshot_schema, row_filter, case_sensitive=True) if row_filter != AlwaysTrue() else AlwaysTrue()
-    read_schema = _read_schema(snapshot_schema, row_filter, None if columns is None else (*columns, *split_key))
-    scan = table.scan(snapshot_id=pinned.snapshot_id, row_filter=row_filter)
+    bound_filter = bind_to_snapshot(snapshot_schema, row_filter)
+    read_schema = _read_schema(snapshot_schema, bound_filter, None if columns is None else (*columns, *split_key))
+    scan = table.scan(snapshot_id=pinned.snapshot_id, row_filter=for_planning(bound_filter, table.schema()))
     tasks = sorted(scan.plan_files(), key=lambda task: task.file.file_path)
     if since_snapshot_id is not None:
         appended = _appended_since(table, pinned, since_snapshot_id)
@@ -282,21 +284,15 @@ def _evaluate(table: pa.Table, predicate: pc.Expression) -> pa.ChunkedArray:
     return ds.dataset(table).to_table(columns={"keep": predicate}).column("keep")
 
 
-def _read_schema(schema: Schema, row_filter: BooleanExpression, columns: tuple[str, ...] | None) -> Schema:
+def _read_schema(schema: Schema, bound_filter: BooleanExpression, columns: tuple[str, ...] | None) -> Schema:
     if columns is None:
         return schema
-    names = list(dict.fromkeys([*columns, *_filter_columns(schema, row_filter)]))
+    names = list(dict.fromkeys([*columns, *_bound_filter_columns(schema, bound_filter)]))
     known = {f.name for f in schema.fields}
     missing = [name for name in names if name not in known]
     if missing:
         raise ColumnError(f"column(s) {', '.join(repr(m) for m in missing)} not found; columns: {', '.join(f.name for f in schema.fields)}")
     return schema.select(*names, case_sensitive=True)
-
-
-def _filter_columns(schema: Schema, row_filter: BooleanExpression) -> list[str]:
-    if row_filter == AlwaysTrue():
-        return []
-    return _bound_filter_columns(schema, bind(schema, row_filter, case_sensitive=True))
 
 
 def _bound_filter_columns(schema: Schema, bound_filter: BooleanExpression) -> list[str]:

@@ -21,17 +21,28 @@ from pipeline.errors import TransformError
 SOURCE_RELATION = "snapshot"
 
 _SANDBOX = {
-    "enable_external_access": False,
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
     "threads": 1,
-    "lock_configuration": True,
 }
+# Settings that make DuckDB's time-zone-dependent functions (``hour(timestamptz)``,
+# ``timestamptz + interval``, ...) give the same answer on every machine; set before the
+# configuration is locked (ICU's options are not accepted at connect time).
+_PINNED_SETTINGS = (("TimeZone", "UTC"), ("Calendar", "gregorian"))
 
 
 def sandboxed_connection() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection that cannot touch the file system or the network."""
-    return duckdb.connect(":memory:", config=dict(_SANDBOX))
+    """An in-memory DuckDB connection that cannot touch the file system or the network.
+
+    Its time zone and calendar are pinned (UTC, Gregorian) and its configuration locked, so a
+    query gives the same result whatever machine or session runs it.
+    """
+    connection = duckdb.connect(":memory:", config=dict(_SANDBOX))
+    for name, value in _PINNED_SETTINGS:
+        connection.execute(f"SET {name} = '{value}'")
+    connection.execute("SET enable_external_access = false")
+    connection.execute("SET lock_configuration = true")
+    return connection
 
 
 def transform_batch(connection: duckdb.DuckDBPyConnection, rows: pa.RecordBatch, sql: str, batch_size: int = 65536) -> pa.RecordBatch:
@@ -101,7 +112,7 @@ def _parse(sql: str) -> dict:
 
 @functools.lru_cache(maxsize=64)
 def _parsed_json(sql: str) -> str:
-    with duckdb.connect(":memory:", config=dict(_SANDBOX)) as connection:
+    with sandboxed_connection() as connection:
         return connection.execute("select json_serialize_sql(?)", [sql]).fetchall()[0][0]
 
 
@@ -153,12 +164,21 @@ _MODIFIERS = {"ORDER_MODIFIER": "ORDER BY", "LIMIT_MODIFIER": "LIMIT", "LIMIT_PE
 
 
 def _function_kinds() -> dict[str, set[str]]:
-    """Function names by what makes them unfit, from DuckDB's own catalogue (read once)."""
+    """Function names by what makes them unfit, from DuckDB's own catalogue (read once).
+
+    A name is refused as not deterministic when any overload is ``VOLATILE`` (``random``,
+    ``uuid``) or when none is ``CONSISTENT`` (``now``, ``current_setting``). Names with both
+    kinds of overload (``+``, ``hour``, ``strftime``: their ``TIMESTAMPTZ`` overloads are
+    ``CONSISTENT_WITHIN_QUERY`` because they read the session's time zone) are allowed: the
+    sandbox pins the time zone and calendar, which makes those overloads consistent too.
+    """
     if not _KINDS:
-        with duckdb.connect(":memory:", config=dict(_SANDBOX)) as connection:
+        with sandboxed_connection() as connection:
             rows = connection.execute("select lower(function_name), function_type, coalesce(stability, '') from duckdb_functions()").fetchall()
         scalar = {name for name, kind, _ in rows if kind in ("scalar", "macro")}
-        _KINDS["volatile"] = {name for name, kind, stability in rows if kind in ("scalar", "macro") and stability in ("VOLATILE", "CONSISTENT_WITHIN_QUERY")}
+        consistent = {name for name, kind, stability in rows if kind in ("scalar", "macro") and stability == "CONSISTENT"}
+        _KINDS["volatile"] = {name for name, kind, stability in rows if kind in ("scalar", "macro") and stability == "VOLATILE"}
+        _KINDS["volatile"] |= scalar - consistent
         _KINDS["aggregate"] = {name for name, kind, _ in rows if kind in ("aggregate", "window")} - scalar
         _KINDS["set_returning"] = {"unnest", "unlist", "generate_subscripts"}
     return _KINDS
@@ -239,7 +259,7 @@ def _row_local_query(sql: str, schema: pa.Schema, only: str | None) -> RowLocalQ
     entries = node.get("select_list", []) if node is not None else []
     if not entries or any(entry.get("class") == "STAR" for entry in entries) or ROW_COLUMN in schema.names:
         return None
-    with duckdb.connect(":memory:", config=dict(_SANDBOX)) as connection:
+    with sandboxed_connection() as connection:
         try:
             whole = transform_batch(connection, _empty(schema), sql).schema
         except TransformError:

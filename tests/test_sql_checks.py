@@ -18,6 +18,9 @@ from pipeline.transform import check_transform, sandboxed_connection, transform_
         ("select *, uuid() as u from snapshot", "uuid() gives a different result each run"),
         ("select *, now() as t from snapshot", "now() gives a different result each run"),
         ("select *, current_timestamp as t from snapshot", "current_timestamp gives a different result each run"),
+        ("select *, today() as t from snapshot", "today() gives a different result each run"),
+        ("select *, current_setting('TimeZone') as t from snapshot", "current_setting() gives a different result each run"),
+        ("select *, setseed(0.5) as s from snapshot", "setseed() gives a different result each run"),
         ("select * from snapshot, range(1000)", "it must read FROM snapshot only"),
         ("select * from snapshot join snapshot s2 using (id)", "it must read FROM snapshot only"),
         ("select * from read_parquet('/etc/passwd')", "it must read FROM snapshot only"),
@@ -51,6 +54,7 @@ def test_a_transform_that_is_not_row_local_or_not_deterministic_is_refused_sayin
         "select * exclude (x), x + 1 as x, case when label > 5 then 1 else 0 end as big from snapshot",
         "select label::varchar as label, greatest(x, 0) as x, coalesce(y, 0) as y from snapshot",
         "select id % 4 as bucket, label from snapshot where id % 10 <> 0",
+        "select label, x - 1 as x, hour(t) as h, strftime(t, '%H') as hh, t + interval 1 day as later from snapshot",
     ],
 )
 def test_row_local_transforms_pass(sql: str) -> None:
@@ -61,3 +65,26 @@ def test_the_sandbox_still_holds_behind_the_check() -> None:
     rows = pa.RecordBatch.from_pylist([{"x": 1}])
     with pytest.raises(TransformError, match="disabled"):
         transform_batch(sandboxed_connection(), rows, "select * from read_csv('/etc/passwd')")
+
+
+def test_time_zone_dependent_functions_give_the_same_answer_on_every_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hour(timestamptz)` reads the session's time zone; the sandbox pins it to UTC, whatever TZ says."""
+    import datetime as dt
+
+    at = dt.datetime(2024, 3, 31, 1, 30, tzinfo=dt.UTC)
+    rows = pa.RecordBatch.from_pylist([{"t": at}])
+    sql = check_transform("select hour(t) as h, t + interval 1 day as later from snapshot")
+    answers = []
+    for zone in ("UTC", "Europe/Berlin", "America/Los_Angeles"):
+        monkeypatch.setenv("TZ", zone)
+        answers.append(transform_batch(sandboxed_connection(), rows, sql).to_pylist())
+    assert answers[0][0]["h"] == 1
+    assert answers[1:] == [answers[0], answers[0]]
+
+
+def test_the_sandbox_configuration_cannot_be_changed_by_a_query() -> None:
+    rows = pa.RecordBatch.from_pylist([{"x": 1}])
+    connection = sandboxed_connection()
+    with pytest.raises(Exception, match="locked"):
+        connection.execute("SET TimeZone = 'Europe/Berlin'")
+    assert transform_batch(connection, rows, "select x from snapshot").to_pylist() == [{"x": 1}]
