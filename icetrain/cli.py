@@ -6,6 +6,7 @@ User mistakes end with one line on stderr and exit code 1; ``--debug`` shows the
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 from icetrain.training import TrainRequest
 from pipeline.config import PipelineConfig, apply_overrides, parse_config
@@ -51,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if not args.debug:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
-        logging.getLogger("alembic").setLevel(logging.ERROR)
+        for name in ("alembic", "mlflow"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return args.handler(args) or 0
     except IcetrainError as exc:
@@ -71,15 +74,25 @@ def one_line(message: str) -> str:
     return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line, like every other icetrain error (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"icetrain: error: {one_line(message)}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="icetrain", description="Train PyTorch models on pinned Iceberg snapshots.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    parser = OneLineParser(prog="icetrain", description="Train PyTorch models on pinned Iceberg snapshots.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors (before or after the command)")
+    # --debug is accepted after the command too; SUPPRESS keeps a later default from undoing an earlier --debug.
+    debug_anywhere = OneLineParser(add_help=False)
+    debug_anywhere.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=functools.partial(OneLineParser, parents=[debug_anywhere]))
 
     demo = commands.add_parser("demo", help="ingest the digits demo table and run the demo's Dagster job")
     demo.set_defaults(handler=cmd_demo)
 
-    ingest = commands.add_parser("ingest", help="append Parquet or CSV files to a table, one snapshot each")
+    ingest = commands.add_parser("ingest", help="append Parquet or CSV files to a table, all in one snapshot (or none)")
     ingest.add_argument("table")
     ingest.add_argument("files", nargs="+")
     ingest.add_argument("--append-id", help="name this append; re-running with the same id never appends twice (1-128 of letters, digits, - _ . :)")
@@ -354,6 +367,9 @@ def cmd_register(args: argparse.Namespace) -> int:
     from pipeline.registry import register
 
     done = register(Settings.from_env(), args.run_id, args.name)
+    if done.already:
+        print(f"run {args.run_id} is already {done.name} version {done.version} (snapshot {done.snapshot_id} of {done.table}, tag {done.iceberg_tag!r}); nothing changed")
+        return 0
     print(f"registered {done.name} version {done.version} (run {args.run_id}); tagged snapshot {done.snapshot_id} of {done.table} as {done.iceberg_tag!r}")
     return 0
 

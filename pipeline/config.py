@@ -18,10 +18,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.errors import ConfigError, InvalidNameError
-from pipeline.names import check_ref_name, check_table_name
+from pipeline.names import check_ref_name, check_table_name, check_tracking_name
 from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest, parse_as_of
 
 NOT_GIVEN = ("", "null", "~", "None")  # what `--set key=` may say for "not given" on an optional text key
@@ -40,6 +40,15 @@ class Section(BaseModel):
         if isinstance(values, Mapping):
             return {key: (None if value == "" and _optional(cls, key) else value) for key, value in values.items()}
         return values
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """No text value may hold a NUL byte: MLflow, SQLite and file names all refuse one later, mid-run."""
+        texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] if isinstance(value, (list, tuple)) else []
+        if any("\x00" in text for text in texts):
+            raise ValueError("holds a NUL byte (\\x00)")
+        return value
 
 
 class DataConfig(Section):
@@ -222,6 +231,16 @@ class TrackingSection(Section):
     experiment: str | None = Field(None, description="Default: ICETRAIN_EXPERIMENT, else 'icetrain'.")
     run_name: str | None = None
     registered_model: str | None = Field(None, description="Register the trained model under this name.")
+
+    @field_validator("experiment", "registered_model")
+    @classmethod
+    def _tracking_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            try:
+                check_tracking_name(value, "experiment" if info.field_name == "experiment" else "registered model")
+            except InvalidNameError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 class RetrainSection(Section):

@@ -3,8 +3,8 @@
 Bad rows found at ingest cost one line; found at training time they cost a failed run on a
 snapshot that can never be un-committed. So an append to an existing table is checked
 against what the table promises its readers: every column present, values in required
-columns, finite floats, and labels within ``icetrain.label.classes`` when the table declares
-them (a table without declared classes may hold a regression target). The first problem is
+columns and in the label column, finite floats, and labels within ``icetrain.label.classes``
+when the table declares them (a table without declared classes may hold a regression target). The first problem is
 reported with the column and how many rows break it; ``check=False`` (``--no-check``) skips it.
 """
 
@@ -35,7 +35,10 @@ def check_contract(table: Table, data: pa.Table, identifier: str) -> None:
 
 def _missing(table: Table, data: pa.Table) -> str:
     absent = [field.name for field in table.schema().fields if field.name not in data.column_names]
-    return f"column {absent[0]!r} is missing from the data ({len(absent)} of the table's columns are)" if absent else ""
+    if not absent:
+        return ""
+    also = f" (and {len(absent) - 1} more: {', '.join(repr(a) for a in absent[1:4])}{', ...' if len(absent) > 4 else ''})" if len(absent) > 1 else ""
+    return f"column {absent[0]!r} is missing from the data{also}"
 
 
 def _nulls(table: Table, data: pa.Table) -> str:
@@ -62,6 +65,8 @@ def _bad_labels(table: Table, data: pa.Table) -> str:
     if label not in data.column_names:
         return ""
     column = data.column(label)
+    if column.null_count:
+        return f"label column {label!r} has {column.null_count} null values (a row without a label cannot be trained on)"
     classes = declared_classes(table.properties)
     if classes is not None:
         values = pc.cast(column, pa.string()) if not pa.types.is_string(column.type) else column

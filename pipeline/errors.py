@@ -79,3 +79,7 @@ class TrackingError(IcetrainError):
 
 class DataFileError(IcetrainError):
     """A file a snapshot lists is missing or damaged."""
+
+
+class DivergedError(IcetrainError):
+    """Training produced a loss that is not a finite number (NaN or infinite)."""

@@ -22,7 +22,8 @@ from mlflow.types import ColSpec, DataType, Schema
 
 from pipeline.config import PipelineConfig
 from pipeline.dataset_source import IcebergDatasetSource
-from pipeline.errors import RunNotFoundError
+from pipeline.errors import InvalidNameError, RunNotFoundError
+from pipeline.names import check_tracking_name
 from pipeline.params import from_params
 from pipeline.secrets import redact
 from pipeline.settings import Settings
@@ -170,13 +171,16 @@ def ensure_experiment(client: MlflowClient, settings: Settings, name: str | None
     With the embedded store, artifacts go under the project data directory rather than the
     current working directory.
     """
-    name = name or settings.experiment
+    name = check_tracking_name(name or settings.experiment, "experiment")
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     location = None
     if settings.artifact_root is not None:
-        location = (settings.artifact_root / name).as_uri()
+        folder = (settings.artifact_root / name).resolve()
+        if folder.parent != settings.artifact_root.resolve():  # the name check keeps it there; never write outside
+            raise InvalidNameError(f"experiment name {name!r} would put artifacts outside {settings.artifact_root}")
+        location = folder.as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by a concurrent run
@@ -208,6 +212,9 @@ def replay_config(settings: Settings, run_id: str) -> PipelineConfig:
     """The config an earlier run trained with: its table, snapshot id, columns, filter, SQL,
     label classes, image layout, model factory and settings, whatever icetrain version made it.
 
+    A replay trains again to verify or compare; it never registers a model, so
+    ``tracking.registered_model`` is cleared (set it again to register the replay).
+
     Raises:
         RunNotFoundError: no such run, or not icetrain's.
         ConfigError: its recorded config no longer validates (the message names the key).
@@ -215,7 +222,8 @@ def replay_config(settings: Settings, run_id: str) -> PipelineConfig:
     run = get_run(settings, run_id)
     tags = run.data.tags
     config = from_params(run.data.params, run_id=run_id)
-    return config.updated({"data.table": tags[TABLE_TAG], "data.snapshot_id": int(tags[SNAPSHOT_ID_TAG]), "data.ref": None, "data.as_of": None})
+    pinned = {"data.table": tags[TABLE_TAG], "data.snapshot_id": int(tags[SNAPSHOT_ID_TAG]), "data.ref": None, "data.as_of": None}
+    return config.updated({**pinned, "tracking.registered_model": None})
 
 
 def _mlflow_type(data_type: pa.DataType) -> DataType:

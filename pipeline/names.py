@@ -1,11 +1,14 @@
-"""Names that reach the catalog and the warehouse: tables, namespaces, tags and branches.
+"""Names that reach the catalog, the warehouse and the tracking store: tables, namespaces, tags and branches, experiments and registered models.
 
 A table name becomes a directory under the warehouse and a key in the catalog, so it is
 checked once, at the edge, before anything is read or written: ``zz.t`` and ``zz.t<TAB>``
 must not become two tables in one folder, ``../../etc`` must not become a path, and ``?`` or
 ``#`` must not turn into stray files under another name. Ref names (tags, branches) live only
 in table metadata, so they may hold ``/`` (``icetrain/digits/v1``) but no control characters
-or surrounding spaces.
+or surrounding spaces. An experiment name becomes a folder of the project's artifact store
+and a registered model's name part of an Iceberg tag (``icetrain/NAME/vN``), so both are held
+to a narrow alphabet with no path separators and no ``..``: ``../../x`` or ``/tmp/x`` must not
+put a run's artifacts outside the project home.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from pipeline.errors import InvalidNameError
 MAX_PART = 128
 MAX_IDENTIFIER = 255
 MAX_REF = 255
+MAX_TRACKING_NAME = 128
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+_TRACKING_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_. -]*")
 
 
 def check_table_name(identifier: str) -> tuple[str, str]:
@@ -61,6 +66,27 @@ def check_ref_name(name: str, kind: str = "tag") -> str:
     bad = next((c for c in name if not c.isprintable() or unicodedata.category(c).startswith("Z") and c != " "), None)
     if bad is not None:
         raise InvalidNameError(f"{kind} name {shown} holds the unprintable character {bad!r}")
+    return name
+
+
+def check_tracking_name(name: str, kind: str = "experiment") -> str:
+    """Validate an MLflow experiment or registered-model name before anything is read or trained.
+
+    1-128 characters: letters, digits, ``_``, ``-``, ``.`` and inner spaces, starting with a
+    letter, digit or ``_``; no ``..``, no ``/`` or ``\\``.
+
+    Raises:
+        InvalidNameError: the name could escape the artifact store or make a bad tag.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidNameError(f"an {kind} name must not be empty" if kind[0] in "aeiou" else f"a {kind} name must not be empty")
+    shown = _show(name)
+    if len(name) > MAX_TRACKING_NAME:
+        raise InvalidNameError(f"{kind} name {shown} is {len(name)} characters long; at most {MAX_TRACKING_NAME}")
+    if not _TRACKING_NAME.fullmatch(name) or ".." in name or name != name.rstrip(" ."):
+        bad = next((c for c in name if not (c.isascii() and (c.isalnum() or c in "_. -"))), None)
+        why = f"holds {bad!r}" if bad is not None else "starts with a character other than a letter, digit or '_', ends with '.' or ' ', or holds '..'"
+        raise InvalidNameError(f"{kind} name {shown} is not valid: it {why}; use letters, digits, '_', '-', '.' and spaces")
     return name
 
 

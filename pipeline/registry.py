@@ -20,12 +20,17 @@ from pyiceberg.table import Table
 from pipeline.catalog import load_table, open_catalog
 from pipeline.errors import ConfigError, RegistryError, SnapshotNotFoundError
 from pipeline.lineage import SNAPSHOT_ID_TAG, TABLE_TAG, get_run
+from pipeline.names import check_ref_name, check_tracking_name
 from pipeline.settings import Settings
 
 TAG_PREFIX = "icetrain/"
 MODEL_TABLE_TAG = "icetrain.table"
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DURATION = timedelta(days=100 * 365)
+# MLflow's answers that mean "there is no such thing"; any other failure is an error, not an absence.
+NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class Registered:
     table: str
     snapshot_id: int
     iceberg_tag: str
+    already: bool = False
 
 
 def iceberg_tag_name(model: str, version: str) -> str:
@@ -51,15 +57,22 @@ def register(settings: Settings, run_id: str, name: str) -> Registered:
         SnapshotNotFoundError: the run's snapshot was expired; its data can no longer be kept.
         RegistryError: ``name`` already holds models of another table, the run has no model,
             or the tag exists; nothing is registered or tagged then.
+        InvalidNameError: ``name`` is not a valid registered-model name.
+
+    Registering a run that is already a version of ``name`` answers with that version
+    (``already=True``) and changes nothing.
     """
-    if not name or name != name.strip() or "/" in name:
-        raise ConfigError(f"model name {name!r} must be non-empty, without surrounding spaces or '/'")
+    check_tracking_name(name, "registered model")
     run = get_run(settings, run_id)
     table_name, snapshot_id = run.data.tags[TABLE_TAG], int(run.data.tags[SNAPSHOT_ID_TAG])
+    client = MlflowClient(settings.tracking_uri)
+    existing = [v for v in client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'") if v.run_id == run.info.run_id]
+    if existing:
+        first = min(existing, key=lambda v: int(v.version))
+        return Registered(name, str(first.version), table_name, snapshot_id, first.tags.get("icetrain.iceberg_tag", ""), already=True)
     table = load_table(open_catalog(settings), table_name)
     if table.snapshot_by_id(snapshot_id) is None:
         raise SnapshotNotFoundError(f"run {run_id} trained on snapshot {snapshot_id} of {table_name!r}, which no longer exists (expired); it cannot be registered with its data")
-    client = MlflowClient(settings.tracking_uri)
     if not any(entry.path == "model" for entry in client.list_artifacts(run_id)):
         raise RegistryError(f"run {run_id} has no logged model (it did not finish?)")
     created_model = _ensure_registered_model(client, name, table_name)
@@ -67,6 +80,7 @@ def register(settings: Settings, run_id: str, name: str) -> Registered:
     version = str(client.create_model_version(name, source, run_id=run_id, tags={MODEL_TABLE_TAG: table_name, "icetrain.snapshot_id": str(snapshot_id)}).version)
     tag = iceberg_tag_name(name, version)
     try:
+        check_ref_name(tag)
         if tag in table.metadata.refs:
             raise RegistryError(f"table {table_name!r} already has a tag {tag!r}; remove it or pick another model name")
         table.manage_snapshots().create_tag(snapshot_id, tag).commit()
@@ -85,10 +99,13 @@ def unregister(settings: Settings, name: str, version: str) -> Registered:
     Raises:
         RegistryError: no such model version.
     """
+    check_tracking_name(name, "registered model")
     client = MlflowClient(settings.tracking_uri)
     try:
         found = client.get_model_version(name, version)
     except MlflowException as exc:
+        if exc.error_code not in NOT_FOUND_CODES:
+            raise RegistryError(f"cannot look up version {version!r} of registered model {name!r}: {' '.join(str(exc).split())[:200]}") from exc
         raise RegistryError(f"no version {version!r} of registered model {name!r}") from exc
     table_name, tag = found.tags.get(MODEL_TABLE_TAG), found.tags.get("icetrain.iceberg_tag")
     snapshot_id = int(found.tags.get("icetrain.snapshot_id", "0"))
@@ -117,6 +134,8 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text.strip())
     if not match:
         raise ConfigError(f"duration {text!r} must be a number and a unit: s, m, h, d or w (e.g. 30d, 12h, 0s)")
+    if len(match.group(1)) > 15 or int(match.group(1)) * _SECONDS[match.group(2)] > MAX_DURATION.total_seconds():
+        raise ConfigError(f"duration {text.strip()[:40]!r} is longer than {MAX_DURATION.days // 365} years")
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InvalidNameError
+from pipeline.names import check_tracking_name
 
 HOME_ENV = "ICETRAIN_HOME"
 CATALOG_ENV = "ICETRAIN_CATALOG"
@@ -80,6 +81,11 @@ class Settings:
         if profile not in PROFILES:
             raise ConfigError(f"{PROFILE_ENV}={profile!r}: must be one of {', '.join(PROFILES)}")
         services = _running_services(chosen_home) if profile == "services" else {}
+        if not experiment and env.get(EXPERIMENT_ENV):
+            try:
+                check_tracking_name(env[EXPERIMENT_ENV], "experiment")
+            except InvalidNameError as exc:
+                raise ConfigError(f"{EXPERIMENT_ENV}: {exc}") from None
         return cls(
             home=chosen_home,
             catalog_name=catalog_name or env.get(CATALOG_ENV) or DEFAULT_CATALOG,

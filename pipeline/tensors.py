@@ -84,6 +84,10 @@ def layout_for(
         raise LabelError(f"regression needs a numeric label; column {spec.label!r} has type {label_type}")
     if spec.task == "classification" and pa.types.is_floating(label_type):
         raise LabelError(f"label column {spec.label!r} holds {label_type} numbers, not classes; set data.task=regression to predict it, or cast it to integers")
+    if spec.task == "classification" and not _is_class_type(label_type):
+        raise LabelError(
+            f"label column {spec.label!r} has type {label_type}, which cannot hold classes; use integers, booleans or text (in SQL, e.g. label::BIGINT or label::VARCHAR)"
+        )
     if spec.image_shape is not None and spec.features is not None:
         images = {spec.features[0]: spec.image_shape}
     else:
@@ -215,6 +219,12 @@ def _plain(value: object) -> object:
 def _image_shape(properties: Mapping[str, str], column: str) -> tuple[int, ...] | None:
     value = properties.get(IMAGE_SHAPE_KEY.format(column=column))
     return tuple(int(d) for d in value.split(",")) if value else None
+
+
+def _is_class_type(data_type: pa.DataType) -> bool:
+    if pa.types.is_dictionary(data_type):
+        data_type = data_type.value_type
+    return pa.types.is_integer(data_type) or pa.types.is_boolean(data_type) or pa.types.is_string(data_type) or pa.types.is_large_string(data_type)
 
 
 def _is_numeric(data_type: pa.DataType) -> bool:

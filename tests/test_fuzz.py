@@ -95,25 +95,139 @@ def test_config_assignments_parse_or_fail_in_one_line(assignments: list[tuple[st
 FLAGS = ["--snapshot-id", "--ref", "--as-of", "--filter", "--sql", "--label", "--features", "--lr", "--seed", "--batch-size", "--model", "--precision"]
 
 
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``icetrain ARGV`` in this process: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse's usage errors (exit 2)
+            code = exit_.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_error(code: int, err: str, argv: list[str]) -> None:
+    assert code in (1, 2), (argv, code, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("icetrain: "), (argv, err)
+
+
 @FUZZ
 @given(args=st.lists(st.tuples(st.sampled_from(FLAGS), st.one_of(text_soup, st.text(max_size=12), st.integers().map(str))), max_size=4))
 def test_the_train_command_trains_or_fails_in_one_line_and_leaves_nothing_running(settings, catalog, rows, args: list[tuple[str, str]]) -> None:
     argv = ["train", "--table", "demo.rows", "--epochs", "1", "--no-progress", *[part for pair in args for part in pair]]
     runs_before = len(all_runs(settings))
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(argv)
-        except SystemExit as exit_:  # argparse's own usage error (exit 2), one line after the usage text
-            code = exit_.code
+    code, _, err = run_cli(argv)
     runs = all_runs(settings)
     if code == 0:
         assert len(runs) == runs_before + 1, "a valid command trains once"
     else:
-        assert code in (1, 2) and len(runs) == runs_before, (argv, err.getvalue())
-        assert err.getvalue().strip().splitlines()[-1].startswith(("icetrain: error: ", "icetrain train: error: ")), err.getvalue()
+        assert_one_line_error(code, err, argv)
+        assert len(runs) == runs_before, (argv, err)
     assert all(run.info.status == "FINISHED" for run in runs), "no run is left RUNNING or FAILED by a user mistake"
     assert len(load_table(catalog, "demo.rows").snapshots()) == 1
+
+
+HOSTILE_NAMES = ["../../x", "/tmp/icetrain-escape", "a/b", "x\x00y", "n" * 5000, " padded ", "..", "ok\nnext", "é"]
+HOSTILE_IDS = ["", "0", "-1", "nope", "../../etc", "x\x00", "9" * 40, "1" * 5000, "' or 1=1 --", "ffffffffffffffffffffffffffffffff"]
+DURATIONS = ["30d", "99999999999999999999d", "9" * 5000 + "s", "-1d", "1.5h", "", "0s", "1y", "nan", "100000w"]
+
+
+def subcommands(run_id: str) -> st.SearchStrategy[list[str]]:
+    """Every subcommand that reads or writes, with hostile names, ids and durations (and a real run id)."""
+    name, ident, duration = st.sampled_from(HOSTILE_NAMES + ["fraud-model"]), st.sampled_from(HOSTILE_IDS + [run_id]), st.sampled_from(DURATIONS)
+    table = st.sampled_from(["demo.rows", "demo..rows", "../x.y", "demo.rows\x00", "demo.none"])
+    debug = st.sampled_from([[], ["--debug"]])
+    return st.one_of(
+        st.tuples(table).map(lambda t: ["maintain", t[0], "--target-file-mb", "0"]),
+        st.tuples(table, duration).map(lambda t: ["maintain", t[0], "--expire-older-than", t[1]]),
+        st.tuples(table, duration).map(lambda t: ["doctor", t[0], "--older-than", t[1]]),
+        st.tuples(table, duration).map(lambda t: ["expire", t[0], "--older-than", t[1]]),
+        st.tuples(ident, name).map(lambda t: ["register", t[0], "--name", t[1]]),
+        st.tuples(name, ident).map(lambda t: ["unregister", t[0], t[1]]),
+        st.tuples(table, ident, ident).map(lambda t: ["diff", t[0], t[1], t[2]]),
+        st.tuples(ident, ident).map(lambda t: ["compare", t[0], t[1]]),
+        st.tuples(ident).map(lambda t: ["reproduce", t[0], "--no-progress"]),
+        st.tuples(ident).map(lambda t: ["train", "--resume", t[0], "--no-progress"]),
+        st.tuples(ident, name).map(lambda t: ["train", "--from-run", t[0], "--experiment", t[1], "--no-progress"]),
+        st.tuples(name).map(lambda t: ["train", "--table", "demo.rows", "--set", f"tracking.registered_model={t[0]}", "--no-progress"]),
+        st.tuples(name).map(lambda t: ["train", "--table", "demo.rows", "--experiment", t[0], "--no-progress"]),
+        st.tuples(st.sampled_from(["--older-than", "--name", "--table", "--epochs"])).map(lambda t: ["expire", "demo.rows", t[0]]),
+    ).flatmap(lambda argv: debug.map(lambda d: [*argv, *d] if "--debug" not in argv else argv))
+
+
+@pytest.fixture
+def trained(settings, catalog, rows) -> str:
+    """One finished training run on demo.rows; returns its id."""
+    code, out, err = run_cli(["train", "--table", "demo.rows", "--epochs", "1", "--no-progress"])
+    assert code == 0, err
+    return all_runs(settings)[0].info.run_id
+
+
+@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_every_subcommand_answers_hostile_input_in_one_line_and_writes_nothing(settings, catalog, trained, tmp_path_factory, data) -> None:
+    argv = data.draw(subcommands(trained))
+    if "--debug" in argv:
+        argv.remove("--debug")  # tracebacks are what --debug is for; the edge is judged without it
+    snapshots_before = len(load_table(catalog, "demo.rows").refresh().snapshots())
+    refs_before = dict(load_table(catalog, "demo.rows").refresh().metadata.refs)
+    runs_before = {run.info.run_id for run in all_runs(settings)}
+    code, _, err = run_cli(argv)
+    runs = all_runs(settings)
+    if code != 0:
+        assert_one_line_error(code, err, argv)
+        assert {run.info.run_id for run in runs} == runs_before, (argv, "a refused command starts no run")
+        assert len(load_table(catalog, "demo.rows").refresh().snapshots()) == snapshots_before
+        assert dict(load_table(catalog, "demo.rows").refresh().metadata.refs) == refs_before
+    assert all(run.info.status == "FINISHED" for run in runs), (argv, "no run is left RUNNING or FAILED")
+    assert not any(ref.startswith("icetrain/") and ("\x00" in ref or len(ref) > 255) for ref in load_table(catalog, "demo.rows").refresh().metadata.refs)
+    home = settings.home.resolve()
+    for folder in (home.parent.parent / "x", home.parent / "x", __import__("pathlib").Path("/tmp/icetrain-escape")):
+        assert not folder.exists(), f"{argv} wrote outside the project home: {folder}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["train", "--table", "demo.rows", "--experiment", "../../x"], "experiment name '../../x' is not valid"),
+        (["train", "--table", "demo.rows", "--experiment", "/tmp/icetrain-escape"], "experiment name '/tmp/icetrain-escape' is not valid"),
+        (["train", "--table", "demo.rows", "--set", "tracking.registered_model=../m"], "registered model name '../m' is not valid"),
+        (["train", "--table", "demo.rows", "--set", "tracking.experiment=a\x00b"], "tracking.experiment: holds a NUL byte"),
+        (["train", "--table", "demo.rows", "--set", "tracking.run_name=a\x00b"], "tracking.run_name: holds a NUL byte"),
+        (["train", "--table", "demo.rows", "--sql", "select x1, label::hugeint as label from snapshot"], "has type decimal128(38, 0), which cannot hold classes"),
+        (["train", "--table", "demo.rows", "--sql", "select x1, label::decimal(9, 2) as label from snapshot", "--set", "data.classes=0,1,2"], "which cannot hold classes"),
+        (["train", "--table", "demo.rows", "--sql", "select x1, label::decimal(9, 2) as label from snapshot", "--set", "data.task=regression"], "regression needs a numeric label"),
+        (["expire", "demo.rows", "--older-than", "99999999999999999999d"], "is longer than 100 years"),
+        (["doctor", "demo.rows", "--older-than", "9" * 5000 + "s"], "is longer than 100 years"),
+        (["train", "--table"], "icetrain: error: argument --table: expected one argument"),
+        (["train", "--table", "demo.rows", "--epochs", "--debug"], "argument --epochs: expected one argument"),
+        (["register", "run"], "the following arguments are required: --name"),
+        (["register", "run", "--name", "m\x00"], "registered model name 'm\\x00' is not valid"),
+        (["register", "run", "--name", "m" * 5000], "is 5000 characters long; at most 128"),
+        (["unregister", "../x", "1"], "registered model name '../x' is not valid"),
+    ],
+)
+def test_each_hostile_kind_from_the_review_is_one_line_and_writes_nothing(settings, catalog, rows, argv: list[str], says: str) -> None:
+    code, _, err = run_cli(argv)
+    assert_one_line_error(code, err, argv)
+    assert says in err, err
+    assert all_runs(settings) == [] and len(load_table(catalog, "demo.rows").snapshots()) == 1
+    assert not (settings.home.parent.parent / "x").exists() and not __import__("pathlib").Path("/tmp/icetrain-escape").exists()
+
+
+def test_a_hostile_experiment_from_the_environment_is_refused_before_anything_runs(settings, catalog, rows, monkeypatch) -> None:
+    monkeypatch.setenv("ICETRAIN_EXPERIMENT", "../../escaped")
+    code, _, err = run_cli(["train", "--table", "demo.rows", "--no-progress"])
+    assert_one_line_error(code, err, [])
+    assert "ICETRAIN_EXPERIMENT" in err and all_runs(settings) == []
+
+
+def test_debug_is_accepted_after_the_command_too(settings, catalog, rows) -> None:
+    with pytest.raises(IcetrainError, match="no tag or branch 'nope'"):  # --debug: the exception itself, for a traceback
+        main(["train", "--table", "demo.rows", "--ref", "nope", "--debug"])
+    code, _, err = run_cli(["train", "--table", "demo.rows", "--ref", "nope"])
+    assert_one_line_error(code, err, [])
 
 
 @pytest.mark.parametrize("text", ["label < 5 or true", "true and false", "not true", "label in ()", "x1 > 'a'", "id is nan", "label <> 1e999", "x1 == 1", "id in (1, 'x')", "label not in ('a',)"])

@@ -102,6 +102,10 @@ def broken(change: str) -> pa.Table:
         rows["label"][:4] = [7, 7, 9, 3]
     elif change == "null-id":
         rows["id"][0] = None
+    elif change == "null-label":
+        rows["label"][2] = rows["label"][5] = None
+    elif change == "missing-two":
+        del rows["x1"], rows["x2"]
     schema = pa.schema([field.with_nullable(True) for field in tabular_rows(0, 1).schema if field.name in rows])
     return pa.table(rows, schema=schema)
 
@@ -109,7 +113,9 @@ def broken(change: str) -> pa.Table:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("missing", "column 'x2' is missing from the data (1 of the table's columns are)"),
+        ("missing", "column 'x2' is missing from the data; nothing"),
+        ("missing-two", "column 'x1' is missing from the data (and 1 more: 'x2')"),
+        ("null-label", "label column 'label' has 2 null values"),
         ("nan", "column 'x1' has 0 NaN and 1 infinite values"),
         ("outside", "label column 'label' has 4 values outside the declared classes (0, 1, 2)"),
         ("null-id", "column 'id' is required and has 1 null values"),

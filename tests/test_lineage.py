@@ -88,8 +88,9 @@ def test_registering_refuses_mistakes_and_leaves_nothing_halfway(settings, catal
 
     with pytest.raises(RegistryError, match="registered model 'rows-model' holds models of table 'demo.rows', not 'demo.other'"):
         register(settings, other.run_id, "rows-model")
+    second = train(settings, config_for("demo.rows", f"data.snapshot_id={ids[0]}", "model.factory=linear"), progress_bar=False)
     with pytest.raises(RegistryError, match="already has a tag 'icetrain/rows-model/v2'"):
-        register(settings, first.run_id, "rows-model")
+        register(settings, second.run_id, "rows-model")
     with pytest.raises(RunNotFoundError):
         register(settings, "no-such-run", "rows-model")
 
@@ -99,10 +100,25 @@ def test_registering_refuses_mistakes_and_leaves_nothing_halfway(settings, catal
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "holds models of table 'demo.rows'" in out.stderr
 
 
+def test_a_reproduction_or_a_replay_verifies_and_never_registers(settings, catalog) -> None:
+    write_appends(catalog, "demo.rows", [120])
+    first = train(settings, config_for("demo.rows", "tracking.registered_model=rows-model", "model.factory=linear"), progress_bar=False)
+    assert first.model_version == "1"
+
+    assert reproduce(settings, first.run_id, progress_bar=False).reproduced
+    replay = icetrain("train", "--from-run", first.run_id, "--no-progress")
+    assert replay.returncode == 0, replay.stderr
+
+    assert [str(v.version) for v in MlflowClient(settings.tracking_uri).search_model_versions("name = 'rows-model'")] == ["1"]
+    assert [t for t in load_table(catalog, "demo.rows").metadata.refs if t.startswith("icetrain/")] == ["icetrain/rows-model/v1"]
+
+
 def test_expire_takes_durations_and_refuses_others() -> None:
     assert parse_duration("30d").days == 30 and parse_duration("12h").seconds == 12 * 3600 and parse_duration("0s").total_seconds() == 0
     out = icetrain("expire", "demo.rows", "--older-than", "a week")
     assert out.returncode == 1 and "duration 'a week' must be a number and a unit" in out.stderr
+    out = icetrain("expire", "demo.rows", "--older-than", "99999999999999999999d")
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "longer than 100 years" in out.stderr
 
 
 def test_what_mlflow_shows_of_a_run(settings, catalog, tmp_path) -> None:

@@ -12,6 +12,7 @@ from pyiceberg.expressions import AlwaysTrue
 
 from pipeline.catalog import load_table
 from pipeline.errors import (
+    DivergedError,
     EmptyDataError,
     FilterError,
     IcetrainError,
@@ -189,3 +190,45 @@ def test_a_run_can_register_its_model(settings, catalog) -> None:
     (version,) = MlflowClient(settings.tracking_uri).search_model_versions("name = 'rows-classifier'")
     assert (str(version.version), version.run_id, result.model_version) == ("1", result.run_id, "1")
     assert MlflowClient(settings.tracking_uri).get_run(result.run_id).info.experiment_id == MlflowClient(settings.tracking_uri).get_experiment_by_name("registry").experiment_id
+
+
+def nan_rows(count: int = 60, *, bad: tuple[int, ...] = (5, 17)) -> pa.Table:
+    """Tabular rows whose feature x2 is NaN in a few rows (a table written by another tool)."""
+    rows = tabular_rows(0, count)
+    x2 = rows.column("x2").to_pylist()
+    for index in bad:
+        x2[index] = float("nan")
+    return rows.set_column(2, "x2", pa.array(x2, pa.float64()))
+
+
+def test_a_loss_that_is_not_finite_ends_the_run_failed_naming_the_step_and_the_features(settings, catalog) -> None:
+    append_arrow(catalog, "demo.rows", nan_rows(), source="test", identifier_fields=("id",))
+    with pytest.raises(DivergedError) as raised:
+        train_quickly(settings, "demo.rows", "data.val_fraction=0", "loader.batch_size=8", "loader.shuffle=false")
+    message = str(raised.value)
+    assert "train_loss is nan at step 1 (epoch 1)" in message and "features holding NaN or infinite values: x2" in message, message
+    assert "x1" not in message and "\n" not in message
+    (run,) = all_runs(settings)
+    assert run.info.status == "FAILED"
+
+
+def test_the_cli_says_the_nan_loss_in_one_line_and_exits_1(settings, catalog, capsys) -> None:
+    from icetrain.cli import main
+
+    append_arrow(catalog, "demo.rows", nan_rows(), source="test", identifier_fields=("id",))
+    assert main(["train", "--table", "demo.rows", "--epochs", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is nan" in err[0] and "x2" in err[0], err
+    assert [run.info.status for run in all_runs(settings)] == ["FAILED"]
+
+
+def test_registering_a_run_twice_answers_with_the_version_it_already_is(settings, catalog) -> None:
+    from pipeline.registry import register
+
+    write_appends(catalog, "demo.rows", [60])
+    result = train_quickly(settings, "demo.rows")
+    first, again = register(settings, result.run_id, "rows-model"), register(settings, result.run_id, "rows-model")
+    assert (first.version, first.already) == ("1", False)
+    assert (again.version, again.already, again.iceberg_tag) == ("1", True, first.iceberg_tag)
+    assert len(MlflowClient(settings.tracking_uri).search_model_versions("name = 'rows-model'")) == 1
+    assert [ref for ref in load_table(catalog, "demo.rows").metadata.refs if ref.startswith("icetrain/")] == ["icetrain/rows-model/v1"]

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.config import EarlyStopping
+from pipeline.errors import DivergedError
 from training.compute import Compute
 from training.tasks import Task, lower_is_better, ranking_metrics
 
@@ -96,6 +97,57 @@ class Fit:
     early_stopping: EarlyStopping
     checkpoint_every: int | None = None
     show_progress: bool = True
+    feature_names: tuple[str, ...] = ()
+
+
+class Health:
+    """Watches every step's loss and inputs on the device, without a host sync per step.
+
+    The first step whose loss is not finite, and which feature columns held NaN or
+    infinities, are kept as device tensors and read once an epoch, when the loop syncs for
+    its metrics anyway; a non-finite loss then ends the run in one line.
+    """
+
+    def __init__(self, device: torch.device):
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.bad_columns: torch.Tensor | None = None
+
+    def watch(self, step: int, loss: torch.Tensor, features: torch.Tensor) -> None:
+        unseen = self.first_bad_step < 0
+        self.first_bad_step = torch.where(unseen & ~torch.isfinite(loss.detach()), step, self.first_bad_step)
+        flat = features.detach().reshape(features.shape[0], -1) if features.is_floating_point() and features.shape[0] else None
+        if flat is not None:
+            bad = (~torch.isfinite(flat)).any(dim=0)
+            self.bad_columns = bad if self.bad_columns is None or self.bad_columns.shape != bad.shape else self.bad_columns | bad
+
+    def check(self, metrics: EpochMetrics, feature_names: tuple[str, ...]) -> None:
+        """Raise when this epoch's losses are not finite.
+
+        Raises:
+            DivergedError: the step and the features that held NaN or infinities.
+        """
+        losses = {name: value for name, value in metrics.values.items() if name.endswith("_loss") and not math.isfinite(value)}
+        if not losses:
+            return
+        name, value = next(iter(losses.items()))
+        step = int(self.first_bad_step.item())
+        where = f"at step {step} (epoch {metrics.epoch})" if step >= 0 else f"in epoch {metrics.epoch}"
+        columns = self._bad_feature_names(feature_names)
+        if columns:
+            why = f"features holding NaN or infinite values: {', '.join(columns)}"
+        elif name.startswith("val_"):
+            why = "the validation rows' features hold NaN or infinite values"
+        else:
+            why = "no feature held NaN or infinities (a learning rate too high?)"
+        raise DivergedError(f"{name} is {value} {where}; {why}; the run is ended FAILED")
+
+    def _bad_feature_names(self, names: tuple[str, ...]) -> list[str]:
+        if self.bad_columns is None or not bool(self.bad_columns.any()):
+            return []
+        flags = self.bad_columns.cpu().tolist()
+        if len(names) == len(flags):
+            return [n for n, bad in zip(names, flags) if bad]
+        return [f"{names[0]} ({sum(flags)} of {len(flags)} values)" if len(names) == 1 else f"{sum(flags)} of {len(flags)} feature values"]
 
 
 def fit(
@@ -113,6 +165,7 @@ def fit(
     """
     model, compute = run.model, run.compute
     loss_fn = run.task.loss_fn(compute.device)
+    health = Health(compute.device)
     while progress.epoch < run.epochs and not progress.stopped_early:
         model.train()
         train.set_epoch(progress.epoch)
@@ -125,6 +178,7 @@ def fit(
             with compute.autocast():
                 outputs = model(features)
                 loss = loss_fn(outputs, targets)
+            health.watch(progress.step + 1, loss, features)
             run.scaler.scale(loss).backward()
             run.scaler.step(run.optimizer)
             run.scaler.update()
@@ -135,6 +189,7 @@ def fit(
                 progress.sums = sums
                 on_checkpoint(progress)
         metrics = _epoch_metrics(run, progress.epoch + 1, sums, val)
+        health.check(metrics, run.feature_names)
         if compute.is_main and run.show_progress:
             tqdm.write(metrics.describe())
         on_epoch(metrics)

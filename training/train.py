@@ -169,7 +169,7 @@ def _train(
                 recorder.log_file(path, checkpoint.ARTIFACT_DIR)
 
         # 4. Fit, then record the model.
-        run = Fit(wrapped, optimizer, scheduler, scaler, task, compute, config.optim.epochs, config.optim.early_stopping, config.checkpoint.every_steps, progress_bar)
+        run = Fit(wrapped, optimizer, scheduler, scaler, task, compute, config.optim.epochs, config.optim.early_stopping, config.checkpoint.every_steps, progress_bar, data.layout.features)
         progress = fit(run, data.train, data.val, progress, lambda m: recorder.log_metrics(m.as_dict(), m.epoch), save_checkpoint)
         model.to("cpu").eval()
         recorder.log_model(model, sample[:4], progress.epoch)
