@@ -58,7 +58,7 @@ def report(summary: dict[str, Any]) -> int:
     processes = f", {summary['world_size']} processes" if summary["world_size"] > 1 else ""
     print(f"trained on {summary['table']} snapshot {summary['snapshot_id']} (asked by {summary['asked_by']}), {summary['row_count']} rows{processes}")
     print("  " + "  ".join(f"{name} {value:.3f}" for name, value in summary["metrics"].items()))
-    print(f"MLflow run {summary['run_id']} in experiment {summary['experiment_id']}")
+    print(f"MLflow run {summary['run_id']} in experiment {summary.get('experiment') or '?'!r} (id {summary['experiment_id']})")
     if summary.get("model_version"):
         print(f"registered model version {summary['model_version']}")
     return 0

@@ -83,3 +83,14 @@ class DataFileError(IcetrainError):
 
 class DivergedError(IcetrainError):
     """Training produced a loss that is not a finite number (NaN or infinite)."""
+
+
+class NullFeatureError(ColumnError):
+    """A feature column holds nulls; ``column`` names it (the loader then counts them over the selection)."""
+
+    def __init__(self, message: str, column: str = ""):
+        super().__init__(message)
+        self.column = column
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.column))

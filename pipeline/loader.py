@@ -28,9 +28,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.specs import LoaderConfig
-from pipeline.errors import ConfigError, EmptyDataError, ResumeError
+from pipeline.errors import ConfigError, EmptyDataError, NullFeatureError, ResumeError
 from pipeline.order import Block, EpochPlan, block_permutation, locate, plan_epoch, unit_order
-from pipeline.rows import RowProfile, RowSource, piece_tensors
+from pipeline.rows import RowProfile, RowSource, count_nulls, piece_tensors
 from pipeline.tensors import LabelVocabulary, NumericTarget, TensorLayout
 from pipeline.cache import FORMAT_VERSION as CACHE_FORMAT, DecodedCache, default_cache_dir
 from pipeline.workers import SlotLayout, decode_in_workers
@@ -203,10 +203,21 @@ class IcebergLoader(IterableDataset):
             if self.config.drop_last:
                 remaining -= remaining % self.config.batch_size
             chunks = self._chunks(epoch_plan.blocks[first_block:], offset)
-        for features, labels in _cut(chunks, self.config.batch_size, remaining, self.config.drop_last):
-            self._batches_done += 1
-            yield (features.pin_memory(), labels.pin_memory()) if self._pin else (features, labels)
+        try:
+            for features, labels in _cut(chunks, self.config.batch_size, remaining, self.config.drop_last):
+                self._batches_done += 1
+                yield (features.pin_memory(), labels.pin_memory()) if self._pin else (features, labels)
+        except NullFeatureError as exc:
+            raise self._counted_nulls(exc) from exc
         self.epoch, self._batches_done = self.epoch + 1, 0
+
+    def _counted_nulls(self, exc: NullFeatureError) -> NullFeatureError:
+        """The error with the number of null values in the whole selection, not one row group's."""
+        pinned = self.source.plan.pinned
+        total = count_nulls(self.source, exc.column, max(1, self.config.decode_threads))
+        where = f"the rows selected from snapshot {pinned.snapshot_id} of {pinned.table!r}"
+        fix = f"filter them out (data.filter: \"{exc.column} is not null\") or fill them in SQL (coalesce)"
+        return NullFeatureError(f"feature column {exc.column!r} has {total} null values in {where}; {fix}", exc.column)
 
     def _chunks(self, blocks: tuple[Block, ...], offset: int) -> Iterator[Batch]:
         if not blocks:

@@ -120,6 +120,22 @@ class RowProfile:
         return int(self.unit_rows.sum())
 
 
+def count_nulls(source: RowSource, column: str, threads: int = 2) -> int:
+    """How many of the selected rows (filter, deletes, SQL; both splits) hold null in ``column``.
+
+    Used to say how many rows a null feature affects in all, once one row group has shown one.
+    """
+    plan = source.plan
+
+    def count(unit: int) -> int:
+        read, positions = read_row_group(plan, plan.row_groups[unit])
+        rows = source.after_read(unit, read, positions, "all")
+        return rows.column(column).null_count if column in rows.schema.names else 0
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return sum(pool.map(count, range(len(plan.row_groups))))
+
+
 def profile_rows(source: RowSource, label: str, threads: int = 2, *, count_values: bool = True) -> RowProfile:
     """Count each row group's rows and the label's values, reading only the label and filter columns.
 

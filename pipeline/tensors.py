@@ -15,7 +15,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.specs import ReadSpec
-from pipeline.errors import ColumnError, LabelError
+from pipeline.errors import ColumnError, LabelError, NullFeatureError
 
 IMAGE_SHAPE_KEY = "icetrain.image.{column}.shape"
 IMAGE_MAX_KEY = "icetrain.image.{column}.max"
@@ -126,7 +126,7 @@ def features_to_tensor(batch: pa.RecordBatch, layout: TensorLayout) -> torch.Ten
     """
     for name in layout.features:
         if batch.column(name).null_count:
-            raise ColumnError(f"feature column {name!r} has {batch.column(name).null_count} null values")
+            raise NullFeatureError(f"feature column {name!r} has {batch.column(name).null_count} null values in one row group", name)
     if layout.image_shape is not None:
         raw = _image_bytes(batch.column(layout.features[0]), layout.features[0], layout.image_shape)
         images = raw.reshape(batch.num_rows, *layout.image_shape).astype(np.float32)

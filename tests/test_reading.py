@@ -147,3 +147,20 @@ def test_null_labels_are_refused(catalog) -> None:
     table, pinned = pin(catalog)
     with pytest.raises(LabelError, match="1 null values"):
         open_loader(table, pinned, ReadSpec())
+
+
+def test_a_feature_with_nulls_is_refused_with_the_count_of_the_whole_selection(catalog) -> None:
+    from pipeline.errors import NullFeatureError
+
+    for start, holes in ((0, [1, 4, 9]), (50, [51, 60, 70, 99])):
+        rows = tabular_rows(start, 50)
+        x1 = rows.column("x1").to_pylist()
+        for hole in holes:
+            x1[hole - start] = None
+        append_arrow(catalog, "demo.rows", rows.set_column(1, "x1", pa.array(x1, pa.float32())), source="test", identifier_fields=("id",) if start == 0 else (), check=False)
+    table, pinned = pin(catalog)
+    with pytest.raises(NullFeatureError) as raised:
+        read_all(table, pinned, ReadSpec())
+    assert f"feature column 'x1' has 7 null values in the rows selected from snapshot {pinned.snapshot_id} of 'demo.rows'" in str(raised.value)
+    with pytest.raises(NullFeatureError, match="has 4 null values"):
+        read_all(table, pinned, ReadSpec(row_filter="id >= 50"))

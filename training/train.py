@@ -58,6 +58,7 @@ class TrainResult:
     world_size: int = 1
     model_version: str = ""
     model_id: str = ""
+    experiment: str = ""
 
     @property
     def final_metrics(self) -> dict[str, float]:
@@ -192,6 +193,7 @@ def _train(
         world_size=compute.world_size,
         model_version=version,
         model_id=recorder.model_id,
+        experiment=config.tracking.experiment or settings.experiment,
     )
 
 
@@ -406,6 +408,7 @@ def result_summary(result: TrainResult) -> dict[str, Any]:
         "metrics": result.final_metrics,
         "run_id": result.run_id,
         "experiment_id": result.experiment_id,
+        "experiment": result.experiment,
         "world_size": result.world_size,
         "model_version": result.model_version,
         "model_id": result.model_id,
