@@ -8,6 +8,9 @@
 - **Drift**: the population stability index of each feature against the reference snapshot,
   over 10 equal-width bins between the reference's column bounds (from the manifests) plus two
   overflow bins: ``PSI = sum((p - q) * ln(p / q))``, fractions floored at 1e-4.
+- **Images** (a raw-bytes image feature): the profile counts rows and nulls, the mean is the
+  mean pixel value, and drift is the PSI of the pixel-value histogram (10 equal bins from 0 to
+  the image's largest value, ``icetrain.image.<col>.max``, else 255).
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ import pyarrow as pa
 from pyiceberg.conversions import from_bytes
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
-from pyiceberg.types import PrimitiveType
+from pyiceberg.types import BooleanType, DoubleType, FloatType, IntegerType, LongType
 
 from pipeline.reading import PreparedRead
 from pipeline.specs import LoaderConfig
+from pipeline.tensors import image_bytes
 
 BINS = 10
 _FLOOR = 1e-4
+_NUMERIC = (IntegerType, LongType, FloatType, DoubleType, BooleanType)
 
 
 @dataclass(frozen=True)
@@ -67,14 +72,16 @@ def contract_changes(reference: Schema, current: Schema, features: tuple[str, ..
 
 
 def bin_edges(table: Table, snapshot_id: int, schema: Schema, features: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Equal-width bin edges per feature between the snapshot's column bounds (from its manifests; no data read)."""
+    """Equal-width bin edges per numeric feature between the snapshot's column bounds (from its manifests; no data read).
+
+    Features of other types (raw image bytes, text) get no edges here.
+    """
     lows: dict[str, float] = {}
     highs: dict[str, float] = {}
-    ids = {name: schema.find_field(name) for name in features}
+    ids = {name: schema.find_field(name) for name in features if name in schema.column_names}
+    ids = {name: column for name, column in ids.items() if isinstance(column.field_type, _NUMERIC)}
     for task in table.scan(snapshot_id=snapshot_id).plan_files():
         for name, column in ids.items():
-            if not isinstance(column.field_type, PrimitiveType):
-                continue
             lower = (task.file.lower_bounds or {}).get(column.field_id)
             upper = (task.file.upper_bounds or {}).get(column.field_id)
             if lower is not None and upper is not None:
@@ -87,7 +94,7 @@ def profile_features(read: PreparedRead, edges: dict[str, np.ndarray]) -> dict[s
     """Rows, nulls, NaNs, mean and (given edges) a histogram of each feature, in one pass over the row groups."""
     source = read.source(LoaderConfig())
     features = read.layout.features
-    totals = {name: [0, 0, 0, 0.0, np.zeros(BINS + 2, dtype=np.int64)] for name in features}
+    totals = {name: [0, 0, 0, 0.0, np.zeros(BINS + 2, dtype=np.int64), 0] for name in features}
     for unit in range(len(read.plan.row_groups)):
         batch = source.rows(unit)
         for name in features:
@@ -95,16 +102,36 @@ def profile_features(read: PreparedRead, edges: dict[str, np.ndarray]) -> dict[s
             entry = totals[name]
             entry[0] += len(column)
             entry[1] += column.null_count
-            values = column.drop_null().to_numpy(zero_copy_only=False).astype(np.float64) if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type) else np.empty(0)
+            values = _values(column, name, read)
             finite = values[~np.isnan(values)]
             entry[2] += len(values) - len(finite)
             entry[3] += float(finite.sum())
+            entry[5] += len(finite)
             if name in edges and len(finite):
                 entry[4] += np.bincount(np.searchsorted(edges[name], finite, side="right"), minlength=BINS + 2)[: BINS + 2]
     return {
-        name: FeatureProfile(name, rows, nulls, nans, total / max(rows - nulls - nans, 1), tuple(int(c) for c in counts) if name in edges else ())
-        for name, (rows, nulls, nans, total, counts) in totals.items()
+        name: FeatureProfile(name, rows, nulls, nans, total / max(values, 1), tuple(int(c) for c in counts) if name in edges else ())
+        for name, (rows, nulls, nans, total, counts, values) in totals.items()
     }
+
+
+def _values(column: pa.ChunkedArray | pa.Array, name: str, read: PreparedRead) -> np.ndarray:
+    """A feature's non-null values as float64: numbers as they are, an image as its pixel bytes, anything else none."""
+    present = column.drop_null()
+    if read.layout.image_shape is not None and name == read.layout.features[0]:
+        return image_bytes(pa.concat_arrays(present.chunks) if isinstance(present, pa.ChunkedArray) else present, name, read.layout.image_shape).astype(np.float64)
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
+        return present.to_numpy(zero_copy_only=False).astype(np.float64)
+    return np.empty(0)
+
+
+def feature_edges(table: Table, reference: PreparedRead, features: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Histogram edges per feature: the reference's column bounds for numbers, 0-255 for image bytes."""
+    edges = bin_edges(table, reference.plan.pinned.snapshot_id, reference.plan.snapshot_schema, features)
+    if reference.layout.image_shape is not None:
+        top = reference.layout.image_scale  # the image's largest raw value (icetrain.image.<col>.max, else 255)
+        edges.update({name: np.linspace(0, top, BINS + 1) for name in features if name == reference.layout.features[0]})
+    return edges
 
 
 @dataclass(frozen=True)
@@ -134,7 +161,7 @@ def assess(table: Table, read: PreparedRead, reference: PreparedRead | None) -> 
     if reference is None:
         return QualityReport(None, (), profile_features(read, {}))
     features = tuple(name for name in read.layout.features if name in reference.layout.features)
-    edges = bin_edges(table, reference.plan.pinned.snapshot_id, reference.plan.snapshot_schema, features)
+    edges = feature_edges(table, reference, features)
     current, before = profile_features(read, edges), profile_features(reference, edges)
     drift = {name: psi(before[name], current[name]) for name in features if name in edges}
     return QualityReport(reference.plan.pinned.snapshot_id, (), current, drift)

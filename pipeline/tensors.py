@@ -128,7 +128,7 @@ def features_to_tensor(batch: pa.RecordBatch, layout: TensorLayout) -> torch.Ten
         if batch.column(name).null_count:
             raise NullFeatureError(f"feature column {name!r} has {batch.column(name).null_count} null values in one row group", name)
     if layout.image_shape is not None:
-        raw = _image_bytes(batch.column(layout.features[0]), layout.features[0], layout.image_shape)
+        raw = image_bytes(batch.column(layout.features[0]), layout.features[0], layout.image_shape)
         images = raw.reshape(batch.num_rows, *layout.image_shape).astype(np.float32)
         images /= layout.image_scale
         return torch.from_numpy(images)
@@ -231,7 +231,7 @@ def _is_numeric(data_type: pa.DataType) -> bool:
     return pa.types.is_integer(data_type) or pa.types.is_floating(data_type) or pa.types.is_boolean(data_type)
 
 
-def _image_bytes(column: pa.Array, name: str, shape: tuple[int, ...]) -> np.ndarray:
+def image_bytes(column: pa.Array, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """The column's pixel bytes as one flat uint8 array, without touching rows one by one."""
     per_row = prod(shape)
     count = len(column)

@@ -91,3 +91,20 @@ def test_null_features_fail_the_completeness_gate(settings, catalog, instance) -
     assert not checks["features_complete"].passed
     assert checks["features_complete"].description == "x2: 10.00% null or NaN"
     assert checks["features_complete"].metadata["nulls"].value == {"id": 0, "x1": 0, "x2": 4}
+
+
+def test_the_digits_demo_pipeline_retrains_from_dagster_with_an_image_drift_measure(settings, catalog, digits, instance) -> None:
+    """After a first model, the gates profile the raw-bytes image column (pixel-byte histogram), never crash on it."""
+    declared = load_project(Path(__file__).resolve().parents[1] / "icetrain.yaml").pipeline("digits")
+    quick = parse_project({"pipelines": {"digits": {**declared.config.model_dump(mode="json"), "optim": {"epochs": 1}}}}).pipeline("digits")
+    first = materialize(everything(quick), instance=instance, resources=RESOURCES)
+    assert first.success
+
+    again = materialize(everything(quick), instance=instance, resources=RESOURCES, raise_on_error=False)
+    assert again.success, [e.message for e in again.all_events if e.is_failure]
+    checks = evaluations(again)
+    assert checks["no_drift"].passed and checks["features_complete"].passed, checks["no_drift"].description
+    assert checks["no_drift"].metadata["psi"].value == {"pixels": pytest.approx(0.0, abs=1e-9)}
+    (pinned,) = [e for e in again.get_asset_materialization_events() if e.asset_key == AssetKey(["digits", "training_data"])]
+    (image,) = pinned.materialization.metadata["feature_profile"].value.records
+    assert image.data["feature"] == "pixels" and 0 < image.data["mean"] < 16
