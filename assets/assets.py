@@ -126,7 +126,7 @@ def trained_model_asset(pipeline: Pipeline) -> AssetsDefinition:
             metadata={
                 "mlflow_run_id": summary["run_id"],
                 "mlflow_experiment_id": summary["experiment_id"],
-                **mlflow_links(settings.mlflow_ui, summary),
+                **mlflow_links(settings.mlflow_ui_address, summary),
                 "snapshot_id": summary["snapshot_id"],
                 "table": summary["table"],
                 "row_count": summary["row_count"],
@@ -170,6 +170,7 @@ def evaluation_asset(pipeline: Pipeline) -> AssetsDefinition:
                 "decision": "promoted to champion" if verdict.promoted else "champion kept",
                 "reason": verdict.reason,
                 "mlflow_run_id": run_id,
+                **model_version_link(settings.mlflow_ui_address, verdict.model, verdict.challenger_version),
             }
         )
 
@@ -202,10 +203,15 @@ def _champion_snapshot(settings: Settings, model_name: str | None) -> int | None
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from pipeline.errors import TrackingError
+    from pipeline.registry import NOT_FOUND_CODES
+
     try:
         version = MlflowClient(settings.tracking_uri).get_model_version_by_alias(model_name, "champion")
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in NOT_FOUND_CODES:
+            return None  # the registry answered: no such model or alias
+        raise TrackingError(f"cannot look up the champion of registered model {model_name!r}: {' '.join(str(exc).split())[:200]}") from exc
     value = version.tags.get("icetrain.snapshot_id")
     return int(value) if value and value.isdigit() else None
 
@@ -213,20 +219,24 @@ def _champion_snapshot(settings: Settings, model_name: str | None) -> int | None
 PROFILE_SCHEMA = TableSchema(
     columns=[
         TableColumn("feature", "string"),
+        TableColumn("psi", "float", description="population stability index against the reference snapshot (the champion's, else the last model's)"),
         TableColumn("mean", "float"),
+        TableColumn("reference_mean", "float", description="the feature's mean in the reference snapshot"),
         TableColumn("nulls", "int"),
         TableColumn("nans", "int"),
-        TableColumn("psi", "float", description="population stability index against the reference snapshot (the champion's, else the last model's)"),
     ]
 )
 
 
 def _profile_table(quality: QualityReport) -> MetadataValue:
-    """One row per feature (mean, nulls, NaNs, PSI against the reference), shown as a table in the UI."""
-    records = [
-        TableRecord({"feature": name, "mean": round(p.mean, 6), "nulls": p.nulls, "nans": p.nans, "psi": round(quality.drift[name], 4) if name in quality.drift else None})
-        for name, p in quality.profiles.items()
-    ]
+    """One row per feature (PSI against the reference, mean beside the reference's, nulls, NaNs), most drifted first."""
+    order = sorted(quality.profiles, key=lambda name: -quality.drift.get(name, -1.0))
+    records = []
+    for name in order:
+        profile, before = quality.profiles[name], quality.reference_profiles.get(name)
+        psi = round(quality.drift[name], 4) if name in quality.drift else None
+        reference_mean = round(before.mean, 6) if before is not None else None
+        records.append(TableRecord({"feature": name, "psi": psi, "mean": round(profile.mean, 6), "reference_mean": reference_mean, "nulls": profile.nulls, "nans": profile.nans}))
     return MetadataValue.table(records, schema=PROFILE_SCHEMA)
 
 
@@ -239,6 +249,13 @@ def mlflow_links(mlflow_ui: str | None, summary: dict[str, Any]) -> dict[str, Me
     if summary.get("model_id"):
         links["mlflow_model"] = MetadataValue.url(f"{base}/models/{summary['model_id']}")
     return links
+
+
+def model_version_link(mlflow_ui: str | None, model: str, version: str) -> dict[str, MetadataValue]:
+    """A clickable link to the registered model version in the MLflow UI, when its address is known."""
+    if not mlflow_ui:
+        return {}
+    return {"mlflow_model_version": MetadataValue.url(f"{mlflow_ui.rstrip('/')}/#/models/{model}/versions/{version}")}
 
 
 def _curves_markdown(summary: dict[str, Any]) -> str:

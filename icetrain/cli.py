@@ -51,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if sys.stderr.isatty():
+        show_steps()
     if not args.debug:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
         for name in ("alembic", "mlflow"):
@@ -67,6 +69,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def show_steps() -> None:
+    """Say on stderr what a long step is doing (loading, pinning, reading, training), where a person watches."""
+    logger = logging.getLogger("icetrain")
+    if not any(isinstance(handler, _Steps) for handler in logger.handlers):
+        logger.addHandler(_Steps())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+class _Steps(logging.Handler):
+    """Writes ``icetrain: <step> ...`` to whatever stderr is now."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"icetrain: {record.getMessage()} ...", file=sys.stderr, flush=True)
 
 
 def one_line(message: str) -> str:
@@ -364,6 +382,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
+    from pipeline.names import check_tracking_name
+
+    check_tracking_name(args.name, "registered model")  # at the edge, before MLflow is even imported
     from pipeline.registry import register
 
     done = register(Settings.from_env(), args.run_id, args.name)
@@ -375,6 +396,9 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_unregister(args: argparse.Namespace) -> int:
+    from pipeline.names import check_tracking_name
+
+    check_tracking_name(args.name, "registered model")
     from pipeline.registry import unregister
 
     done = unregister(Settings.from_env(), args.name, args.version)
@@ -386,7 +410,7 @@ def cmd_unregister(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from pipeline.catalog import load_table, open_catalog
     from pipeline.doctor import inspect_files, remove_files
-    from pipeline.registry import parse_duration
+    from pipeline.expiry import parse_duration
 
     window = parse_duration(args.older_than)
     table = load_table(open_catalog(Settings.from_env()), args.table)
@@ -405,7 +429,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_maintain(args: argparse.Namespace) -> int:
     from pipeline.catalog import load_table, open_catalog
     from pipeline.maintenance import maintain
-    from pipeline.registry import parse_duration
+    from pipeline.expiry import parse_duration
 
     if not 1 <= args.target_file_mb <= 4096:
         raise ConfigError(f"--target-file-mb must be between 1 and 4096, got {args.target_file_mb}")
@@ -441,7 +465,7 @@ def cmd_services(args: argparse.Namespace) -> int:
 
 def cmd_expire(args: argparse.Namespace) -> int:
     from pipeline.catalog import load_table, open_catalog
-    from pipeline.registry import expire, parse_duration
+    from pipeline.expiry import expire, parse_duration
 
     older_than = parse_duration(args.older_than)
     outcome = expire(load_table(open_catalog(Settings.from_env()), args.table), older_than)

@@ -31,6 +31,9 @@ def run_training(settings: Settings, request: TrainRequest, *, debug: bool = Fal
     Raises:
         IcetrainError: a user mistake (before any run is recorded), or a worker's error.
     """
+    import logging
+
+    logging.getLogger("icetrain").info("loading PyTorch and MLflow")
     from training.data import open_training_data, pin
     from training.models import resolve_factory
     from training.launch import launch
@@ -73,7 +76,7 @@ def pipeline_rows(settings: Settings, config_path: str | None) -> list[tuple[str
     from mlflow.tracking import MlflowClient
 
     from pipeline.catalog import open_catalog
-    from pipeline.lineage import PIPELINE_TAG
+    from pipeline.tags import PIPELINE_TAG
     from pipeline.project import load_project
 
     project = load_project(config_path)

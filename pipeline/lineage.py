@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +34,10 @@ from pipeline.specs import ReadSpec
 # all; icetrain prints its own (redacted) links instead.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 from pipeline.snapshots import PinnedSnapshot
+from pipeline.tags import DAGSTER_RUN_TAG, GIT_DIRTY_TAG, LAUNCHED_BY_TAG, NOTE_TAG, PIPELINE_TAG, REPRODUCES_TAG, SNAPSHOT_ID_TAG, TABLE_TAG
 from pipeline.tensors import TensorLayout
 
 TAG_PREFIX = "icetrain."
-SNAPSHOT_ID_TAG = "icetrain.snapshot_id"
-TABLE_TAG = "icetrain.table"
-DAGSTER_RUN_TAG = "icetrain.dagster_run_id"
-PIPELINE_TAG = "icetrain.pipeline"
-LAUNCHED_BY_TAG = "icetrain.launched_by"
-GIT_DIRTY_TAG = "icetrain.git_dirty"
-REPRODUCES_TAG = "icetrain.reproduces"
-NOTE_TAG = "mlflow.note.content"
 
 
 def lineage_tags(
@@ -112,9 +106,13 @@ def run_description(pinned: PinnedSnapshot, pipeline: str | None, dagster_run_id
     return "\n\n".join(lines)
 
 
-def run_name(pinned: PinnedSnapshot, pipeline: str | None) -> str:
-    """A run name that says what was trained on which data: ``pipeline@snapshot``."""
-    return f"{pipeline or pinned.table}@{pinned.snapshot_id}"
+def run_name(pinned: PinnedSnapshot, pipeline: str | None, started: datetime | None = None) -> str:
+    """A run name that says what was trained on which data, and when: ``pipeline@snapshot 2026-12-02 18:55:03``.
+
+    The start time (UTC) tells apart runs on the same snapshot in MLflow's run table.
+    """
+    when = (started or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{pipeline or pinned.table}@{pinned.snapshot_id} {when}"
 
 
 def _git_state(directory: Path) -> tuple[str, bool] | None:

@@ -143,6 +143,12 @@ class QualityReport:
     profiles: dict[str, FeatureProfile] = field(default_factory=dict)
     drift: dict[str, float] = field(default_factory=dict)
 
+    reference_profiles: dict[str, FeatureProfile] = field(default_factory=dict)
+
+    def worst_null_fraction(self) -> float:
+        """The largest share of null or NaN values of any feature (0 with no rows)."""
+        return max(((p.nulls + p.nans) / p.rows for p in self.profiles.values() if p.rows), default=0.0)
+
     def incomplete(self, max_fraction: float) -> dict[str, float]:
         """Features whose share of null or NaN values exceeds ``max_fraction``."""
         return {
@@ -164,7 +170,7 @@ def assess(table: Table, read: PreparedRead, reference: PreparedRead | None) -> 
     edges = feature_edges(table, reference, features)
     current, before = profile_features(read, edges), profile_features(reference, edges)
     drift = {name: psi(before[name], current[name]) for name in features if name in edges}
-    return QualityReport(reference.plan.pinned.snapshot_id, (), current, drift)
+    return QualityReport(reference.plan.pinned.snapshot_id, (), current, drift, before)
 
 
 def psi(reference: FeatureProfile, current: FeatureProfile) -> float:

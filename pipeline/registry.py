@@ -2,33 +2,26 @@
 
 ``register`` makes an MLflow model version of a run's model and tags the run's snapshot
 ``icetrain/<name>/v<version>``, so snapshot expiry (``expire``, which never expires a tagged
-snapshot) keeps the data every registered model was trained on, and the model can always be
+snapshot, ``pipeline.expiry``) keeps the data every registered model was trained on, and the model can always be
 reproduced. ``unregister`` deletes the version and drops its tag. Either succeeds whole or
 leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from pyiceberg.table import Table
 
 from pipeline.catalog import load_table, open_catalog
-from pipeline.errors import ConfigError, RegistryError, SnapshotNotFoundError
+from pipeline.errors import RegistryError, SnapshotNotFoundError
 from pipeline.lineage import SNAPSHOT_ID_TAG, TABLE_TAG, get_run
 from pipeline.names import check_ref_name, check_tracking_name
 from pipeline.settings import Settings
 
 TAG_PREFIX = "icetrain/"
 MODEL_TABLE_TAG = "icetrain.table"
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-MAX_DURATION = timedelta(days=100 * 365)
 # MLflow's answers that mean "there is no such thing"; any other failure is an error, not an absence.
 NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
 
@@ -117,52 +110,6 @@ def unregister(settings: Settings, name: str, version: str) -> Registered:
     return Registered(name, str(version), table_name or "", snapshot_id, tag or "")
 
 
-@dataclass(frozen=True)
-class Expiry:
-    """What ``expire`` removed and what it kept, with why."""
-
-    expired: tuple[int, ...]
-    kept: tuple[tuple[int, str], ...]
-
-
-def parse_duration(text: str) -> timedelta:
-    """``30d``, ``12h``, ``45m``, ``10s``, ``2w``.
-
-    Raises:
-        ConfigError: another form.
-    """
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise ConfigError(f"duration {text!r} must be a number and a unit: s, m, h, d or w (e.g. 30d, 12h, 0s)")
-    if len(match.group(1)) > 15 or int(match.group(1)) * _SECONDS[match.group(2)] > MAX_DURATION.total_seconds():
-        raise ConfigError(f"duration {text.strip()[:40]!r} is longer than {MAX_DURATION.days // 365} years")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-
-
-def expire(table: Table, older_than: timedelta, *, now: datetime | None = None) -> Expiry:
-    """Expire snapshots committed before ``now - older_than``, never one a tag or branch points at, nor the current one."""
-    cutoff = (now or datetime.now(timezone.utc)) - older_than
-    cutoff_ms = int(cutoff.timestamp() * 1000)
-    reasons: dict[int, list[str]] = {}
-    for ref_name, ref in table.metadata.refs.items():
-        kind = "tag" if ref.snapshot_ref_type.value == "tag" else "branch"
-        reasons.setdefault(ref.snapshot_id, []).append(f"{kind} {ref_name}")
-    current = table.current_snapshot()
-    if current is not None:
-        reasons.setdefault(current.snapshot_id, []).append("current snapshot")
-    expiring, kept = [], []
-    for snapshot in sorted(table.snapshots(), key=lambda s: s.timestamp_ms):
-        if snapshot.snapshot_id in reasons:
-            kept.append((snapshot.snapshot_id, ", ".join(reasons[snapshot.snapshot_id])))
-        elif snapshot.timestamp_ms >= cutoff_ms:
-            kept.append((snapshot.snapshot_id, f"newer than {cutoff.isoformat(timespec='seconds')}"))
-        else:
-            expiring.append(snapshot.snapshot_id)
-    if expiring:
-        table.maintenance.expire_snapshots().by_ids(expiring).commit()
-    return Expiry(tuple(expiring), tuple(kept))
-
-
 def check_registrable(settings: Settings, name: str, table_name: str) -> None:
     """Refuse, before a run starts, a model name that holds another table's models.
 
@@ -192,4 +139,4 @@ def _ensure_registered_model(client: MlflowClient, name: str, table_name: str) -
     return True
 
 
-__all__ = ["Expiry", "Registered", "check_registrable", "expire", "iceberg_tag_name", "parse_duration", "register", "unregister"]
+__all__ = ["NOT_FOUND_CODES", "Registered", "check_registrable", "iceberg_tag_name", "register", "unregister"]

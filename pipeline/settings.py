@@ -24,6 +24,10 @@ DEFAULT_HOME = ".icetrain"
 MLFLOW_UI_ENV = "ICETRAIN_MLFLOW_UI"
 DAGSTER_UI_ENV = "ICETRAIN_DAGSTER_UI"
 DEFAULT_CATALOG = "icetrain"
+# Where `icetrain ui` (and `make ui`) serve the two UIs by default; links recorded on runs and
+# materializations point there unless ICETRAIN_MLFLOW_UI / ICETRAIN_DAGSTER_UI say otherwise.
+DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
+DEFAULT_DAGSTER_UI = "http://127.0.0.1:3000"
 DEFAULT_EXPERIMENT = "icetrain"
 PROFILE_ENV = "ICETRAIN_PROFILE"
 PROFILES = ("local", "services")
@@ -116,6 +120,22 @@ class Settings:
     def tracking_uri(self) -> str:
         """The MLflow tracking URI in force."""
         return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def mlflow_ui_address(self) -> str:
+        """Where the MLflow UI is opened: ICETRAIN_MLFLOW_UI, the tracking server, else `icetrain ui`'s default."""
+        if self.mlflow_ui:
+            return self.mlflow_ui
+        if self.tracking_uri.startswith(("http://", "https://")):
+            from pipeline.secrets import redact
+
+            return redact(self.tracking_uri)
+        return DEFAULT_MLFLOW_UI
+
+    @property
+    def dagster_ui_address(self) -> str:
+        """Where the Dagster UI is opened: ICETRAIN_DAGSTER_UI, else `icetrain ui`'s default."""
+        return self.dagster_ui or DEFAULT_DAGSTER_UI
 
     @property
     def artifact_root(self) -> Path | None:

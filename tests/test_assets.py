@@ -63,8 +63,8 @@ def test_the_graph_pins_one_snapshot_from_ingest_to_mlflow(settings, catalog, in
     assert model["mlflow_run"] == f"http://127.0.0.1:5999/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     assert model["mlflow_model"].startswith(f"http://127.0.0.1:5999/#/experiments/{run.info.experiment_id}/models/m-")
     assert model["learning_curves"].startswith("![learning curves](data:image/png;base64,iVBOR")
-    assert run.data.tags["icetrain.launched_by"] == "dagster" and run.info.run_name == f"digits@{current}"
-    assert f"Dagster run: `{result.run_id}`" in run.data.tags["mlflow.note.content"]
+    assert run.data.tags["icetrain.launched_by"] == "dagster" and run.info.run_name.startswith(f"digits@{current} 20")
+    assert f"Dagster run: [{result.run_id}](http://127.0.0.1:3000/runs/{result.run_id})" in run.data.tags["mlflow.note.content"]
     assert run.data.tags["icetrain.dagster_run_id"] == result.run_id
     assert run.data.tags["icetrain.pipeline"] == "digits"
     assert instance.get_latest_materialization_event(AssetKey(["digits", "trained_model"])) is not None

@@ -1,5 +1,6 @@
 """Champion and challenger: a new model takes the alias only when it is better on the same held-out rows."""
 
+import pytest
 from dagster import AssetKey, RunConfig, instance_for_test, materialize
 from mlflow.tracking import MlflowClient
 
@@ -42,9 +43,15 @@ def test_the_challenger_becomes_champion_only_when_better(settings, catalog) -> 
         assert worse["decision"] == "champion kept" and worse["champion_version"] == "2"
 
     assert str(client.get_model_version_by_alias("rows-model", "champion").version) == "2"
-    third = client.get_model_version("rows-model", "3")
-    assert third.tags["icetrain.eval.decision"] == "kept version 2 as champion"
-    assert third.tags["icetrain.eval.val_loss"].endswith(f"on snapshot {worse_snapshot(catalog)}")
+    snapshot = str(worse_snapshot(catalog))
+    first_version, second, third = (client.get_model_version("rows-model", v).tags for v in ("1", "2", "3"))
+    assert third["icetrain.eval.role"] == "challenger" and third["icetrain.eval.decision"].startswith(f"not promoted on snapshot {snapshot}; version 2 stays champion")
+    assert second["icetrain.eval.role"] == "champion" and second["icetrain.eval.decision"].startswith(f"champion; kept against version 3 on snapshot {snapshot}")
+    assert third["icetrain.eval.snapshot_id"] == second["icetrain.eval.snapshot_id"] == snapshot
+    assert float(third["icetrain.eval.val_loss"]) == pytest.approx(worse["challenger_score"], rel=1e-5)
+    assert float(second["icetrain.eval.val_loss"]) == pytest.approx(worse["champion_score"], rel=1e-5)
+    assert first_version["icetrain.eval.role"] == "former champion" and first_version["icetrain.eval.decision"].startswith("replaced by version 2 on snapshot")
+    assert "promoted" not in first_version["icetrain.eval.decision"]
 
 
 def worse_snapshot(catalog) -> int:

@@ -127,6 +127,11 @@ def test_demo_runs_and_both_uis_show_it_until_stopped(settings, tmp_path, monkey
     assert f"MLflow run:  {mlflow_run.info.run_id}" in out.stdout
     assert f"Trained on snapshot {snapshot_id}" in out.stdout
     assert f"Dagster run: {run.run_id}" in out.stdout
+    with DagsterInstance.get() as instance:  # the documented path (make demo, then make ui) links both ways
+        trained = instance.get_latest_materialization_event(AssetKey(["digits", "trained_model"])).asset_materialization
+        link = trained.metadata["mlflow_run"].value
+    assert link == f"http://127.0.0.1:5000/#/experiments/{mlflow_run.info.experiment_id}/runs/{mlflow_run.info.run_id}"
+    assert f"(http://127.0.0.1:3000/runs/{run.run_id})" in mlflow_run.data.tags["mlflow.note.content"]
 
     dagster_port, mlflow_port = free_port(), free_port()
     ui = subprocess.Popen(
@@ -218,3 +223,26 @@ def test_a_date_range_backfills_from_the_dagster_cli_one_snapshot_per_day(settin
     assert [s.summary.additional_properties["icetrain.partition"] for s in table.snapshots()] == ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]
     with DagsterInstance.get() as instance:
         assert instance.get_materialized_partitions(AssetKey(["demo", "transactions"])) == {"2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"}
+
+
+HEAVY = ("torch", "mlflow", "dagster")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["snapshots", "demo.digits"],
+        ["diff", "demo.digits", "main", "main"],
+        ["doctor", "demo.digits"],
+        ["expire", "demo.digits", "--older-than", "3650d"],
+        ["register", "some-run", "--name", "../escape"],
+        ["unregister", "a/b", "1"],
+        ["train", "--table", "demo.digits", "--experiment", "../escape"],
+        ["train", "--table", "demo..digits"],
+    ],
+)
+def test_metadata_commands_and_mistakes_at_the_edge_answer_without_loading_torch_mlflow_or_dagster(digits, argv: list[str]) -> None:
+    probe = f"import sys; from icetrain.cli import main; code = main({argv!r}); print('LOADED', [m for m in {HEAVY!r} if m in sys.modules]); sys.exit(code)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode in (0, 1), out.stderr
+    assert "LOADED []" in out.stdout, (argv, out.stdout[-300:])

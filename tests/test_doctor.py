@@ -80,7 +80,7 @@ def test_a_missing_or_damaged_data_file_is_named_with_its_table_and_snapshot(set
 
 def test_maintain_compacts_small_files_and_merges_manifests_keeping_every_row_and_older_snapshots(settings, catalog) -> None:
     from pipeline.maintenance import maintain
-    from pipeline.registry import parse_duration
+    from pipeline.expiry import parse_duration
 
     snapshot_ids = write_appends(catalog, "demo.rows", [20] * 40)
     table = load_table(catalog, "demo.rows")

@@ -57,9 +57,16 @@ def test_drift_passes_on_undrifted_days_and_fails_on_drifted_ones_naming_the_fea
     assert "velocity_24h PSI" in check.description and "ip_risk PSI" in check.description
     assert check.metadata["psi"].value["ip_risk"] > 0.25 and check.metadata["psi"].value["merchant_risk"] < 0.1
     (pinned,) = [e for e in drifted.get_asset_materialization_events() if e.asset_key == AssetKey(["fraud", "training_data"])]
-    profile = {record.data["feature"]: record.data for record in pinned.materialization.metadata["feature_profile"].value.records}
+    records = [record.data for record in pinned.materialization.metadata["feature_profile"].value.records]
+    profile = {record["feature"]: record for record in records}
     assert profile["ip_risk"]["psi"] == pytest.approx(check.metadata["psi"].value["ip_risk"], abs=1e-4)
-    assert profile["amount"]["nulls"] == 0 and profile["amount"]["mean"] > 0
+    assert profile["amount"]["nulls"] == 0 and profile["amount"]["mean"] > 0 and profile["amount"]["reference_mean"] > 0
+    assert [r["psi"] for r in records] == sorted((r["psi"] for r in records), reverse=True), "most drifted first"
+    assert check.metadata["worst_psi"].value == pytest.approx(max(check.metadata["psi"].value.values()), abs=1e-4)
+    assert isinstance(check.metadata["worst_psi"].value, float) and check.metadata["max_psi"].value == "0.25"
+    (failure,) = [e for e in drifted.all_events if e.is_step_failure and e.step_key.endswith("no_drift")]
+    reason = failure.step_failure_data.user_failure_data.description
+    assert reason.startswith("gate no_drift failed: ") and "ip_risk PSI" in reason and "\n" not in reason
 
 
 def test_a_renamed_feature_breaks_the_contract_and_says_so(settings, catalog, instance) -> None:

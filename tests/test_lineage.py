@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.catalog import load_table
 from pipeline.errors import RegistryError, RunNotFoundError, SnapshotNotFoundError
-from pipeline.registry import expire, parse_duration, register, unregister
+from pipeline.expiry import expire, parse_duration
+from pipeline.registry import register, unregister
 from tests.conftest import config_for, write_appends
 from tests.test_cli import icetrain
 from training.reproduce import reproduce
@@ -131,7 +132,7 @@ def test_what_mlflow_shows_of_a_run(settings, catalog, tmp_path) -> None:
     run = MlflowClient(settings.tracking_uri).get_run(first.run_id)
     tags, params = run.data.tags, run.data.params
 
-    assert run.info.run_name == f"rows@{ids[0]}"
+    assert run.info.run_name.startswith(f"rows@{ids[0]} 20") and len(run.info.run_name) == len(f"rows@{ids[0]} 2026-12-02 18:55:03")
     assert ids[0] <= 2**53 or not params["data.snapshot_id"].lstrip("-").isdigit(), "a JavaScript Number() of it would round the id"
     assert json.loads(params["data.snapshot_id"]) == str(ids[0])
     assert f"**demo.rows** at snapshot `{ids[0]}`" in tags["mlflow.note.content"] and "Pipeline: **rows**" in tags["mlflow.note.content"]
@@ -145,7 +146,12 @@ def test_the_logged_model_is_named_after_the_pipeline_with_metrics_and_dataset(s
     (model,) = client.search_logged_models(experiment_ids=[first.experiment_id])
     assert model.name == "rows" and model.source_run_id == first.run_id
     assert {m.key for m in model.metrics} == {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
-    assert {m.dataset_digest for m in model.metrics} == {first.digest}
+    run = client.get_run(first.run_id)
+    logged = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset for d in run.inputs.dataset_inputs}
+    by_metric = {m.key: (m.dataset_name, m.dataset_digest) for m in model.metrics}
+    assert by_metric["train_loss"] == by_metric["train_accuracy"] == (logged["training"].name, first.digest)
+    assert by_metric["val_loss"] == by_metric["val_accuracy"] == (logged["validation"].name, logged["validation"].digest)
+    assert logged["validation"].name != logged["training"].name
     mlflow.set_tracking_uri(settings.tracking_uri)
     assert isinstance(mlflow.pytorch.load_model(f"models:/{model.model_id}"), torch.nn.Module)
 

@@ -4,7 +4,9 @@ The rows are the validation split of the new model's pinned snapshot (the split 
 identifier fields, so the champion never trained on them if it trained on an earlier snapshot
 of the same table). The challenger takes the registered model's ``champion`` alias only when
 it is better by ``retrain.champion_metric`` and ``retrain.champion_margin``; both scores and the
-decision are written as tags on the model versions.
+decision are written as tags on the model versions, rewritten at each evaluation so they say
+what is true of each version now (``icetrain.eval.role``, ``.decision``, ``.snapshot_id`` and
+the score).
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, TrackingError
 from pipeline.lineage import replay_config
-from pipeline.registry import register
+from pipeline.registry import NOT_FOUND_CODES, register
 from pipeline.settings import Settings
 from training.compute import Compute
 from training.data import open_training_data, pin
@@ -61,13 +63,10 @@ def champion_challenger(settings: Settings, run_id: str, model_name: str, metric
     if name not in (*task.metric_names, *task.ranking_metric_names):
         raise ConfigError(f"retrain.champion_metric: {metric!r} is not reported; choose from {', '.join('val_' + n for n in (*task.metric_names, *task.ranking_metric_names))}")
     client = MlflowClient(settings.tracking_uri)
-    challenger = _version_of(client, model_name, run_id) or register(settings, run_id, model_name).version
+    challenger = register(settings, run_id, model_name).version  # the version it already is, when registered
     compute = Compute(torch.device("cpu"), "fp32")
     challenger_score = evaluate(_load(client, run_id), task, data.val, compute)[name]
-    try:
-        current = client.get_model_version_by_alias(model_name, ALIAS)
-    except MlflowException:
-        current = None
+    current = _champion(client, model_name)
     if current is None or str(current.version) == str(challenger):
         promoted, champion_version, champion_score, reason = True, None, None, "no champion yet"
     else:
@@ -79,19 +78,46 @@ def champion_challenger(settings: Settings, run_id: str, model_name: str, metric
     if promoted:
         client.set_registered_model_alias(model_name, ALIAS, str(challenger))
     snapshot = str(data.pinned.snapshot_id)
-    client.set_model_version_tag(model_name, str(challenger), f"icetrain.eval.{metric}", f"{challenger_score:.6g} on snapshot {snapshot}")
-    client.set_model_version_tag(model_name, str(challenger), "icetrain.eval.decision", "promoted to champion" if promoted else f"kept version {champion_version} as champion")
-    if champion_version is not None and champion_score is not None:
-        client.set_model_version_tag(model_name, champion_version, f"icetrain.eval.{metric}", f"{champion_score:.6g} on snapshot {snapshot}")
-    return Verdict(model_name, metric, str(challenger), challenger_score, champion_version, champion_score, promoted, reason)
+    verdict = Verdict(model_name, metric, str(challenger), challenger_score, champion_version, champion_score, promoted, reason)
+    for version, tags in version_tags(verdict, snapshot).items():
+        for key, value in tags.items():
+            client.set_model_version_tag(model_name, version, key, value)
+    return verdict
 
 
-def _version_of(client: MlflowClient, model_name: str, run_id: str) -> str | None:
+def version_tags(verdict: Verdict, snapshot: str) -> dict[str, dict[str, str]]:
+    """What is true of each compared version now: its score, the snapshot it was scored on, its role, why.
+
+    Every tag is rewritten at each evaluation, so a demoted version no longer reads "promoted".
+    """
+    metric, challenger, champion = verdict.metric, verdict.challenger_version, verdict.champion_version
+    scored = {challenger: verdict.challenger_score}
+    if champion is not None and verdict.champion_score is not None:
+        scored[champion] = verdict.champion_score
+    tags = {version: {f"icetrain.eval.{metric}": f"{score:.6g}", "icetrain.eval.snapshot_id": snapshot} for version, score in scored.items()}
+    if champion is None:
+        tags[challenger].update({"icetrain.eval.role": "champion", "icetrain.eval.decision": f"champion since snapshot {snapshot}: no champion before"})
+    elif verdict.promoted:
+        tags[challenger].update({"icetrain.eval.role": "champion", "icetrain.eval.decision": f"champion since snapshot {snapshot}, replacing version {champion}: {verdict.reason}"})
+        tags[champion].update({"icetrain.eval.role": "former champion", "icetrain.eval.decision": f"replaced by version {challenger} on snapshot {snapshot}: {verdict.reason}"})
+    else:
+        tags[challenger].update({"icetrain.eval.role": "challenger", "icetrain.eval.decision": f"not promoted on snapshot {snapshot}; version {champion} stays champion: {verdict.reason}"})
+        tags[champion].update({"icetrain.eval.role": "champion", "icetrain.eval.decision": f"champion; kept against version {challenger} on snapshot {snapshot}: {verdict.reason}"})
+    return tags
+
+
+def _champion(client: MlflowClient, model_name: str) -> object | None:
+    """The version holding the champion alias; None only when the registry answers that there is none.
+
+    Raises:
+        TrackingError: MLflow could not be asked (an error is not an absence).
+    """
     try:
-        versions = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
-    except MlflowException:
-        return None
-    return str(versions[0].version) if versions else None
+        return client.get_model_version_by_alias(model_name, ALIAS)
+    except MlflowException as exc:
+        if exc.error_code in NOT_FOUND_CODES:
+            return None
+        raise TrackingError(f"cannot look up the champion of registered model {model_name!r}: {' '.join(str(exc).split())[:200]}") from exc
 
 
 def _load(client: MlflowClient, run_id: str) -> torch.nn.Module:

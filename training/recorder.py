@@ -37,7 +37,7 @@ class MlflowRecorder:
         self.run_id = ""
         self.experiment_id = ""
         self.model_id = ""
-        self.dataset = ("", "")
+        self.datasets: dict[str, tuple[str, str]] = {}
         self._heartbeat: Heartbeat | None = None
 
     def start(self, tags: Mapping[str, str], run_name: str | None) -> str:
@@ -62,8 +62,12 @@ class MlflowRecorder:
         self.run_id, self.experiment_id = run_id, run.info.experiment_id
         models = self.client.search_logged_models(experiment_ids=[self.experiment_id], filter_string=f"source_run_id = '{run_id}'")
         self.model_id = models[0].model_id if models else ""
-        training = [d.dataset for d in run.inputs.dataset_inputs if any(t.value == "training" for t in d.tags)]
-        self.dataset = (training[0].name, training[0].digest) if training else ("", "")
+        self.datasets = {
+            tag.value: (entry.dataset.name, entry.dataset.digest)
+            for entry in run.inputs.dataset_inputs
+            for tag in entry.tags
+            if tag.key == "mlflow.data.context" and tag.value in ("training", "validation")
+        }
         end_dead_runs(self.client, self.experiment_id)
         if ENDED_BY_TAG in run.data.tags or ENDED_BY_TAG in self.client.get_run(run_id).data.tags:
             self.client.delete_tag(run_id, ENDED_BY_TAG)  # it lives again; the new process is recorded below
@@ -90,19 +94,24 @@ class MlflowRecorder:
     def download(self, artifact_path: str, into: Path) -> Path:
         return Path(self.client.download_artifacts(self.run_id, artifact_path, str(into)))
 
-    def start_model(self, name: str, dataset_name: str, dataset_digest: str) -> str:
-        """Create the run's logged model (named after the pipeline) now, so each epoch's metrics link to it and its dataset."""
+    def start_model(self, name: str, datasets: Mapping[str, tuple[str, str]]) -> str:
+        """Create the run's logged model (named after the pipeline) now, so each epoch's metrics link to it and its datasets.
+
+        Args:
+            datasets: ``training`` and ``validation`` (when there is one): each dataset's name and digest.
+        """
         logged = self.client.create_logged_model(self.experiment_id, name=_model_name(name), source_run_id=self.run_id, model_type="pytorch")
-        self.model_id, self.dataset = logged.model_id, (dataset_name, dataset_digest)
+        self.model_id, self.datasets = logged.model_id, dict(datasets)
         return logged.model_id
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log one epoch's metrics: ``val_*`` against the validation dataset, the rest against the training dataset."""
         now = int(time.time() * 1000)
-        name, digest = self.dataset
-        self.client.log_batch(
-            self.run_id,
-            metrics=[Metric(key, value, now, step, model_id=self.model_id or None, dataset_name=name or None, dataset_digest=digest or None) for key, value in metrics.items()],
-        )
+        entries = []
+        for key, value in metrics.items():
+            name, digest = self.datasets.get("validation" if key.startswith("val_") else "training", ("", ""))
+            entries.append(Metric(key, value, now, step, model_id=self.model_id or None, dataset_name=name or None, dataset_digest=digest or None))
+        self.client.log_batch(self.run_id, metrics=entries)
 
     def log_model(self, model: torch.nn.Module, example: torch.Tensor, step: int) -> str:
         """Save the model in MLflow's pytorch format (pickle: the pt2 default needs torch.export).
@@ -146,9 +155,9 @@ class NullRecorder(MlflowRecorder):
         self.run_id = ""
         self.experiment_id = ""
         self.model_id = ""
-        self.dataset = ("", "")
+        self.datasets = {}
 
-    def start_model(self, name: str, dataset_name: str, dataset_digest: str) -> str:
+    def start_model(self, name: str, datasets: Mapping[str, tuple[str, str]]) -> str:
         return ""
 
     def start(self, tags: Mapping[str, str], run_name: str | None) -> str:

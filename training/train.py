@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -41,6 +42,10 @@ from training.loop import EpochMetrics, Fit, Progress, fit
 from training.models import build_model
 from training.recorder import MlflowRecorder, NullRecorder
 from training.tasks import Classification, Regression, Task, balanced_weights
+
+# Steps a person waits for (MLflow answering, pinning, planning the read, training), as INFO;
+# the CLI shows them on stderr when it is a terminal.
+log = logging.getLogger("icetrain")
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,9 @@ def train(
 
 def _check_then_pin(settings: Settings, config: PipelineConfig, pinned: PinnedSnapshot | None) -> PinnedSnapshot:
     """MLflow must answer before any data is read; then the snapshot is pinned (rank 0 only)."""
+    log.info("checking the MLflow tracking store")
     check_tracking(settings)
+    log.info("pinning a snapshot of %s", config.data.table)
     return pin(settings, config, pinned)
 
 
@@ -134,6 +141,7 @@ def _train(
 ) -> TrainResult:
     # 1. Data: rank 0 pins the snapshot (once it knows MLflow answers), every rank reads that one; the gate runs here.
     pinned = compute.share(lambda: _check_then_pin(settings, config, pinned))
+    log.info("planning the read of snapshot %s and checking its labels", pinned.snapshot_id)
     data = open_training_data(settings, config, pinned)
     config = resolved_config(config, data, compute)
     task = make_task(config, data)
@@ -170,6 +178,7 @@ def _train(
                 recorder.log_file(path, checkpoint.ARTIFACT_DIR)
 
         # 4. Fit, then record the model.
+        log.info("training %d epochs on %d rows (MLflow run %s)", config.optim.epochs, data.row_count, run_id)
         run = Fit(wrapped, optimizer, scheduler, scaler, task, compute, config.optim.epochs, config.optim.early_stopping, config.checkpoint.every_steps, progress_bar, data.layout.features)
         progress = fit(run, data.train, data.val, progress, lambda m: recorder.log_metrics(m.as_dict(), m.epoch), save_checkpoint)
         model.to("cpu").eval()
@@ -270,7 +279,7 @@ def start_record(
     tags = {
         **lineage_tags(pinned, spec, data.layout, row_count=data.row_count, digest=data.digest, dagster_run_id=context.dagster_run_id, pipeline=context.pipeline, split_key=data.read.plan.split_key),
         **source_tags(context.launched_by),
-        NOTE_TAG: run_description(pinned, context.pipeline, context.dagster_run_id, settings.dagster_ui, data.row_count),
+        NOTE_TAG: run_description(pinned, context.pipeline, context.dagster_run_id, settings.dagster_ui_address, data.row_count),
         **context.tags,
     }
     recorder.start(tags, config.tracking.run_name or run_name(pinned, context.pipeline))
@@ -293,7 +302,10 @@ def start_record(
     datasets = {name: _dataset(data, config, loader) for loader, name in ((data.train, "training"), (data.val, "validation")) if loader is not None}
     for name, dataset in datasets.items():
         recorder.log_dataset(dataset, name)
-    recorder.start_model(context.pipeline or pinned.table, datasets["training"].name, data.digest)
+    identities = {"training": (datasets["training"].name, data.digest)}
+    if "validation" in datasets:
+        identities["validation"] = (datasets["validation"].name, datasets["validation"].digest)
+    recorder.start_model(context.pipeline or pinned.table, identities)
 
 
 def _dataset(data: TrainingData, config: PipelineConfig, loader: IcebergLoader) -> IcebergSnapshotDataset:
