@@ -57,10 +57,10 @@ def soak(settings, ingests: int, trains: int, rows: int) -> None:
 
     from pipeline.catalog import load_table, open_catalog
     from pipeline.doctor import inspect_files, remove_files
+    from pipeline.expiry import expire
     from pipeline.ingest import append_arrow
     from pipeline.reading import prepare_read
     from pipeline.refs import create_tag
-    from pipeline.expiry import expire
     from pipeline.snapshots import resolve_snapshot
     from pipeline.specs import ReadSpec, SnapshotRequest
     from tests.conftest import config_for, tabular_rows

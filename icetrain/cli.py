@@ -428,8 +428,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_maintain(args: argparse.Namespace) -> int:
     from pipeline.catalog import load_table, open_catalog
-    from pipeline.maintenance import maintain
     from pipeline.expiry import parse_duration
+    from pipeline.maintenance import maintain
 
     if not 1 <= args.target_file_mb <= 4096:
         raise ConfigError(f"--target-file-mb must be between 1 and 4096, got {args.target_file_mb}")

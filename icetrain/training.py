@@ -8,6 +8,7 @@ before any worker starts and every rank trains on the same snapshot id.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import UTC
 from typing import Any
 
 from pipeline.config import PipelineConfig
@@ -35,9 +36,9 @@ def run_training(settings: Settings, request: TrainRequest, *, debug: bool = Fal
 
     logging.getLogger("icetrain").info("loading PyTorch and MLflow")
     from training.data import open_training_data, pin
-    from training.models import resolve_factory
     from training.launch import launch
     from training.liveness import check_tracking
+    from training.models import resolve_factory
     from training.train import result_summary, resume_from, train
 
     if request.resume_run_id:
@@ -76,8 +77,8 @@ def pipeline_rows(settings: Settings, config_path: str | None) -> list[tuple[str
     from mlflow.tracking import MlflowClient
 
     from pipeline.catalog import open_catalog
-    from pipeline.tags import PIPELINE_TAG
     from pipeline.project import load_project
+    from pipeline.tags import PIPELINE_TAG
 
     project = load_project(config_path)
     if not project.pipelines:
@@ -103,9 +104,9 @@ def _current_snapshot(catalog: Any, table: str) -> str:
 
 
 def _utc(millis: int) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(millis / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(millis / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 __all__ = ["TrainRequest", "pipeline_rows", "report", "run_training"]

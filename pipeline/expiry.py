@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from pyiceberg.table import Table
 
@@ -45,7 +45,7 @@ def parse_duration(text: str) -> timedelta:
 
 def expire(table: Table, older_than: timedelta, *, now: datetime | None = None) -> Expiry:
     """Expire snapshots committed before ``now - older_than``, never one a tag or branch points at, nor the current one."""
-    cutoff = (now or datetime.now(timezone.utc)) - older_than
+    cutoff = (now or datetime.now(UTC)) - older_than
     cutoff_ms = int(cutoff.timestamp() * 1000)
     reasons: dict[int, list[str]] = {}
     for ref_name, ref in table.metadata.refs.items():

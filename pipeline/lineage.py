@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from mlflow.data.dataset import Dataset
 from mlflow.data.dataset_source_registry import register_dataset_source
-from mlflow.exceptions import MlflowException
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, DataType, Schema
 
@@ -34,7 +34,14 @@ from pipeline.specs import ReadSpec
 # all; icetrain prints its own (redacted) links instead.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 from pipeline.snapshots import PinnedSnapshot
-from pipeline.tags import DAGSTER_RUN_TAG, GIT_DIRTY_TAG, LAUNCHED_BY_TAG, NOTE_TAG, PIPELINE_TAG, REPRODUCES_TAG, SNAPSHOT_ID_TAG, TABLE_TAG
+from pipeline.tags import (
+    DAGSTER_RUN_TAG,
+    GIT_DIRTY_TAG,
+    LAUNCHED_BY_TAG,
+    PIPELINE_TAG,
+    SNAPSHOT_ID_TAG,
+    TABLE_TAG,
+)
 from pipeline.tensors import TensorLayout
 
 TAG_PREFIX = "icetrain."
@@ -111,7 +118,7 @@ def run_name(pinned: PinnedSnapshot, pipeline: str | None, started: datetime | N
 
     The start time (UTC) tells apart runs on the same snapshot in MLflow's run table.
     """
-    when = (started or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M:%S")
+    when = (started or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S")
     return f"{pipeline or pinned.table}@{pinned.snapshot_id} {when}"
 
 

@@ -243,6 +243,6 @@ HEAVY = ("torch", "mlflow", "dagster")
 )
 def test_metadata_commands_and_mistakes_at_the_edge_answer_without_loading_torch_mlflow_or_dagster(digits, argv: list[str]) -> None:
     probe = f"import sys; from icetrain.cli import main; code = main({argv!r}); print('LOADED', [m for m in {HEAVY!r} if m in sys.modules]); sys.exit(code)"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode in (0, 1), out.stderr
     assert "LOADED []" in out.stdout, (argv, out.stdout[-300:])

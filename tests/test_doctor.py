@@ -79,8 +79,8 @@ def test_a_missing_or_damaged_data_file_is_named_with_its_table_and_snapshot(set
 
 
 def test_maintain_compacts_small_files_and_merges_manifests_keeping_every_row_and_older_snapshots(settings, catalog) -> None:
-    from pipeline.maintenance import maintain
     from pipeline.expiry import parse_duration
+    from pipeline.maintenance import maintain
 
     snapshot_ids = write_appends(catalog, "demo.rows", [20] * 40)
     table = load_table(catalog, "demo.rows")
@@ -105,8 +105,8 @@ def test_maintain_compacts_small_files_and_merges_manifests_keeping_every_row_an
 def test_appends_since_a_snapshot_are_refused_across_a_compaction(settings, catalog) -> None:
     from pipeline.errors import ConfigError
     from pipeline.maintenance import maintain
-    from training.train import train
     from tests.conftest import config_for
+    from training.train import train
 
     first, *_ = write_appends(catalog, "demo.rows", [20, 20, 20])
     maintain(load_table(catalog, "demo.rows"))

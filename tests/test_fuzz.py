@@ -159,7 +159,7 @@ def subcommands(run_id: str) -> st.SearchStrategy[list[str]]:
 @pytest.fixture
 def trained(settings, catalog, rows) -> str:
     """One finished training run on demo.rows; returns its id."""
-    code, out, err = run_cli(["train", "--table", "demo.rows", "--epochs", "1", "--no-progress"])
+    code, _, err = run_cli(["train", "--table", "demo.rows", "--epochs", "1", "--no-progress"])
     assert code == 0, err
     return all_runs(settings)[0].info.run_id
 

@@ -19,8 +19,9 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.catalog import load_table, open_catalog
 from pipeline.errors import SnapshotNotFoundError
-from pipeline.lineage import PIPELINE_TAG, REPRODUCES_TAG, SNAPSHOT_ID_TAG, TABLE_TAG, get_run, replay_config
+from pipeline.lineage import get_run, replay_config
 from pipeline.settings import Settings
+from pipeline.tags import PIPELINE_TAG, REPRODUCES_TAG, SNAPSHOT_ID_TAG, TABLE_TAG
 from training import checkpoint
 from training.launch import launch
 from training.train import result_summary, train

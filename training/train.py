@@ -22,22 +22,31 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow.exceptions import MlflowException
 import torch
+from mlflow.exceptions import MlflowException
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.config import PipelineConfig, parse_config
 from pipeline.errors import CheckpointError, ConfigError, IcetrainError
-from pipeline.lineage import NOTE_TAG, IcebergDatasetSource, IcebergSnapshotDataset, get_run, lineage_tags, run_description, run_name, source_tags
+from pipeline.lineage import (
+    IcebergDatasetSource,
+    IcebergSnapshotDataset,
+    get_run,
+    lineage_tags,
+    run_description,
+    run_name,
+    source_tags,
+)
 from pipeline.loader import IcebergLoader
 from pipeline.params import to_params
 from pipeline.registry import check_registrable, register
 from pipeline.settings import Settings
 from pipeline.snapshots import PinnedSnapshot
+from pipeline.tags import NOTE_TAG
 from training import checkpoint
 from training.compute import Compute, close_compute, init_compute
-from training.liveness import check_tracking
 from training.data import TrainingData, feature_sample, open_training_data, pin
+from training.liveness import check_tracking
 from training.loop import EpochMetrics, Fit, Progress, fit
 from training.models import build_model
 from training.recorder import MlflowRecorder, NullRecorder
