@@ -8,27 +8,40 @@ depend on the Iceberg table's asset key (``namespace/table``), whoever produces 
 import base64
 import hashlib
 import json
-from importlib.metadata import version as package_version
 from dataclasses import asdict, dataclass
+from importlib.metadata import version as package_version
 from typing import Any
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetIn, AssetsDefinition, DataVersion, Failure, MaterializeResult, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetsDefinition,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    Output,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset,
+)
+from pyiceberg.table import Table
 
 from assets.config import PinConfig
 from assets.failures import user_errors_as_failures
-from assets.history import last_training
+from assets.history import trained_in_run
 from assets.keys import evaluation_key, table_key, trained_model_key, training_data_key
 from assets.resources import IcebergResource, MlflowResource, combined_settings
 from pipeline.catalog import load_table
 from pipeline.config import PipelineConfig
 from pipeline.gate import DataReport, inspect_data
-from pipeline.quality import QualityReport, assess, contract_changes
 from pipeline.project import Pipeline
-from pipeline.reading import prepare_read, snapshot_schema
+from pipeline.quality import QualityReport, assess_snapshot
+from pipeline.reading import snapshot_schema
 from pipeline.settings import Settings
 from pipeline.snapshots import PinnedSnapshot
-from pyiceberg.table import Table
 from training.data import pin
 from training.evaluate import champion_challenger
 from training.launch import launch
@@ -64,22 +77,17 @@ def training_data_asset(pipeline: Pipeline) -> AssetsDefinition:
         description=f"Pins one snapshot of {pipeline.table} (id, tag/branch, as-of or latest) for pipeline {pipeline.name!r}; its data version is the snapshot id.",
         metadata={"pipeline": pipeline.name, "table": pipeline.table},
     )
-    def training_data(context: AssetExecutionContext, config: PinConfig, iceberg: IcebergResource) -> Output[TrainingData]:
+    def training_data(context: AssetExecutionContext, config: PinConfig, iceberg: IcebergResource, mlflow: MlflowResource) -> Output[TrainingData]:
         with user_errors_as_failures():
-            settings = iceberg.settings()
+            settings = combined_settings(iceberg, mlflow)  # the drift reference may be the registry's champion
             run_config = config.apply(pipeline.config)
             pinned = pin(settings, run_config)
             table = load_table(iceberg.catalog(), pinned.table)
-            reference = reference_snapshot(context, settings, pipeline, table)
-            spec = run_config.data.read_spec()
-            reference_read = prepare_read(table, reference, spec) if reference else None
-            features = spec.features or (reference_read.layout.features if reference_read else ())
-            contract = contract_changes(snapshot_schema(table, reference), snapshot_schema(table, pinned), features) if reference else []
-            report, quality = None, QualityReport(reference.snapshot_id if reference else None, tuple(contract))
-            if not contract:
-                read = prepare_read(table, pinned, spec)
+            reference = gate_reference(settings, pipeline, table)
+            quality, read = assess_snapshot(table, pinned, run_config.data.read_spec(), reference)
+            report = None
+            if read is not None:
                 report, _ = inspect_data(read, min_rows=run_config.data.min_rows, count_classes=run_config.data.task == "classification")
-                quality = assess(table, read, reference_read)
             schema = snapshot_schema(table, pinned).as_arrow()
         context.log.info(f"pinned {pinned.table} at snapshot {pinned.snapshot_id} (asked by {pinned.asked_by})")
         return Output(
@@ -152,10 +160,13 @@ def evaluation_asset(pipeline: Pipeline) -> AssetsDefinition:
         description=f"Scores the new {pipeline.name!r} model against the champion of {model_name!r} on the new snapshot's held-out rows ({retrain.champion_metric}, margin {retrain.champion_margin}).",
     )
     def evaluation(context: AssetExecutionContext, iceberg: IcebergResource, mlflow: MlflowResource) -> MaterializeResult:
-        last = last_training(context.instance, pipeline)
-        if last is None or not last.mlflow_run_id:
-            raise Failure(description=f"{trained_model_key(pipeline).to_user_string()} has not been materialized; train first")
-        run_id = last.mlflow_run_id
+        own = trained_in_run(context.instance, pipeline, context.run_id)
+        if own is None or not own.mlflow_run_id:
+            raise Failure(
+                description=f"this run trained no model to evaluate: materialize {trained_model_key(pipeline).to_user_string()} and"
+                f" {evaluation_key(pipeline).to_user_string()} together (the job {pipeline.name}_train does); an evaluation scores only its own run's model"
+            )
+        run_id = own.mlflow_run_id
         settings = combined_settings(iceberg, mlflow)
         with user_errors_as_failures():
             verdict = champion_challenger(settings, run_id, str(model_name), retrain.champion_metric, retrain.champion_margin)
@@ -184,36 +195,14 @@ def _train(settings: Settings, config: PipelineConfig, pinned: PinnedSnapshot, p
     return result_summary(train(settings, config, pinned=pinned, pipeline=pipeline, dagster_run_id=dagster_run_id, progress_bar=False, launched_by="dagster"))
 
 
-def reference_snapshot(context: AssetExecutionContext, settings: Settings, pipeline: Pipeline, table: Table) -> PinnedSnapshot | None:
-    """The snapshot the gates compare against: the champion's (alias ``champion`` of
-    ``tracking.registered_model``), else the last trained model's; None before any model."""
-    snapshot_id = _champion_snapshot(settings, pipeline.config.tracking.registered_model)
-    if snapshot_id is None:
-        last = last_training(context.instance, pipeline)
-        snapshot_id = int(last.snapshot_id) if last is not None and last.snapshot_id.isdigit() else None
-    snapshot = table.snapshot_by_id(snapshot_id) if snapshot_id is not None else None
-    if snapshot is None:
-        return None
-    return PinnedSnapshot(settings.catalog_name, pipeline.table, snapshot.snapshot_id, "id", str(snapshot.snapshot_id), snapshot.timestamp_ms)
-
-
-def _champion_snapshot(settings: Settings, model_name: str | None) -> int | None:
-    if not model_name:
-        return None
-    from mlflow.exceptions import MlflowException
+def gate_reference(settings: Settings, pipeline: Pipeline, table: Table) -> PinnedSnapshot | None:
+    """The snapshot the gates compare against, as ``icetrain train`` finds it (``pipeline.reference``)."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.errors import TrackingError
-    from pipeline.registry import NOT_FOUND_CODES
+    from pipeline.reference import reference_snapshot
 
-    try:
-        version = MlflowClient(settings.tracking_uri).get_model_version_by_alias(model_name, "champion")
-    except MlflowException as exc:
-        if exc.error_code in NOT_FOUND_CODES:
-            return None  # the registry answered: no such model or alias
-        raise TrackingError(f"cannot look up the champion of registered model {model_name!r}: {' '.join(str(exc).split())[:200]}") from exc
-    value = version.tags.get("icetrain.snapshot_id")
-    return int(value) if value and value.isdigit() else None
+    client = MlflowClient(settings.tracking_uri)
+    return reference_snapshot(client, settings.catalog_name, table, pipeline.table, pipeline.name, pipeline.config.tracking.registered_model)
 
 
 PROFILE_SCHEMA = TableSchema(

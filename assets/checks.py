@@ -7,11 +7,19 @@ gate's one-line reason, so the run page shows why rather than Dagster's generic
 
 from collections.abc import Iterator
 
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetChecksDefinition, Failure, MetadataValue, asset_check
+from dagster import (
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    Failure,
+    MetadataValue,
+    asset_check,
+)
 
 from assets.assets import TrainingData
 from assets.keys import training_data_key
 from pipeline.project import Pipeline
+from pipeline.quality import GateResult, QualityReport, judge
 
 
 def trainable_check(pipeline: Pipeline) -> AssetChecksDefinition:
@@ -57,22 +65,24 @@ def quality_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
     """The schema contract, feature completeness and drift gates (``pipeline.quality``), all blocking."""
     key, gates = training_data_key(pipeline), pipeline.config.gates
 
+    def verdict(quality: QualityReport, name: str) -> GateResult:
+        return next(g for g in judge(quality, gates.max_psi, gates.max_null_fraction) if g.name == name)
+
     @asset_check(asset=key, name="schema_contract", blocking=True, description="Declared features keep their field ids, names and types since the reference snapshot.")
     def schema_contract(training_data: TrainingData) -> Iterator[AssetCheckResult]:
-        quality = training_data.quality
-        yield from judged("schema_contract", AssetCheckResult(
-            passed=not quality.contract,
-            description="; ".join(quality.contract) or ("no reference snapshot yet" if quality.reference_snapshot is None else "features unchanged"),
+        quality, gate = training_data.quality, verdict(training_data.quality, "schema_contract")
+        yield from judged(gate.name, AssetCheckResult(
+            passed=gate.passed,
+            description=gate.description,
             metadata={"reference_snapshot_id": str(quality.reference_snapshot or ""), "changes": "; ".join(quality.contract)},
         ))
 
     @asset_check(asset=key, name="features_complete", blocking=True, description="No feature has more null or NaN values than gates.max_null_fraction.")
     def features_complete(training_data: TrainingData) -> Iterator[AssetCheckResult]:
-        quality = training_data.quality
-        incomplete = quality.incomplete(gates.max_null_fraction)
-        yield from judged("features_complete", AssetCheckResult(
-            passed=not incomplete and not quality.contract,
-            description="; ".join(f"{name}: {share:.2%} null or NaN" for name, share in incomplete.items()) or "complete",
+        quality, gate = training_data.quality, verdict(training_data.quality, "features_complete")
+        yield from judged(gate.name, AssetCheckResult(
+            passed=gate.passed,
+            description=gate.description,
             metadata={
                 "nulls": MetadataValue.json({n: p.nulls for n, p in quality.profiles.items()}),
                 "nans": MetadataValue.json({n: p.nans for n, p in quality.profiles.items()}),
@@ -83,15 +93,10 @@ def quality_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
 
     @asset_check(asset=key, name="no_drift", blocking=True, description="No feature's PSI against the reference (champion's) snapshot exceeds gates.max_psi.")
     def no_drift(training_data: TrainingData) -> Iterator[AssetCheckResult]:
-        quality = training_data.quality
-        drifted = quality.drifted(gates.max_psi)
-        if quality.reference_snapshot is None:
-            description = "no reference snapshot yet (no champion or trained model)"
-        else:
-            description = "; ".join(f"{name} PSI {value:.3f}" for name, value in drifted.items()) or f"largest PSI {max(quality.drift.values(), default=0.0):.3f}"
-        yield from judged("no_drift", AssetCheckResult(
-            passed=not drifted and not quality.contract,
-            description=description,
+        quality, gate = training_data.quality, verdict(training_data.quality, "no_drift")
+        yield from judged(gate.name, AssetCheckResult(
+            passed=gate.passed,
+            description=gate.description,
             metadata={
                 "reference_snapshot_id": str(quality.reference_snapshot or ""),
                 "psi": MetadataValue.json({n: round(v, 4) for n, v in sorted(quality.drift.items(), key=lambda item: -item[1])}),

@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, path, help_text in TRAIN_FLAGS:
         (which if path in SNAPSHOT_KEYS else train).add_argument(flag, dest=_dest(flag), metavar=path.rsplit(".", 1)[-1].upper(), help=f"{help_text} ({path})")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--skip-gates", action="store_true", help="train even if the pipeline's quality gates refuse the data (recorded on the run as the tag icetrain.gates)")
     train.set_defaults(handler=cmd_train)
 
     pipelines = commands.add_parser("pipelines", help="list the declared pipelines with their table, current snapshot and last run")
@@ -290,17 +291,17 @@ def train_request(args: argparse.Namespace) -> TrainRequest:
         base = replay_config(Settings.from_env(), args.from_run)
         config = parse_config(apply_overrides(base.model_dump(), [*flags, *args.overrides]))
         return TrainRequest(config=config, progress=not args.no_progress, tags={"icetrain.replays": args.from_run})
-    pipeline_name = None
+    pipeline_name, declares_gates = None, False
     tree: dict[str, object] = PipelineConfig().model_dump()
     if args.pipeline:
         from pipeline.project import load_project
 
         pipeline = load_project(args.config).pipeline(args.pipeline)
-        pipeline_name, tree = pipeline.name, pipeline.config.model_dump()
+        pipeline_name, tree, declares_gates = pipeline.name, pipeline.config.model_dump(), pipeline.declares_gates
     config = parse_config(apply_overrides(tree, [*flags, *args.overrides]))
     if not config.data.table:
         raise ConfigError("data.table: required; give --pipeline NAME, --table namespace.table or --set data.table=... (or --from-run RUN_ID)")
-    return TrainRequest(config=config, pipeline=pipeline_name, progress=not args.no_progress)
+    return TrainRequest(config=config, pipeline=pipeline_name, progress=not args.no_progress, gates=declares_gates, skip_gates=args.skip_gates)
 
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:

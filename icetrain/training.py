@@ -24,6 +24,8 @@ class TrainRequest:
     resume_run_id: str | None = None
     progress: bool = True
     tags: dict[str, str] | None = None
+    gates: bool = False
+    skip_gates: bool = False
 
 
 def run_training(settings: Settings, request: TrainRequest, *, debug: bool = False) -> dict[str, Any]:
@@ -36,6 +38,7 @@ def run_training(settings: Settings, request: TrainRequest, *, debug: bool = Fal
 
     logging.getLogger("icetrain").info("loading PyTorch and MLflow")
     from training.data import open_training_data, pin
+    from training.gates import GATES_TAG, check_gates
     from training.launch import launch
     from training.liveness import check_tracking
     from training.models import resolve_factory
@@ -48,13 +51,24 @@ def run_training(settings: Settings, request: TrainRequest, *, debug: bool = Fal
         return result_summary(train(settings, config, pinned=pinned, pipeline=pipeline, resume=resume, progress_bar=request.progress, launched_by="cli"))
     assert request.config is not None
     config = request.config
+    tags = dict(request.tags or {})
+    pinned = None
+    if request.gates and request.pipeline:
+        if request.skip_gates:
+            tags[GATES_TAG] = "skipped"
+        else:
+            check_tracking(settings)
+            pinned = pin(settings, config)
+            logging.getLogger("icetrain").info("judging snapshot %s with the pipeline's quality gates", pinned.snapshot_id)
+            quality = check_gates(settings, config, request.pipeline, pinned)
+            tags[GATES_TAG] = f"passed against snapshot {quality.reference_snapshot}" if quality.reference_snapshot is not None else "passed (no reference yet)"
     if config.compute.nproc == 1:
-        return result_summary(train(settings, config, pipeline=request.pipeline, progress_bar=request.progress, launched_by="cli", tags=request.tags))
+        return result_summary(train(settings, config, pinned=pinned, pipeline=request.pipeline, progress_bar=request.progress, launched_by="cli", tags=tags))
     check_tracking(settings)
-    pinned = pin(settings, config)
+    pinned = pinned or pin(settings, config)
     open_training_data(settings, config, pinned)
     resolve_factory(config.model.factory)
-    return launch(settings, config, asdict(pinned), request.pipeline, launched_by="cli", tags=request.tags, debug=debug)
+    return launch(settings, config, asdict(pinned), request.pipeline, launched_by="cli", tags=tags, debug=debug)
 
 
 def report(summary: dict[str, Any]) -> int:

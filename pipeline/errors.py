@@ -94,3 +94,7 @@ class NullFeatureError(ColumnError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (str(self), self.column))
+
+
+class GateError(IcetrainError):
+    """A quality gate (schema contract, feature completeness, drift) refused the pinned data."""

@@ -23,7 +23,7 @@ from mlflow.types import ColSpec, DataType, Schema
 
 from pipeline.config import PipelineConfig
 from pipeline.dataset_source import IcebergDatasetSource
-from pipeline.errors import InvalidNameError, RunNotFoundError
+from pipeline.errors import InvalidNameError, RunNotFoundError, TrackingError
 from pipeline.names import check_tracking_name
 from pipeline.params import from_params
 from pipeline.secrets import redact
@@ -45,6 +45,8 @@ from pipeline.tags import (
 from pipeline.tensors import TensorLayout
 
 TAG_PREFIX = "icetrain."
+# MLflow's answers that mean "there is no such thing"; any other failure is an error, not an absence.
+NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
 
 
 def lineage_tags(
@@ -200,11 +202,14 @@ def get_run(settings: Settings, run_id: str) -> Run:
 
     Raises:
         RunNotFoundError: the store has no such run, or the run carries no icetrain lineage.
+        TrackingError: the store could not be asked (an error is not an absence).
     """
     client = MlflowClient(settings.tracking_uri)
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
+        if exc.error_code not in NOT_FOUND_CODES:
+            raise TrackingError(f"cannot read MLflow run {run_id!r} from {redact(settings.tracking_uri)}: {' '.join(str(exc).split())[:200]}") from exc
         raise RunNotFoundError(f"no MLflow run {run_id!r} in tracking store {redact(settings.tracking_uri)}") from exc
     if run.info.lifecycle_stage == "deleted":
         raise RunNotFoundError(f"MLflow run {run_id!r} was deleted")

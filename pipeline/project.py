@@ -50,6 +50,11 @@ class Pipeline:
         assert self.config.data.table is not None
         return self.config.data.table
 
+    @property
+    def declares_gates(self) -> bool:
+        """Whether the pipelines file gives this pipeline a ``gates`` section (then ``icetrain train`` runs the quality gates too)."""
+        return "gates" in self.config.model_fields_set
+
     def with_overrides(self, assignments: list[str]) -> PipelineConfig:
         """This pipeline's config with ``section.key=value`` overrides applied and validated."""
         return parse_config(apply_overrides(self.config.model_dump(), assignments))

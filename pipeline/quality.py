@@ -24,8 +24,9 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.types import BooleanType, DoubleType, FloatType, IntegerType, LongType
 
-from pipeline.reading import PreparedRead
-from pipeline.specs import LoaderConfig
+from pipeline.reading import PreparedRead, prepare_read, snapshot_schema
+from pipeline.snapshots import PinnedSnapshot
+from pipeline.specs import LoaderConfig, ReadSpec
 from pipeline.tensors import image_bytes
 
 BINS = 10
@@ -142,7 +143,6 @@ class QualityReport:
     contract: tuple[str, ...] = ()
     profiles: dict[str, FeatureProfile] = field(default_factory=dict)
     drift: dict[str, float] = field(default_factory=dict)
-
     reference_profiles: dict[str, FeatureProfile] = field(default_factory=dict)
 
     def worst_null_fraction(self) -> float:
@@ -160,6 +160,53 @@ class QualityReport:
     def drifted(self, max_psi: float) -> dict[str, float]:
         """Features whose PSI against the reference exceeds ``max_psi``, largest first."""
         return dict(sorted(((n, v) for n, v in self.drift.items() if v > max_psi), key=lambda item: -item[1]))
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One quality gate's verdict: ``schema_contract``, ``features_complete`` or ``no_drift``."""
+
+    name: str
+    passed: bool
+    description: str
+
+
+def judge(quality: QualityReport, max_psi: float, max_null_fraction: float) -> tuple[GateResult, ...]:
+    """The three quality gates' verdicts on a report: the one set of rules for Dagster's checks and ``icetrain train``."""
+    contract = GateResult(
+        "schema_contract",
+        not quality.contract,
+        "; ".join(quality.contract) or ("no reference snapshot yet" if quality.reference_snapshot is None else "features unchanged"),
+    )
+    incomplete = quality.incomplete(max_null_fraction)
+    complete = GateResult(
+        "features_complete",
+        not incomplete and not quality.contract,
+        "; ".join(f"{name}: {share:.2%} null or NaN (gates.max_null_fraction {max_null_fraction:g})" for name, share in incomplete.items()) or "complete",
+    )
+    drifted = quality.drifted(max_psi)
+    if quality.reference_snapshot is None:
+        drift_text = "no reference snapshot yet (no champion or trained model)"
+    else:
+        largest = f"largest PSI {max(quality.drift.values(), default=0.0):.3f}"
+        drift_text = "; ".join(f"{name} PSI {value:.3f}" for name, value in drifted.items()) + f" (gates.max_psi {max_psi:g})" if drifted else largest
+    drift = GateResult("no_drift", not drifted and not quality.contract, drift_text)
+    return (contract, complete, drift)
+
+
+def assess_snapshot(table: Table, pinned: PinnedSnapshot, spec: ReadSpec, reference: PinnedSnapshot | None) -> tuple[QualityReport, PreparedRead | None]:
+    """The quality report of a pinned snapshot against a reference snapshot, and the read it planned.
+
+    The schema contract is checked first (by field id); when it is broken the features are not
+    profiled and no read is returned.
+    """
+    reference_read = prepare_read(table, reference, spec) if reference is not None else None
+    features = spec.features or (reference_read.layout.features if reference_read is not None else ())
+    contract = contract_changes(snapshot_schema(table, reference), snapshot_schema(table, pinned), features) if reference is not None else []
+    if contract:
+        return QualityReport(reference.snapshot_id, tuple(contract)), None
+    read = prepare_read(table, pinned, spec)
+    return assess(table, read, reference_read), read
 
 
 def assess(table: Table, read: PreparedRead, reference: PreparedRead | None) -> QualityReport:
@@ -181,4 +228,4 @@ def psi(reference: FeatureProfile, current: FeatureProfile) -> float:
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
-__all__ = ["BINS", "FeatureProfile", "QualityReport", "assess", "bin_edges", "contract_changes", "profile_features", "psi"]
+__all__ = ["BINS", "FeatureProfile", "GateResult", "QualityReport", "assess", "assess_snapshot", "bin_edges", "contract_changes", "judge", "profile_features", "psi"]

@@ -15,15 +15,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.catalog import load_table, open_catalog
-from pipeline.errors import RegistryError, SnapshotNotFoundError
-from pipeline.lineage import SNAPSHOT_ID_TAG, TABLE_TAG, get_run
+from pipeline.errors import RegistryError, SnapshotNotFoundError, TrackingError
+from pipeline.lineage import NOT_FOUND_CODES, SNAPSHOT_ID_TAG, TABLE_TAG, get_run
 from pipeline.names import check_ref_name, check_tracking_name
 from pipeline.settings import Settings
 
 TAG_PREFIX = "icetrain/"
 MODEL_TABLE_TAG = "icetrain.table"
-# MLflow's answers that mean "there is no such thing"; any other failure is an error, not an absence.
-NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
 
 
 @dataclass(frozen=True)
@@ -123,8 +121,10 @@ def _refuse_other_table(client: MlflowClient, name: str, table_name: str) -> boo
     """Whether the registered model exists; raises RegistryError when it holds another table's models."""
     try:
         existing = client.get_registered_model(name)
-    except MlflowException:
-        return False
+    except MlflowException as exc:
+        if exc.error_code in NOT_FOUND_CODES:
+            return False
+        raise TrackingError(f"cannot look up registered model {name!r}: {' '.join(str(exc).split())[:200]}") from exc
     other = existing.tags.get(MODEL_TABLE_TAG)
     if other and other != table_name:
         raise RegistryError(f"registered model {name!r} holds models of table {other!r}, not {table_name!r}; pick another name")
@@ -139,4 +139,4 @@ def _ensure_registered_model(client: MlflowClient, name: str, table_name: str) -
     return True
 
 
-__all__ = ["NOT_FOUND_CODES", "Registered", "check_registrable", "iceberg_tag_name", "register", "unregister"]
+__all__ = ["Registered", "check_registrable", "iceberg_tag_name", "register", "unregister"]

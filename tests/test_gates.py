@@ -96,7 +96,7 @@ def test_null_features_fail_the_completeness_gate(settings, catalog, instance) -
     checks = evaluations(materialize(gates(rows), instance=instance, resources=RESOURCES, raise_on_error=False))
 
     assert not checks["features_complete"].passed
-    assert checks["features_complete"].description == "x2: 10.00% null or NaN"
+    assert checks["features_complete"].description == "x2: 10.00% null or NaN (gates.max_null_fraction 0)"
     assert checks["features_complete"].metadata["nulls"].value == {"id": 0, "x1": 0, "x2": 4}
 
 
@@ -115,3 +115,33 @@ def test_the_digits_demo_pipeline_retrains_from_dagster_with_an_image_drift_meas
     (pinned,) = [e for e in again.get_asset_materialization_events() if e.asset_key == AssetKey(["digits", "training_data"])]
     (image,) = pinned.materialization.metadata["feature_profile"].value.records
     assert image.data["feature"] == "pixels" and 0 < image.data["mean"] < 16
+
+
+def test_the_cli_runs_the_same_gates_as_dagster_and_skip_gates_is_recorded(settings, catalog, instance, monkeypatch, capsys) -> None:
+    from icetrain.cli import main
+    from tests.conftest import all_runs
+
+    monkeypatch.setenv("ICETRAIN_CONFIG", str(Path(__file__).resolve().parents[1] / "icetrain.yaml"))
+    quick = ["--set", "optim.epochs=1", "--no-progress"]
+    for day in (1, 2):
+        ingest_day(catalog, date(2026, 11, day), 2000)
+    assert main(["train", "--pipeline", "fraud", *quick]) == 0
+    (first,) = all_runs(settings)
+    assert first.data.tags["icetrain.gates"] == "passed (no reference yet)"
+
+    for day in (4, 5, 6, 7, 8):
+        ingest_day(catalog, date(2026, 11, day), 2000, drift_from=date(2026, 11, 4))
+    capsys.readouterr()
+    assert main(["train", "--pipeline", "fraud", *quick]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("icetrain: error: gate no_drift failed for snapshot "), err
+    assert f"against reference snapshot {first.data.tags['icetrain.snapshot_id']}" in err[0] and "ip_risk PSI" in err[0] and "--skip-gates" in err[0]
+    assert len(all_runs(settings)) == 1, "a refused snapshot starts no run"
+
+    fraud = load_project(Path(__file__).resolve().parents[1] / "icetrain.yaml").pipeline("fraud")
+    blocked = materialize(gates(fraud), instance=instance, resources=RESOURCES, raise_on_error=False)
+    assert not evaluations(blocked)["no_drift"].passed, "the Dagster job blocks the same data"
+
+    assert main(["train", "--pipeline", "fraud", "--skip-gates", *quick]) == 0
+    skipped = [run for run in all_runs(settings) if run.info.run_id != first.info.run_id]
+    assert [run.data.tags["icetrain.gates"] for run in skipped] == ["skipped"]

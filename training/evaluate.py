@@ -21,8 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import ConfigError, TrackingError
-from pipeline.lineage import replay_config
-from pipeline.registry import NOT_FOUND_CODES, register
+from pipeline.lineage import NOT_FOUND_CODES, replay_config
+from pipeline.registry import register
 from pipeline.settings import Settings
 from training.compute import Compute
 from training.data import open_training_data, pin
