@@ -77,7 +77,9 @@ def training_data_asset(pipeline: Pipeline) -> AssetsDefinition:
         description=f"Pins one snapshot of {pipeline.table} (id, tag/branch, as-of or latest) for pipeline {pipeline.name!r}; its data version is the snapshot id.",
         metadata={"pipeline": pipeline.name, "table": pipeline.table},
     )
-    def training_data(context: AssetExecutionContext, config: PinConfig, iceberg: IcebergResource, mlflow: MlflowResource) -> Output[TrainingData]:
+    def training_data(
+        context: AssetExecutionContext, config: PinConfig, iceberg: IcebergResource, mlflow: MlflowResource
+    ) -> Output[TrainingData]:
         with user_errors_as_failures():
             settings = combined_settings(iceberg, mlflow)  # the drift reference may be the registry's champion
             run_config = config.apply(pipeline.config)
@@ -87,7 +89,9 @@ def training_data_asset(pipeline: Pipeline) -> AssetsDefinition:
             quality, read = assess_snapshot(table, pinned, run_config.data.read_spec(), reference)
             report = None
             if read is not None:
-                report, _ = inspect_data(read, min_rows=run_config.data.min_rows, count_classes=run_config.data.task == "classification")
+                report, _ = inspect_data(
+                    read, min_rows=run_config.data.min_rows, count_classes=run_config.data.task == "classification"
+                )
             schema = snapshot_schema(table, pinned).as_arrow()
         context.log.info(f"pinned {pinned.table} at snapshot {pinned.snapshot_id} (asked by {pinned.asked_by})")
         return Output(
@@ -124,7 +128,9 @@ def trained_model_asset(pipeline: Pipeline) -> AssetsDefinition:
         description=f"Trains pipeline {pipeline.name!r} ({pipeline.config.model.factory}) on the pinned snapshot and records the run in MLflow.",
         metadata={"pipeline": pipeline.name, "model_factory": pipeline.config.model.factory},
     )
-    def trained_model(context: AssetExecutionContext, training_data: TrainingData, iceberg: IcebergResource, mlflow: MlflowResource) -> MaterializeResult:
+    def trained_model(
+        context: AssetExecutionContext, training_data: TrainingData, iceberg: IcebergResource, mlflow: MlflowResource
+    ) -> MaterializeResult:
         config = training_data.config
         settings = combined_settings(iceberg, mlflow)
         with user_errors_as_failures():
@@ -159,7 +165,9 @@ def evaluation_asset(pipeline: Pipeline) -> AssetsDefinition:
         code_version=code_version(pipeline),
         description=f"Scores the new {pipeline.name!r} model against the champion of {model_name!r} on the new snapshot's held-out rows ({retrain.champion_metric}, margin {retrain.champion_margin}).",
     )
-    def evaluation(context: AssetExecutionContext, iceberg: IcebergResource, mlflow: MlflowResource) -> MaterializeResult:
+    def evaluation(
+        context: AssetExecutionContext, iceberg: IcebergResource, mlflow: MlflowResource
+    ) -> MaterializeResult:
         own = trained_in_run(context.instance, pipeline, context.run_id)
         if own is None or not own.mlflow_run_id:
             raise Failure(
@@ -169,7 +177,9 @@ def evaluation_asset(pipeline: Pipeline) -> AssetsDefinition:
         run_id = own.mlflow_run_id
         settings = combined_settings(iceberg, mlflow)
         with user_errors_as_failures():
-            verdict = champion_challenger(settings, run_id, str(model_name), retrain.champion_metric, retrain.champion_margin)
+            verdict = champion_challenger(
+                settings, run_id, str(model_name), retrain.champion_metric, retrain.champion_margin
+            )
         return MaterializeResult(
             metadata={
                 "model": verdict.model,
@@ -188,11 +198,23 @@ def evaluation_asset(pipeline: Pipeline) -> AssetsDefinition:
     return evaluation
 
 
-def _train(settings: Settings, config: PipelineConfig, pinned: PinnedSnapshot, pipeline: str, dagster_run_id: str) -> dict[str, Any]:
+def _train(
+    settings: Settings, config: PipelineConfig, pinned: PinnedSnapshot, pipeline: str, dagster_run_id: str
+) -> dict[str, Any]:
     """Train in this step's process, or under torchrun when the config asks for several processes."""
     if config.compute.nproc > 1:
         return launch(settings, config, asdict(pinned), pipeline, dagster_run_id=dagster_run_id, launched_by="dagster")
-    return result_summary(train(settings, config, pinned=pinned, pipeline=pipeline, dagster_run_id=dagster_run_id, progress_bar=False, launched_by="dagster"))
+    return result_summary(
+        train(
+            settings,
+            config,
+            pinned=pinned,
+            pipeline=pipeline,
+            dagster_run_id=dagster_run_id,
+            progress_bar=False,
+            launched_by="dagster",
+        )
+    )
 
 
 def gate_reference(settings: Settings, pipeline: Pipeline, table: Table) -> PinnedSnapshot | None:
@@ -202,13 +224,19 @@ def gate_reference(settings: Settings, pipeline: Pipeline, table: Table) -> Pinn
     from pipeline.reference import reference_snapshot
 
     client = MlflowClient(settings.tracking_uri)
-    return reference_snapshot(client, settings.catalog_name, table, pipeline.table, pipeline.name, pipeline.config.tracking.registered_model)
+    return reference_snapshot(
+        client, settings.catalog_name, table, pipeline.table, pipeline.name, pipeline.config.tracking.registered_model
+    )
 
 
 PROFILE_SCHEMA = TableSchema(
     columns=[
         TableColumn("feature", "string"),
-        TableColumn("psi", "float", description="population stability index against the reference snapshot (the champion's, else the last model's)"),
+        TableColumn(
+            "psi",
+            "float",
+            description="population stability index against the reference snapshot (the champion's, else the last model's)",
+        ),
         TableColumn("mean", "float"),
         TableColumn("reference_mean", "float", description="the feature's mean in the reference snapshot"),
         TableColumn("nulls", "int"),
@@ -225,7 +253,18 @@ def _profile_table(quality: QualityReport) -> MetadataValue:
         profile, before = quality.profiles[name], quality.reference_profiles.get(name)
         psi = round(quality.drift[name], 4) if name in quality.drift else None
         reference_mean = round(before.mean, 6) if before is not None else None
-        records.append(TableRecord({"feature": name, "psi": psi, "mean": round(profile.mean, 6), "reference_mean": reference_mean, "nulls": profile.nulls, "nans": profile.nans}))
+        records.append(
+            TableRecord(
+                {
+                    "feature": name,
+                    "psi": psi,
+                    "mean": round(profile.mean, 6),
+                    "reference_mean": reference_mean,
+                    "nulls": profile.nulls,
+                    "nans": profile.nans,
+                }
+            )
+        )
     return MetadataValue.table(records, schema=PROFILE_SCHEMA)
 
 

@@ -29,27 +29,42 @@ def trainable_check(pipeline: Pipeline) -> AssetChecksDefinition:
     reported with severity WARN and do not block.
     """
 
-    @asset_check(asset=training_data_key(pipeline), name="is_trainable", blocking=True, description=trainable_check.__doc__.splitlines()[0])
+    @asset_check(
+        asset=training_data_key(pipeline),
+        name="is_trainable",
+        blocking=True,
+        description=trainable_check.__doc__.splitlines()[0],
+    )
     def is_trainable(training_data: TrainingData) -> Iterator[AssetCheckResult]:
         report = training_data.report
         if report is None:
-            yield from judged("is_trainable", AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, description="not checked: the schema contract failed"))
+            yield from judged(
+                "is_trainable",
+                AssetCheckResult(
+                    passed=False,
+                    severity=AssetCheckSeverity.ERROR,
+                    description="not checked: the schema contract failed",
+                ),
+            )
             return
-        yield from judged("is_trainable", AssetCheckResult(
-            passed=report.passed and not report.warnings,
-            severity=AssetCheckSeverity.ERROR if report.errors else AssetCheckSeverity.WARN,
-            description=report.describe(),
-            metadata={
-                "snapshot_id": str(report.snapshot_id),
-                "row_count": report.row_count,
-                "null_labels": report.null_labels,
-                "nan_labels": report.nan_labels,
-                "label_counts": MetadataValue.json(report.class_counts or {}),
-                "declared_classes": ", ".join(report.declared_classes or ()),
-                "errors": "; ".join(p.message for p in report.errors),
-                "warnings": "; ".join(report.warnings),
-            },
-        ))
+        yield from judged(
+            "is_trainable",
+            AssetCheckResult(
+                passed=report.passed and not report.warnings,
+                severity=AssetCheckSeverity.ERROR if report.errors else AssetCheckSeverity.WARN,
+                description=report.describe(),
+                metadata={
+                    "snapshot_id": str(report.snapshot_id),
+                    "row_count": report.row_count,
+                    "null_labels": report.null_labels,
+                    "nan_labels": report.nan_labels,
+                    "label_counts": MetadataValue.json(report.class_counts or {}),
+                    "declared_classes": ", ".join(report.declared_classes or ()),
+                    "errors": "; ".join(p.message for p in report.errors),
+                    "warnings": "; ".join(report.warnings),
+                },
+            ),
+        )
 
     return is_trainable
 
@@ -68,41 +83,70 @@ def quality_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
     def verdict(quality: QualityReport, name: str) -> GateResult:
         return next(g for g in judge(quality, gates.max_psi, gates.max_null_fraction) if g.name == name)
 
-    @asset_check(asset=key, name="schema_contract", blocking=True, description="Declared features keep their field ids, names and types since the reference snapshot.")
+    @asset_check(
+        asset=key,
+        name="schema_contract",
+        blocking=True,
+        description="Declared features keep their field ids, names and types since the reference snapshot.",
+    )
     def schema_contract(training_data: TrainingData) -> Iterator[AssetCheckResult]:
         quality, gate = training_data.quality, verdict(training_data.quality, "schema_contract")
-        yield from judged(gate.name, AssetCheckResult(
-            passed=gate.passed,
-            description=gate.description,
-            metadata={"reference_snapshot_id": str(quality.reference_snapshot or ""), "changes": "; ".join(quality.contract)},
-        ))
+        yield from judged(
+            gate.name,
+            AssetCheckResult(
+                passed=gate.passed,
+                description=gate.description,
+                metadata={
+                    "reference_snapshot_id": str(quality.reference_snapshot or ""),
+                    "changes": "; ".join(quality.contract),
+                },
+            ),
+        )
 
-    @asset_check(asset=key, name="features_complete", blocking=True, description="No feature has more null or NaN values than gates.max_null_fraction.")
+    @asset_check(
+        asset=key,
+        name="features_complete",
+        blocking=True,
+        description="No feature has more null or NaN values than gates.max_null_fraction.",
+    )
     def features_complete(training_data: TrainingData) -> Iterator[AssetCheckResult]:
         quality, gate = training_data.quality, verdict(training_data.quality, "features_complete")
-        yield from judged(gate.name, AssetCheckResult(
-            passed=gate.passed,
-            description=gate.description,
-            metadata={
-                "nulls": MetadataValue.json({n: p.nulls for n, p in quality.profiles.items()}),
-                "nans": MetadataValue.json({n: p.nans for n, p in quality.profiles.items()}),
-                "worst_null_fraction": MetadataValue.float(quality.worst_null_fraction()),
-                "max_null_fraction": MetadataValue.text(f"{gates.max_null_fraction:g}"),
-            },
-        ))
+        yield from judged(
+            gate.name,
+            AssetCheckResult(
+                passed=gate.passed,
+                description=gate.description,
+                metadata={
+                    "nulls": MetadataValue.json({n: p.nulls for n, p in quality.profiles.items()}),
+                    "nans": MetadataValue.json({n: p.nans for n, p in quality.profiles.items()}),
+                    "worst_null_fraction": MetadataValue.float(quality.worst_null_fraction()),
+                    "max_null_fraction": MetadataValue.text(f"{gates.max_null_fraction:g}"),
+                },
+            ),
+        )
 
-    @asset_check(asset=key, name="no_drift", blocking=True, description="No feature's PSI against the reference (champion's) snapshot exceeds gates.max_psi.")
+    @asset_check(
+        asset=key,
+        name="no_drift",
+        blocking=True,
+        description="No feature's PSI against the reference (champion's) snapshot exceeds gates.max_psi.",
+    )
     def no_drift(training_data: TrainingData) -> Iterator[AssetCheckResult]:
         quality, gate = training_data.quality, verdict(training_data.quality, "no_drift")
-        yield from judged(gate.name, AssetCheckResult(
-            passed=gate.passed,
-            description=gate.description,
-            metadata={
-                "reference_snapshot_id": str(quality.reference_snapshot or ""),
-                "psi": MetadataValue.json({n: round(v, 4) for n, v in sorted(quality.drift.items(), key=lambda item: -item[1])}),
-                "worst_psi": MetadataValue.float(max(quality.drift.values(), default=0.0)),
-                "max_psi": MetadataValue.text(f"{gates.max_psi:g}"),
-            },
-        ))
+        yield from judged(
+            gate.name,
+            AssetCheckResult(
+                passed=gate.passed,
+                description=gate.description,
+                metadata={
+                    "reference_snapshot_id": str(quality.reference_snapshot or ""),
+                    "psi": MetadataValue.json(
+                        {n: round(v, 4) for n, v in sorted(quality.drift.items(), key=lambda item: -item[1])}
+                    ),
+                    "worst_psi": MetadataValue.float(max(quality.drift.values(), default=0.0)),
+                    "max_psi": MetadataValue.text(f"{gates.max_psi:g}"),
+                },
+            ),
+        )
 
     return [schema_contract, features_complete, no_drift]

@@ -16,7 +16,9 @@ class PinConfig(Config):
     snapshot_id: str | None = Field(default=None, description="Snapshot id, as a string (ids exceed 2^53).")
     ref: str | None = Field(default=None, description="Tag or branch name.")
     as_of: str | None = Field(default=None, description="ISO 8601 time or epoch milliseconds.")
-    overrides: list[str] = Field(default_factory=list, description="Config overrides, e.g. ['optim.epochs=3', 'data.filter=label < 5'].")
+    overrides: list[str] = Field(
+        default_factory=list, description="Config overrides, e.g. ['optim.epochs=3', 'data.filter=label < 5']."
+    )
 
     def apply(self, config: PipelineConfig) -> PipelineConfig:
         """The pipeline's config with this run's snapshot choice and overrides.

@@ -10,7 +10,17 @@
 The pipelines themselves are declared in ``icetrain.yaml`` like any other.
 """
 
-from dagster import AssetExecutionContext, AssetSelection, BackfillPolicy, Config, DailyPartitionsDefinition, Definitions, MaterializeResult, asset, define_asset_job
+from dagster import (
+    AssetExecutionContext,
+    AssetSelection,
+    BackfillPolicy,
+    Config,
+    DailyPartitionsDefinition,
+    Definitions,
+    MaterializeResult,
+    asset,
+    define_asset_job,
+)
 from pydantic import Field
 
 from assets.keys import table_key
@@ -25,7 +35,12 @@ TRANSACTIONS_START = "2026-11-01"
 daily = DailyPartitionsDefinition(start_date=TRANSACTIONS_START)
 
 
-@asset(key=table_key(DIGITS_TABLE), group_name="demo", kinds={"iceberg"}, description="scikit-learn's digits in an Iceberg table, written in three appends.")
+@asset(
+    key=table_key(DIGITS_TABLE),
+    group_name="demo",
+    kinds={"iceberg"},
+    description="scikit-learn's digits in an Iceberg table, written in three appends.",
+)
 def digits_table(context: AssetExecutionContext, iceberg: IcebergResource) -> MaterializeResult:
     with user_errors_as_failures():
         catalog = iceberg.catalog()
@@ -47,7 +62,9 @@ class TransactionsConfig(Config):
     """How much data a day holds, and from which day the distributions drift."""
 
     rows_per_day: int = Field(default=2000, ge=1, le=50_000_000)
-    drift_from: str | None = Field(default=None, description="ISO date from which amounts, velocities and foreign share shift.")
+    drift_from: str | None = Field(
+        default=None, description="ISO date from which amounts, velocities and foreign share shift."
+    )
 
 
 @asset(
@@ -58,7 +75,9 @@ class TransactionsConfig(Config):
     kinds={"iceberg"},
     description="Fraud-shaped card transactions, one append per day (pipeline.transactions documents the hidden label function).",
 )
-def transactions_table(context: AssetExecutionContext, config: TransactionsConfig, iceberg: IcebergResource) -> MaterializeResult:
+def transactions_table(
+    context: AssetExecutionContext, config: TransactionsConfig, iceberg: IcebergResource
+) -> MaterializeResult:
     """One append per day of the run's partitions, in date order; a day already in the table is skipped.
 
     A backfill runs its whole date range in one run (``BackfillPolicy.single_run``), which is
@@ -68,14 +87,20 @@ def transactions_table(context: AssetExecutionContext, config: TransactionsConfi
     drift_from = day_of(config.drift_from) if config.drift_from else None
     with user_errors_as_failures():
         catalog = iceberg.catalog()
-        written = {day: ingest_day(catalog, day, config.rows_per_day, drift_from=drift_from, run_id=context.run_id) for day in sorted(days)}
+        written = {
+            day: ingest_day(catalog, day, config.rows_per_day, drift_from=drift_from, run_id=context.run_id)
+            for day in sorted(days)
+        }
         current = load_table(catalog, TRANSACTIONS_TABLE).current_snapshot()
     new_days = [day for day, snapshot_id in written.items() if snapshot_id is not None]
     context.log.info(f"appended {len(new_days)} of {len(days)} days to {TRANSACTIONS_TABLE}")
     return MaterializeResult(
         metadata={
             "days": ", ".join(day.isoformat() for day in sorted(days)),
-            "snapshot_ids": ", ".join(f"{day.isoformat()}: {written[day] if written[day] is not None else 'already written'}" for day in sorted(days)),
+            "snapshot_ids": ", ".join(
+                f"{day.isoformat()}: {written[day] if written[day] is not None else 'already written'}"
+                for day in sorted(days)
+            ),
             "current_snapshot_id": str(current.snapshot_id) if current else "",
             "rows_written": config.rows_per_day * len(new_days),
             "total_rows": total_rows(current) if current else 0,
@@ -83,7 +108,12 @@ def transactions_table(context: AssetExecutionContext, config: TransactionsConfi
     )
 
 
-transactions_job = define_asset_job("transactions_ingest", selection=AssetSelection.assets(transactions_table), partitions_def=daily, description="Append one day of transactions per partition.")
+transactions_job = define_asset_job(
+    "transactions_ingest",
+    selection=AssetSelection.assets(transactions_table),
+    partitions_def=daily,
+    description="Append one day of transactions per partition.",
+)
 
 demo_job = define_asset_job(
     "demo_job",

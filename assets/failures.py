@@ -1,6 +1,5 @@
 """Turning icetrain's user errors into Dagster failures with a one-line description."""
 
-
 from collections.abc import Iterator
 from contextlib import contextmanager
 

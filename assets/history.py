@@ -36,9 +36,13 @@ def trained_in_run(instance: DagsterInstance, pipeline: Pipeline, run_id: str) -
     Two runs of a pipeline may overlap (a sensor's and a backfill's): a step that works on "the
     newest" model could pick up the other run's; this never does.
     """
-    records = instance.get_records_for_run(run_id=run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION, limit=1000).records
+    records = instance.get_records_for_run(
+        run_id=run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION, limit=1000
+    ).records
     key = trained_model_key(pipeline)
-    ours = [r.event_log_entry.asset_materialization for r in records if r.event_log_entry.asset_materialization is not None]
+    ours = [
+        r.event_log_entry.asset_materialization for r in records if r.event_log_entry.asset_materialization is not None
+    ]
     ours = [m for m in ours if m.asset_key == key]
     return _training(ours[-1]) if ours else None
 

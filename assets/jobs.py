@@ -14,6 +14,10 @@ def job_name(pipeline: Pipeline) -> str:
 def train_job(pipeline: Pipeline) -> UnresolvedAssetJobDefinition:
     return define_asset_job(
         job_name(pipeline),
-        selection=AssetSelection.assets(training_data_key(pipeline), trained_model_key(pipeline), *([evaluation_key(pipeline)] if pipeline.config.tracking.registered_model else [])),
+        selection=AssetSelection.assets(
+            training_data_key(pipeline),
+            trained_model_key(pipeline),
+            *([evaluation_key(pipeline)] if pipeline.config.tracking.registered_model else []),
+        ),
         description=f"Pin a snapshot of {pipeline.table}, check it, and train pipeline {pipeline.name!r}.",
     )

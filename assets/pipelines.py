@@ -42,7 +42,11 @@ def project_definitions(project: Project, extra: Sequence[Definitions] = ()) -> 
             produced.update(item.keys if isinstance(item, AssetsDefinition) else [getattr(item, "key", None)])
     tables = sorted({pipeline.table for pipeline in project.pipelines.values()})
     external = [
-        AssetSpec(table_key(table), kinds={"iceberg"}, description=f"Iceberg table {table}, written outside this code location.")
+        AssetSpec(
+            table_key(table),
+            kinds={"iceberg"},
+            description=f"Iceberg table {table}, written outside this code location.",
+        )
         for table in tables
         if table_key(table) not in produced
     ]

@@ -4,7 +4,6 @@ Both default to the environment (``ICETRAIN_HOME``, ``ICETRAIN_CATALOG``, PyIceb
 configuration, ``MLFLOW_TRACKING_URI``), read when a run starts, not at import.
 """
 
-
 from dagster import ConfigurableResource
 from pyiceberg.catalog import Catalog
 

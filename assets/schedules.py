@@ -1,6 +1,14 @@
 """A pipeline's scheduled retraining (stopped unless ``retrain.schedule_on``; start it in the UI)."""
 
-from dagster import DefaultScheduleStatus, RunConfig, RunRequest, ScheduleDefinition, ScheduleEvaluationContext, SkipReason, schedule
+from dagster import (
+    DefaultScheduleStatus,
+    RunConfig,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SkipReason,
+    schedule,
+)
 
 from assets.assets import code_version
 from assets.keys import training_data_key
@@ -37,7 +45,9 @@ def retrain_schedule(pipeline: Pipeline, job: UnresolvedAssetJobDefinition) -> S
         seen = str(current.snapshot_id)
         last = last_training(context.instance, pipeline)
         if last is not None and last.snapshot_id == seen and last.code_version == version:
-            return SkipReason(f"the last model (MLflow run {last.mlflow_run_id}) already trained on snapshot {seen} of {table_name} with code version {version}")
+            return SkipReason(
+                f"the last model (MLflow run {last.mlflow_run_id}) already trained on snapshot {seen} of {table_name} with code version {version}"
+            )
         return RunRequest(
             run_key=f"{seen}:{version}",
             run_config=RunConfig(ops={op_name: PinConfig(snapshot_id=seen)}),

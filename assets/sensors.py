@@ -1,6 +1,14 @@
 """Retrain a pipeline when its table gets a new snapshot with enough new rows, pinned to that snapshot's id."""
 
-from dagster import DefaultSensorStatus, RunConfig, RunRequest, SensorDefinition, SensorEvaluationContext, SkipReason, sensor
+from dagster import (
+    DefaultSensorStatus,
+    RunConfig,
+    RunRequest,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SkipReason,
+    sensor,
+)
 
 import json
 from dataclasses import dataclass
@@ -82,7 +90,9 @@ def new_snapshot_sensor(pipeline: Pipeline, job: UnresolvedAssetJobDefinition) -
         seen = str(current.snapshot_id)
         if cursor is None and not retrain.train_on_first_snapshot:
             context.update_cursor(SensorCursor(seen, seen).write())
-            return SkipReason(f"started: recorded snapshot {seen} of {table_name} as seen; the next new snapshot retrains (retrain.train_on_first_snapshot: true trains on this one)")
+            return SkipReason(
+                f"started: recorded snapshot {seen} of {table_name} as seen; the next new snapshot retrains (retrain.train_on_first_snapshot: true trains on this one)"
+            )
         if cursor is not None and cursor.seen == seen:
             return SkipReason(f"no new snapshot of {table_name} since {seen}")
         last = last_training(context.instance, pipeline)
@@ -93,12 +103,18 @@ def new_snapshot_sensor(pipeline: Pipeline, job: UnresolvedAssetJobDefinition) -
         added = _rows_added(table, base, current) if base else None
         if added is not None and added < retrain.min_new_rows:
             context.update_cursor(SensorCursor(seen, base).write())
-            return SkipReason(f"snapshot {seen} adds {added} rows since snapshot {base} of the last trained model, fewer than retrain.min_new_rows={retrain.min_new_rows}")
+            return SkipReason(
+                f"snapshot {seen} adds {added} rows since snapshot {base} of the last trained model, fewer than retrain.min_new_rows={retrain.min_new_rows}"
+            )
         context.update_cursor(SensorCursor(seen, seen).write())
         return RunRequest(
             run_key=seen,
             run_config=RunConfig(ops={op_name: PinConfig(snapshot_id=seen)}),
-            tags={"icetrain/snapshot_id": seen, "icetrain/pipeline": pipeline.name, "icetrain/rows_added": "" if added is None else str(added)},
+            tags={
+                "icetrain/snapshot_id": seen,
+                "icetrain/pipeline": pipeline.name,
+                "icetrain/rows_added": "" if added is None else str(added),
+            },
         )
 
     return new_snapshot

@@ -33,7 +33,12 @@ BATCH = 1024
 BLOCK_ROWS = 65536
 ROW_GROUP_ROWS = 65536
 FEATURES = [f"f{i}" for i in range(32)]
-TABLES = {"tabular": "bench.tabular", "images": "bench.images", "images_list": "bench.images_list", "tabular_20m": "bench.tabular_20m"}
+TABLES = {
+    "tabular": "bench.tabular",
+    "images": "bench.images",
+    "images_list": "bench.images_list",
+    "tabular_20m": "bench.tabular_20m",
+}
 
 
 # ---------------------------------------------------------------- building the tables
@@ -55,11 +60,25 @@ def build_tables(warehouse: Path, rows: int) -> None:
     for part in range(8):
         pixels = rng.integers(0, 256, (per_image_append, 784), dtype=np.uint8)
         labels = pa.array(rng.integers(0, 10, per_image_append), pa.int64())
-        raw = pa.FixedSizeBinaryArray.from_buffers(pa.binary(784), per_image_append, [None, pa.py_buffer(pixels.tobytes())])
+        raw = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(784), per_image_append, [None, pa.py_buffer(pixels.tobytes())]
+        )
         as_list = pa.FixedSizeListArray.from_arrays(pa.array(pixels.reshape(-1)), 784)
         properties = {**layout, **image_properties("pixels", shape=(1, 28, 28), max_value=255)}
-        append_arrow(catalog, TABLES["images"], pa.table({"pixels": raw, "label": labels}), source="bench", table_properties=properties)
-        append_arrow(catalog, TABLES["images_list"], pa.table({"pixels": as_list, "label": labels}), source="bench", table_properties=properties)
+        append_arrow(
+            catalog,
+            TABLES["images"],
+            pa.table({"pixels": raw, "label": labels}),
+            source="bench",
+            table_properties=properties,
+        )
+        append_arrow(
+            catalog,
+            TABLES["images_list"],
+            pa.table({"pixels": as_list, "label": labels}),
+            source="bench",
+            table_properties=properties,
+        )
 
 
 def build_tabular(catalog, identifier: str, rows: int, seed: int) -> None:
@@ -76,7 +95,9 @@ def build_tabular(catalog, identifier: str, rows: int, seed: int) -> None:
         columns["label"] = np.argmax(features[:, :10], axis=1).astype(np.int64)
         columns["id"] = np.arange(part * per_append, (part + 1) * per_append, dtype=np.int64)
         layout = {"write.parquet.row-group-limit": str(ROW_GROUP_ROWS)}
-        append_arrow(catalog, identifier, pa.table(columns), source="bench", table_properties=layout, identifier_fields=())
+        append_arrow(
+            catalog, identifier, pa.table(columns), source="bench", table_properties=layout, identifier_fields=()
+        )
 
 
 def _catalog(warehouse: Path):
@@ -181,17 +202,45 @@ def batch_reader(table, kind: str) -> Iterator:
         yield from _slices(*_to_features(batch, kind))
 
 
-def icetrain(table, kind: str, shuffle: bool, workers: int = 0, sql: str | None = None, row_filter: str | None = None, classes=None, threads: int = 2) -> Iterator:
+def icetrain(
+    table,
+    kind: str,
+    shuffle: bool,
+    workers: int = 0,
+    sql: str | None = None,
+    row_filter: str | None = None,
+    classes=None,
+    threads: int = 2,
+) -> Iterator:
     yield from _loader(table, kind, shuffle, workers, sql, row_filter, classes, threads)
 
 
-def _loader(table, kind: str, shuffle: bool, workers: int = 0, sql: str | None = None, row_filter: str | None = None, classes=None, threads: int = 2, cache: str | None = None):
+def _loader(
+    table,
+    kind: str,
+    shuffle: bool,
+    workers: int = 0,
+    sql: str | None = None,
+    row_filter: str | None = None,
+    classes=None,
+    threads: int = 2,
+    cache: str | None = None,
+):
     from pipeline.specs import LoaderConfig
     from pipeline.reading import open_loader
 
     spec = _spec(kind, sql=sql, row_filter=row_filter, classes=classes)
-    caching = {"cache_dir": cache, "cache_mb": 16384} if cache else {"cache_mb": 0}  # rows measure decoding unless they say
-    config = LoaderConfig(batch_size=BATCH, shuffle=shuffle, num_workers=workers, decode_threads=threads, block_rows=BLOCK_ROWS if kind == "tabular" else None, **caching)
+    caching = (
+        {"cache_dir": cache, "cache_mb": 16384} if cache else {"cache_mb": 0}
+    )  # rows measure decoding unless they say
+    config = LoaderConfig(
+        batch_size=BATCH,
+        shuffle=shuffle,
+        num_workers=workers,
+        decode_threads=threads,
+        block_rows=BLOCK_ROWS if kind == "tabular" else None,
+        **caching,
+    )
     return open_loader(table, _pinned(table), spec, config)
 
 
@@ -220,7 +269,10 @@ def decode_only(table, kind: str, threads: int) -> Iterator:
     loader = _loader(table, kind, shuffle=False)
     groups = loader.source.plan.row_groups
     with ThreadPoolExecutor(threads) as pool:
-        yield from pool.map(lambda unit: piece_tensors(loader.source, loader.layout, loader.vocabulary, unit, 0, groups[unit].num_rows), range(len(groups)))
+        yield from pool.map(
+            lambda unit: piece_tensors(loader.source, loader.layout, loader.vocabulary, unit, 0, groups[unit].num_rows),
+            range(len(groups)),
+        )
 
 
 def training(table, kind: str, device: str = "cpu", model: str = "default", max_rows: int | None = None) -> Iterator:
@@ -269,12 +321,24 @@ def _large_cnn(channels: int, classes: int):
         return nn.Sequential(nn.Conv2d(into, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
                              nn.Conv2d(out, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True))  # fmt: skip
 
-    return nn.Sequential(block(channels, 64), nn.MaxPool2d(2), block(64, 128), nn.MaxPool2d(2), block(128, 256), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, classes))
+    return nn.Sequential(
+        block(channels, 64),
+        nn.MaxPool2d(2),
+        block(64, 128),
+        nn.MaxPool2d(2),
+        block(128, 256),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(256, classes),
+    )
 
 
 SQL = "select " + ", ".join(FEATURES) + ", label from snapshot where id % 10 <> 0"
 CLASSES = tuple(str(c) for c in range(10))
-TRAIN_ROWS = {"tabular": 1_000_000, "images": 20_000}  # rows per training row (a part of an epoch: rows/s is the measure)
+TRAIN_ROWS = {
+    "tabular": 1_000_000,
+    "images": 20_000,
+}  # rows per training row (a part of an epoch: rows/s is the measure)
 
 # Each reader gets the loaded table: connecting to the catalog is not the reader's cost.
 ROWS: dict[str, tuple[str, Callable[..., Iterator]]] = {
@@ -359,7 +423,9 @@ def measure(name: str, warehouse: Path, rows: int, sample_memory: bool = False) 
     if name == SCALE_ROW:
         result["rss_budget_mb"] = rss_after_imports + BLOCK_ROWS * (32 * 4 + 8) / 2**20 + 300
     if name == "icetrain_filtered" or name == "icetrain":
-        result["bytes_planned"] = _bytes_planned(warehouse, "id < {}".format(rows // 4) if name == "icetrain_filtered" else None)
+        result["bytes_planned"] = _bytes_planned(
+            warehouse, "id < {}".format(rows // 4) if name == "icetrain_filtered" else None
+        )
     return result
 
 
@@ -415,13 +481,17 @@ class _GpuUtilisation:
         import shutil
 
         command = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"]
-        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True) if shutil.which("nvidia-smi") else None
+        self._process = (
+            subprocess.Popen(command, stdout=subprocess.PIPE, text=True) if shutil.which("nvidia-smi") else None
+        )
 
     def stop(self) -> float | None:
         if self._process is None:
             return None
         self._process.terminate()
-        samples = [float(line) for line in self._process.communicate()[0].split() if line.strip().replace(".", "").isdigit()]
+        samples = [
+            float(line) for line in self._process.communicate()[0].split() if line.strip().replace(".", "").isdigit()
+        ]
         return sum(samples) / len(samples) if samples else None
 
 
@@ -454,18 +524,32 @@ def _peak_rss_mb() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=4_000_000, help="rows of the tabular table (images: rows / 20)")
-    parser.add_argument("--scale-rows", type=int, default=20_000_000, help=f"rows of the table for the {SCALE_ROW} row (0: leave the row out)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda adds the GPU rows (skipped with the reason where CUDA is missing)")
+    parser.add_argument(
+        "--scale-rows",
+        type=int,
+        default=20_000_000,
+        help=f"rows of the table for the {SCALE_ROW} row (0: leave the row out)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda adds the GPU rows (skipped with the reason where CUDA is missing)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--only", nargs="*", help="measure only these rows")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per row; the fastest is reported (this machine is noisy)")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="runs per row; the fastest is reported (this machine is noisy)"
+    )
     parser.add_argument("--row", help=argparse.SUPPRESS)
     parser.add_argument("--sample-memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--reprint", type=Path, help="print the table of a saved results.json again")
     parser.add_argument("--warehouse", type=Path, help="keep (or reuse) the benchmark tables in this folder")
     args = parser.parse_args()
     if args.reprint:
-        report([row for row in json.loads(args.reprint.read_text()) if row.get("table")], None)  # planning rows have their own script
+        report(
+            [row for row in json.loads(args.reprint.read_text()) if row.get("table")], None
+        )  # planning rows have their own script
         return
     if args.row:
         print(json.dumps(measure(args.row, args.warehouse, args.rows, args.sample_memory)))
@@ -477,14 +561,20 @@ def main() -> None:
         if torch.cuda.is_available():
             names += list(CUDA_ROWS)
         else:
-            print(f"skipped {', '.join(CUDA_ROWS)}: no CUDA device here (torch {torch.__version__}, torch.cuda.is_available() is False)", flush=True)
+            print(
+                f"skipped {', '.join(CUDA_ROWS)}: no CUDA device here (torch {torch.__version__}, torch.cuda.is_available() is False)",
+                flush=True,
+            )
     with tempfile.TemporaryDirectory(prefix="icetrain-bench-") as folder:
         warehouse = args.warehouse or Path(folder)
         if not (warehouse / "catalog.db").exists():
             started = time.perf_counter()
             warehouse.mkdir(parents=True, exist_ok=True)
             build_tables(warehouse, args.rows)
-            print(f"built tables ({args.rows:,} tabular rows, {max(args.rows // 20, 8):,} images) in {time.perf_counter() - started:.0f}s", flush=True)
+            print(
+                f"built tables ({args.rows:,} tabular rows, {max(args.rows // 20, 8):,} images) in {time.perf_counter() - started:.0f}s",
+                flush=True,
+            )
         if SCALE_ROW in names and not _catalog(warehouse).table_exists(TABLES["tabular_20m"]):
             started = time.perf_counter()
             build_tabular(_catalog(warehouse), TABLES["tabular_20m"], args.scale_rows, seed=1)
@@ -514,7 +604,9 @@ def main() -> None:
 
 
 def report(results: list[dict], out: Path | None) -> None:
-    limits = {r["table"]: r["rows_per_s"] for r in results if r["name"].startswith("limit") and "shuffled" not in r["name"]}
+    limits = {
+        r["table"]: r["rows_per_s"] for r in results if r["name"].startswith("limit") and "shuffled" not in r["name"]
+    }
     for r in results:
         r["ratio_to_limit"] = r["rows_per_s"] / limits[r["table"]] if r["table"] in limits else None
     by_name = {r["name"]: r for r in results}
@@ -523,7 +615,9 @@ def report(results: list[dict], out: Path | None) -> None:
     for r in results:
         ratio = f"{r['ratio_to_limit']:.2f}" if r["ratio_to_limit"] is not None else "-"
         tree = f"{r['peak_tree_pss_mb']:.0f}" if r.get("peak_tree_pss_mb") else "-"
-        print(f"{r['name']:<30}{r['table']:<13}{r['rows_per_s'] / 1e6:>10.3f} M{ratio:>8}{r['ttfb_s']:>9.3f}{r['peak_rss_mb']:>13.0f}{tree:>13}")
+        print(
+            f"{r['name']:<30}{r['table']:<13}{r['rows_per_s'] / 1e6:>10.3f} M{ratio:>8}{r['ttfb_s']:>9.3f}{r['peak_rss_mb']:>13.0f}{tree:>13}"
+        )
     print()
     checks = []
 
@@ -534,12 +628,16 @@ def report(results: list[dict], out: Path | None) -> None:
     ratio("icetrain unshuffled >= 0.9 x limit", "icetrain", "limit", 0.9)
     if {"icetrain_shuffled_w0", "limit_shuffled"} <= set(by_name):
         best = max(by_name[n]["rows_per_s"] for n in ("icetrain_shuffled_w0", "icetrain_shuffled_w2") if n in by_name)
-        checks.append(("icetrain shuffled (best) >= 0.9 x shuffled limit", best / by_name["limit_shuffled"]["rows_per_s"], 0.9))
+        checks.append(
+            ("icetrain shuffled (best) >= 0.9 x shuffled limit", best / by_name["limit_shuffled"]["rows_per_s"], 0.9)
+        )
     ratio("icetrain shuffled >= 10 x naive shuffled", "icetrain_shuffled_w0", "naive", 10)
     ratio("2 workers >= 0.95 x in-process (shuffled)", "icetrain_shuffled_w2", "icetrain_shuffled_w0", 0.95)
     ratio("decoding: 2 threads >= 1.6 x 1 thread", "decode_t2", "decode_t1", 1.6)
     ratio("cached epoch >= 3 x the decode limit", "icetrain_shuffled_cached", "limit", 3)
-    ratio("epoch that fills the cache >= 0.8 x one without", "icetrain_shuffled_cache_fill", "icetrain_shuffled_w0", 0.8)
+    ratio(
+        "epoch that fills the cache >= 0.8 x one without", "icetrain_shuffled_cache_fill", "icetrain_shuffled_w0", 0.8
+    )
     ratio("SQL transform (declared classes) >= 0.7 x plain", "icetrain_sql", "icetrain", 0.7)
     ratio(f"{SCALE_ROW} rows/s >= 0.9 x the 4 M-row table's", SCALE_ROW, "icetrain_shuffled_w0", 0.9)
     for label, value, target in checks:
@@ -549,23 +647,37 @@ def report(results: list[dict], out: Path | None) -> None:
         buffer_mb = BLOCK_ROWS * (32 * 4 + 8) / 2**20
         bound = r["rss_after_imports_mb"] + buffer_mb + 300
         verdict = "ok" if r["peak_rss_mb"] <= bound else "MISSED"
-        print(f"{'icetrain shuffled peak RSS <= imports + buffer + 300 MB':<56} {r['peak_rss_mb']:6.0f} <= {bound:.0f} MB  {verdict}")
+        print(
+            f"{'icetrain shuffled peak RSS <= imports + buffer + 300 MB':<56} {r['peak_rss_mb']:6.0f} <= {bound:.0f} MB  {verdict}"
+        )
         ttfb = max(by_name[n]["ttfb_s"] for n in by_name if n.startswith("icetrain") and "sql" not in n)
-        print(f"{'icetrain time to first batch (worst, no SQL) < 0.5 s':<56} {ttfb:6.3f}  {'ok' if ttfb < 0.5 else 'MISSED'}")
+        print(
+            f"{'icetrain time to first batch (worst, no SQL) < 0.5 s':<56} {ttfb:6.3f}  {'ok' if ttfb < 0.5 else 'MISSED'}"
+        )
     if {"icetrain_sql_counted", "icetrain"} <= set(by_name):
         value = by_name["icetrain_sql_counted"]["rows_per_s"] / by_name["icetrain"]["rows_per_s"]
         print(f"{'SQL transform without declared classes (counts first)':<56} {value:6.2f}  (no target)")
     for name, note in (("icetrain_sql", "declared classes: streams at once"), ("icetrain_sql_counted", "counts first")):
         if name in by_name:
             value = by_name[name]["ttfb_s"]
-            print(f"{f'{name} time to first batch < 0.5 s ({note})':<56} {value:6.3f}  {'ok' if value < 0.5 else 'MISSED'}")
+            print(
+                f"{f'{name} time to first batch < 0.5 s ({note})':<56} {value:6.3f}  {'ok' if value < 0.5 else 'MISSED'}"
+            )
     if all(by_name.get(n, {}).get("peak_tree_pss_mb") for n in TREE_ROWS):
         w0, w2 = (by_name[n]["peak_tree_pss_mb"] for n in TREE_ROWS)
-        print(f"{'2 workers: tree PSS <= 1.5 x in-process':<56} {w2:6.0f} <= {1.5 * w0:.0f} MB  {'ok' if w2 <= 1.5 * w0 else 'MISSED'}")
+        print(
+            f"{'2 workers: tree PSS <= 1.5 x in-process':<56} {w2:6.0f} <= {1.5 * w0:.0f} MB  {'ok' if w2 <= 1.5 * w0 else 'MISSED'}"
+        )
     if SCALE_ROW in by_name:
         r = by_name[SCALE_ROW]
-        print(f"{SCALE_ROW + ' peak RSS <= imports + buffer + 300 MB':<56} {r['peak_rss_mb']:6.0f} <= {r['rss_budget_mb']:.0f} MB  {'ok' if r['peak_rss_mb'] <= r['rss_budget_mb'] else 'MISSED'}")
-    for train, alone in (("train_mlp", "icetrain_shuffled_w0"), ("train_cnn", "icetrain_shuffled_w0_images"), ("train_cnn_cuda", "gpu_feed_images")):
+        print(
+            f"{SCALE_ROW + ' peak RSS <= imports + buffer + 300 MB':<56} {r['peak_rss_mb']:6.0f} <= {r['rss_budget_mb']:.0f} MB  {'ok' if r['peak_rss_mb'] <= r['rss_budget_mb'] else 'MISSED'}"
+        )
+    for train, alone in (
+        ("train_mlp", "icetrain_shuffled_w0"),
+        ("train_cnn", "icetrain_shuffled_w0_images"),
+        ("train_cnn_cuda", "gpu_feed_images"),
+    ):
         if {train, alone} <= set(by_name):
             share = by_name[train]["rows_per_s"] / by_name[alone]["rows_per_s"]
             print(f"{f'{train}: the loader takes this share of a step':<56} {share:6.1%}")
@@ -578,8 +690,27 @@ def report(results: list[dict], out: Path | None) -> None:
     if out is not None:
         from planning_bench import merge_results
 
-        keys = ("name", "rows_per_s", "ratio_to_limit", "ttfb_s", "peak_rss_mb", "table", "rows", "rss_after_imports_mb", "bytes_planned", "peak_tree_pss_mb", "rss_budget_mb", "gpu_utilisation")
-        merge_results(out, [{k: r.get(k) for k in keys if k in r or k in ("name", "rows_per_s", "ttfb_s", "peak_rss_mb")} for r in results])
+        keys = (
+            "name",
+            "rows_per_s",
+            "ratio_to_limit",
+            "ttfb_s",
+            "peak_rss_mb",
+            "table",
+            "rows",
+            "rss_after_imports_mb",
+            "bytes_planned",
+            "peak_tree_pss_mb",
+            "rss_budget_mb",
+            "gpu_utilisation",
+        )
+        merge_results(
+            out,
+            [
+                {k: r.get(k) for k in keys if k in r or k in ("name", "rows_per_s", "ttfb_s", "peak_rss_mb")}
+                for r in results
+            ],
+        )
         print(f"\nwrote {out}")
 
 

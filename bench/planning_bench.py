@@ -42,14 +42,24 @@ def main() -> None:
     from tests.conftest import tabular_rows
 
     folder = Path(tempfile.mkdtemp(prefix="icetrain-plan-"))
-    catalog = connect_catalog("bench", {"type": "sql", "uri": f"sqlite:///{folder / 'catalog.db'}", "warehouse": (folder / "warehouse").as_uri()})
+    catalog = connect_catalog(
+        "bench",
+        {"type": "sql", "uri": f"sqlite:///{folder / 'catalog.db'}", "warehouse": (folder / "warehouse").as_uri()},
+    )
     marks = [n for n in (10, 100, 1000) if n <= args.appends]
     results: list[dict] = []
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
     for n in range(1, args.appends + 1):
-        append_arrow(catalog, "bench.merged", tabular_rows((n - 1) * ROWS_PER_APPEND, ROWS_PER_APPEND), source="bench", identifier_fields=("id",), check=False)
+        append_arrow(
+            catalog,
+            "bench.merged",
+            tabular_rows((n - 1) * ROWS_PER_APPEND, ROWS_PER_APPEND),
+            source="bench",
+            identifier_fields=("id",),
+            check=False,
+        )
         if n in marks:
             timings[f"plan_{n}"] = plan_seconds(catalog, "bench.merged")
     timings["append_s_merged"] = (time.perf_counter() - started) / args.appends
@@ -57,7 +67,15 @@ def main() -> None:
     started = time.perf_counter()
     unmerged = {"commit.manifest-merge.enabled": "false"}
     for n in range(1, args.appends + 1):
-        append_arrow(catalog, "bench.unmerged", tabular_rows((n - 1) * ROWS_PER_APPEND, ROWS_PER_APPEND), source="bench", identifier_fields=("id",), check=False, table_properties=unmerged)
+        append_arrow(
+            catalog,
+            "bench.unmerged",
+            tabular_rows((n - 1) * ROWS_PER_APPEND, ROWS_PER_APPEND),
+            source="bench",
+            identifier_fields=("id",),
+            check=False,
+            table_properties=unmerged,
+        )
     timings["append_s_unmerged"] = (time.perf_counter() - started) / args.appends
     timings[f"plan_{args.appends}_unmerged"] = plan_seconds(catalog, "bench.unmerged")
 
@@ -70,9 +88,15 @@ def main() -> None:
     print(f"{'name':<24} {'plan_s':>8} {'x plan_' + str(marks[0]):>10}")
     for name in [*(f"plan_{n}" for n in marks), f"plan_{args.appends}_unmerged", f"plan_{args.appends}_maintained"]:
         print(f"{name:<24} {timings[name]:>8.4f} {timings[name] / base:>10.2f}")
-        results.append({"name": name, "plan_s": round(timings[name], 5), "rows_per_s": None, "ttfb_s": None, "peak_rss_mb": None})
-    print(f"append_s: {timings['append_s_merged']:.3f} with manifest merging, {timings['append_s_unmerged']:.3f} without")
-    print(f"maintain: {done.files_before} -> {done.files_after} data files, {done.manifests_before} -> {done.manifests_after} manifests in {timings['maintain_s']:.1f}s")
+        results.append(
+            {"name": name, "plan_s": round(timings[name], 5), "rows_per_s": None, "ttfb_s": None, "peak_rss_mb": None}
+        )
+    print(
+        f"append_s: {timings['append_s_merged']:.3f} with manifest merging, {timings['append_s_unmerged']:.3f} without"
+    )
+    print(
+        f"maintain: {done.files_before} -> {done.files_after} data files, {done.manifests_before} -> {done.manifests_after} manifests in {timings['maintain_s']:.1f}s"
+    )
     merge_results(args.out, results)
 
 

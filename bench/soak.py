@@ -80,7 +80,11 @@ def soak(settings, ingests: int, trains: int, rows: int) -> None:
         table = load_table(catalog, "soak.rows")
         plan_s = planning_time(table, settings, prepare_read, resolve_snapshot, SnapshotRequest, ReadSpec)
         started = time.perf_counter()
-        result = train(settings, config_for("soak.rows", f"data.snapshot_id={table.current_snapshot().snapshot_id}", "optim.epochs=1"), progress_bar=False)
+        result = train(
+            settings,
+            config_for("soak.rows", f"data.snapshot_id={table.current_snapshot().snapshot_id}", "optim.epochs=1"),
+            progress_bar=False,
+        )
         train_s = time.perf_counter() - started
         create_tag(load_table(catalog, "soak.rows"), f"soak/run-{len(runs)}", result.pinned.snapshot_id)
         runs.append((result.run_id, result.pinned.snapshot_id, result.row_count))
@@ -102,7 +106,9 @@ def soak(settings, ingests: int, trains: int, rows: int) -> None:
     for run_id, snapshot_id, row_count in runs:
         recorded = client.get_run(run_id).data.tags
         fresh = table.scan(snapshot_id=snapshot_id).to_arrow().num_rows
-        exact += fresh == row_count == int(recorded["icetrain.row_count"]) and recorded["icetrain.snapshot_id"] == str(snapshot_id)
+        exact += fresh == row_count == int(recorded["icetrain.row_count"]) and recorded["icetrain.snapshot_id"] == str(
+            snapshot_id
+        )
     print(f"lineage: {exact} of {len(runs)} runs read back exactly their recorded rows and snapshot after expiry")
 
 

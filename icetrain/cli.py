@@ -28,7 +28,7 @@ TRAIN_FLAGS = (
     ("--snapshot-id", "data.snapshot_id", "train on this snapshot"),
     ("--ref", "data.ref", "train on the snapshot a tag or branch points at"),
     ("--as-of", "data.as_of", "train on the snapshot current at this time (ISO 8601 or epoch ms)"),
-    ("--filter", "data.filter", "row filter, e.g. \"label >= 3 and id < 100\""),
+    ("--filter", "data.filter", 'row filter, e.g. "label >= 3 and id < 100"'),
     ("--features", "data.features", "comma-separated feature columns"),
     ("--label", "data.label", "the label column"),
     ("--sql", "data.sql", "DuckDB query over the pinned rows, as table 'snapshot'"),
@@ -104,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors (before or after the command)")
     # --debug is accepted after the command too; SUPPRESS keeps a later default from undoing an earlier --debug.
     debug_anywhere = OneLineParser(add_help=False)
-    debug_anywhere.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=functools.partial(OneLineParser, parents=[debug_anywhere]))
+    debug_anywhere.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors"
+    )
+    commands = parser.add_subparsers(
+        required=True, metavar="COMMAND", parser_class=functools.partial(OneLineParser, parents=[debug_anywhere])
+    )
 
     demo = commands.add_parser("demo", help="ingest the digits demo table and run the demo's Dagster job")
     demo.set_defaults(handler=cmd_demo)
@@ -113,9 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="append Parquet or CSV files to a table, all in one snapshot (or none)")
     ingest.add_argument("table")
     ingest.add_argument("files", nargs="+")
-    ingest.add_argument("--append-id", help="name this append; re-running with the same id never appends twice (1-128 of letters, digits, - _ . :)")
-    ingest.add_argument("--no-check", action="store_true", help="append even if the data breaks the table's contract (missing columns, NaN/inf, labels outside the classes)")
-    ingest.add_argument("--identifier", help="comma-separated columns that identify a row, set when the first file creates the table (keeps splits stable)")
+    ingest.add_argument(
+        "--append-id",
+        help="name this append; re-running with the same id never appends twice (1-128 of letters, digits, - _ . :)",
+    )
+    ingest.add_argument(
+        "--no-check",
+        action="store_true",
+        help="append even if the data breaks the table's contract (missing columns, NaN/inf, labels outside the classes)",
+    )
+    ingest.add_argument(
+        "--identifier",
+        help="comma-separated columns that identify a row, set when the first file creates the table (keeps splits stable)",
+    )
     ingest.set_defaults(handler=cmd_ingest)
 
     snapshots = commands.add_parser("snapshots", help="list a table's snapshot history")
@@ -131,18 +145,39 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train on one pinned snapshot and record it in MLflow")
     train.add_argument("--pipeline", help="a pipeline declared in the pipelines file")
     train.add_argument("--config", help="the pipelines file (default: $ICETRAIN_CONFIG or ./icetrain.yaml)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.lr=0.01 (repeatable)",
+    )
     runs = train.add_mutually_exclusive_group()
-    runs.add_argument("--from-run", metavar="RUN_ID", help="train again exactly as this MLflow run did: same snapshot, rows, config and model")
-    runs.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint, in the same MLflow run")
+    runs.add_argument(
+        "--from-run",
+        metavar="RUN_ID",
+        help="train again exactly as this MLflow run did: same snapshot, rows, config and model",
+    )
+    runs.add_argument(
+        "--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint, in the same MLflow run"
+    )
     which = train.add_mutually_exclusive_group()
     for flag, path, help_text in TRAIN_FLAGS:
-        (which if path in SNAPSHOT_KEYS else train).add_argument(flag, dest=_dest(flag), metavar=path.rsplit(".", 1)[-1].upper(), help=f"{help_text} ({path})")
+        (which if path in SNAPSHOT_KEYS else train).add_argument(
+            flag, dest=_dest(flag), metavar=path.rsplit(".", 1)[-1].upper(), help=f"{help_text} ({path})"
+        )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--skip-gates", action="store_true", help="train even if the pipeline's quality gates refuse the data (recorded on the run as the tag icetrain.gates)")
+    train.add_argument(
+        "--skip-gates",
+        action="store_true",
+        help="train even if the pipeline's quality gates refuse the data (recorded on the run as the tag icetrain.gates)",
+    )
     train.set_defaults(handler=cmd_train)
 
-    pipelines = commands.add_parser("pipelines", help="list the declared pipelines with their table, current snapshot and last run")
+    pipelines = commands.add_parser(
+        "pipelines", help="list the declared pipelines with their table, current snapshot and last run"
+    )
     pipelines.add_argument("--config", help="the pipelines file (default: $ICETRAIN_CONFIG or ./icetrain.yaml)")
     pipelines.set_defaults(handler=cmd_pipelines)
 
@@ -152,17 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("to_snapshot", metavar="TO", help="snapshot id, tag or branch")
     diff.set_defaults(handler=cmd_diff)
 
-    compare = commands.add_parser("compare", help="runs side by side: snapshot, rows, data changes between them, metrics; a PNG logged to MLflow")
+    compare = commands.add_parser(
+        "compare", help="runs side by side: snapshot, rows, data changes between them, metrics; a PNG logged to MLflow"
+    )
     compare.add_argument("run_ids", nargs="+", metavar="RUN_ID")
     compare.add_argument("--out", help="where to write the PNG (default: compare-<runs>.png here)")
     compare.set_defaults(handler=cmd_compare)
 
-    reproduce = commands.add_parser("reproduce", help="train a run again from its id alone and compare data, metrics and weights")
+    reproduce = commands.add_parser(
+        "reproduce", help="train a run again from its id alone and compare data, metrics and weights"
+    )
     reproduce.add_argument("run_id")
     reproduce.add_argument("--no-progress", action="store_true", help="no progress bar")
     reproduce.set_defaults(handler=cmd_reproduce)
 
-    register = commands.add_parser("register", help="register a run's model and tag its training snapshot so it is never expired")
+    register = commands.add_parser(
+        "register", help="register a run's model and tag its training snapshot so it is never expired"
+    )
     register.add_argument("run_id")
     register.add_argument("--name", required=True, help="registered model name")
     register.set_defaults(handler=cmd_register)
@@ -172,24 +213,43 @@ def build_parser() -> argparse.ArgumentParser:
     unregister.add_argument("version")
     unregister.set_defaults(handler=cmd_unregister)
 
-    expire = commands.add_parser("expire", help="expire old snapshots, never a tagged one (registered models' data stays)")
+    expire = commands.add_parser(
+        "expire", help="expire old snapshots, never a tagged one (registered models' data stays)"
+    )
     expire.add_argument("table")
     expire.add_argument("--older-than", required=True, metavar="DURATION", help="30d, 12h, 45m, 0s")
     expire.set_defaults(handler=cmd_expire)
 
-    doctor = commands.add_parser("doctor", help="list (and with --delete remove) files under a table that nothing references")
+    doctor = commands.add_parser(
+        "doctor", help="list (and with --delete remove) files under a table that nothing references"
+    )
     doctor.add_argument("table")
-    doctor.add_argument("--older-than", default="1d", metavar="DURATION", help="safety window: only files older than this (default 1d; a writer still working keeps its files)")
+    doctor.add_argument(
+        "--older-than",
+        default="1d",
+        metavar="DURATION",
+        help="safety window: only files older than this (default 1d; a writer still working keeps its files)",
+    )
     doctor.add_argument("--delete", action="store_true", help="delete the unreferenced files listed")
     doctor.set_defaults(handler=cmd_doctor)
 
-    maintain = commands.add_parser("maintain", help="merge manifests, compact small files, expire old untagged snapshots")
+    maintain = commands.add_parser(
+        "maintain", help="merge manifests, compact small files, expire old untagged snapshots"
+    )
     maintain.add_argument("table")
-    maintain.add_argument("--target-file-mb", type=int, default=128, help="size of the compacted data files (default 128)")
-    maintain.add_argument("--expire-older-than", metavar="DURATION", help="also expire snapshots older than this (never tagged ones, branch heads or the current one)")
+    maintain.add_argument(
+        "--target-file-mb", type=int, default=128, help="size of the compacted data files (default 128)"
+    )
+    maintain.add_argument(
+        "--expire-older-than",
+        metavar="DURATION",
+        help="also expire snapshots older than this (never tagged ones, branch heads or the current one)",
+    )
     maintain.set_defaults(handler=cmd_maintain)
 
-    services = commands.add_parser("services", help="start or stop PostgreSQL and an MLflow server for ICETRAIN_PROFILE=services")
+    services = commands.add_parser(
+        "services", help="start or stop PostgreSQL and an MLflow server for ICETRAIN_PROFILE=services"
+    )
     services.add_argument("action", choices=["start", "stop", "status"])
     services.set_defaults(handler=cmd_services)
 
@@ -230,14 +290,27 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from pipeline.ingest import append_files, check_append_id, find_append
 
     catalog = open_catalog(Settings.from_env())
-    identifier_fields = tuple(name.strip() for name in args.identifier.split(",") if name.strip()) if args.identifier else ()
+    identifier_fields = (
+        tuple(name.strip() for name in args.identifier.split(",") if name.strip()) if args.identifier else ()
+    )
     if args.append_id is not None:
         earlier = find_append(catalog, args.table, check_append_id(args.append_id))
         if earlier is not None:
-            print(f"append id {args.append_id!r} is already committed to {args.table} as snapshot {earlier}; nothing written")
+            print(
+                f"append id {args.append_id!r} is already committed to {args.table} as snapshot {earlier}; nothing written"
+            )
             return 0
-    snapshot_id = append_files(catalog, args.table, args.files, identifier_fields=identifier_fields, append_id=args.append_id, check=not args.no_check)
-    print(f"snapshot {snapshot_id}: {len(args.files)} file{'s' if len(args.files) > 1 else ''} appended to {args.table} in one commit")
+    snapshot_id = append_files(
+        catalog,
+        args.table,
+        args.files,
+        identifier_fields=identifier_fields,
+        append_id=args.append_id,
+        check=not args.no_check,
+    )
+    print(
+        f"snapshot {snapshot_id}: {len(args.files)} file{'s' if len(args.files) > 1 else ''} appended to {args.table} in one commit"
+    )
     return 0
 
 
@@ -249,7 +322,9 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     rows = [("snapshot_id", "committed_at (UTC)", "operation", "added", "total", "refs", "source")]
     for s in list_snapshots(table):
         when = s.committed_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-        rows.append((str(s.snapshot_id), when, s.operation, str(s.added_rows), str(s.total_rows), ",".join(s.refs), s.source))
+        rows.append(
+            (str(s.snapshot_id), when, s.operation, str(s.added_rows), str(s.total_rows), ",".join(s.refs), s.source)
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -281,7 +356,9 @@ def train_request(args: argparse.Namespace) -> TrainRequest:
     flags = flag_overrides(args)
     if args.resume:
         if flags or args.overrides or args.pipeline:
-            raise ConfigError("--resume continues a run exactly as it was; it takes no --pipeline, --set or config flags")
+            raise ConfigError(
+                "--resume continues a run exactly as it was; it takes no --pipeline, --set or config flags"
+            )
         return TrainRequest(resume_run_id=args.resume, progress=not args.no_progress)
     if args.from_run:
         if args.pipeline:
@@ -300,8 +377,16 @@ def train_request(args: argparse.Namespace) -> TrainRequest:
         pipeline_name, tree, declares_gates = pipeline.name, pipeline.config.model_dump(), pipeline.declares_gates
     config = parse_config(apply_overrides(tree, [*flags, *args.overrides]))
     if not config.data.table:
-        raise ConfigError("data.table: required; give --pipeline NAME, --table namespace.table or --set data.table=... (or --from-run RUN_ID)")
-    return TrainRequest(config=config, pipeline=pipeline_name, progress=not args.no_progress, gates=declares_gates, skip_gates=args.skip_gates)
+        raise ConfigError(
+            "data.table: required; give --pipeline NAME, --table namespace.table or --set data.table=... (or --from-run RUN_ID)"
+        )
+    return TrainRequest(
+        config=config,
+        pipeline=pipeline_name,
+        progress=not args.no_progress,
+        gates=declares_gates,
+        skip_gates=args.skip_gates,
+    )
 
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:
@@ -341,7 +426,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from pipeline.diff import diff_snapshots, resolve_point
 
     table = load_table(open_catalog(Settings.from_env()), args.table)
-    changes = diff_snapshots(table, args.table, resolve_point(table, args.from_snapshot, args.table), resolve_point(table, args.to_snapshot, args.table))
+    changes = diff_snapshots(
+        table,
+        args.table,
+        resolve_point(table, args.from_snapshot, args.table),
+        resolve_point(table, args.to_snapshot, args.table),
+    )
     print("\n".join(changes.describe()))
     return 0
 
@@ -390,9 +480,13 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     done = register(Settings.from_env(), args.run_id, args.name)
     if done.already:
-        print(f"run {args.run_id} is already {done.name} version {done.version} (snapshot {done.snapshot_id} of {done.table}, tag {done.iceberg_tag!r}); nothing changed")
+        print(
+            f"run {args.run_id} is already {done.name} version {done.version} (snapshot {done.snapshot_id} of {done.table}, tag {done.iceberg_tag!r}); nothing changed"
+        )
         return 0
-    print(f"registered {done.name} version {done.version} (run {args.run_id}); tagged snapshot {done.snapshot_id} of {done.table} as {done.iceberg_tag!r}")
+    print(
+        f"registered {done.name} version {done.version} (run {args.run_id}); tagged snapshot {done.snapshot_id} of {done.table} as {done.iceberg_tag!r}"
+    )
     return 0
 
 
@@ -419,7 +513,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for stray in checkup.orphans:
         print(f"unreferenced  {stray.size:>12,} B  {stray.modified:%Y-%m-%d %H:%M:%S}  {stray.path}")
     size = sum(stray.size for stray in checkup.orphans)
-    print(f"{args.table}: {checkup.referenced} referenced files; {len(checkup.orphans)} unreferenced older than {args.older_than} ({size:,} bytes); {len(checkup.too_young)} younger kept")
+    print(
+        f"{args.table}: {checkup.referenced} referenced files; {len(checkup.orphans)} unreferenced older than {args.older_than} ({size:,} bytes); {len(checkup.too_young)} younger kept"
+    )
     if checkup.orphans and not args.delete:
         print("run again with --delete to remove them")
     if args.delete:
@@ -437,9 +533,13 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     window = parse_duration(args.expire_older_than) if args.expire_older_than else None
     table = load_table(open_catalog(Settings.from_env()), args.table)
     done = maintain(table, target_file_bytes=args.target_file_mb * 1024 * 1024, expire_older_than=window)
-    print(f"{args.table}: data files {done.files_before} -> {done.files_after} ({done.rewritten_files} small files rewritten), manifests {done.manifests_before} -> {done.manifests_after}; current snapshot {done.snapshot_id}")
+    print(
+        f"{args.table}: data files {done.files_before} -> {done.files_after} ({done.rewritten_files} small files rewritten), manifests {done.manifests_before} -> {done.manifests_after}; current snapshot {done.snapshot_id}"
+    )
     if done.expiry is not None:
-        print(f"expired {len(done.expiry.expired)} snapshots; kept {len(done.expiry.kept)} (tagged, branch heads, current or newer)")
+        print(
+            f"expired {len(done.expiry.expired)} snapshots; kept {len(done.expiry.kept)} (tagged, branch heads, current or newer)"
+        )
     print(f"later appends merge manifests; unreferenced files: icetrain doctor {args.table} --delete")
     return 0
 
@@ -470,7 +570,10 @@ def cmd_expire(args: argparse.Namespace) -> int:
 
     older_than = parse_duration(args.older_than)
     outcome = expire(load_table(open_catalog(Settings.from_env()), args.table), older_than)
-    print(f"expired {len(outcome.expired)} snapshot(s) of {args.table}" + (": " + ", ".join(str(s) for s in outcome.expired) if outcome.expired else ""))
+    print(
+        f"expired {len(outcome.expired)} snapshot(s) of {args.table}"
+        + (": " + ", ".join(str(s) for s in outcome.expired) if outcome.expired else "")
+    )
     for snapshot_id, why in outcome.kept:
         print(f"kept {snapshot_id}: {why}")
     return 0
@@ -487,8 +590,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from pipeline.project import find_project_file
 
     remote_mlflow = settings.tracking_uri.startswith(("http://", "https://"))
-    mlflow_ui = settings.mlflow_ui or (redact(settings.tracking_uri) if remote_mlflow else f"http://127.0.0.1:{args.mlflow_port}")
-    servers = [start_dagster(args.dagster_port, logs / "dagster.log", settings.home, find_project_file(args.config), mlflow_ui)]
+    mlflow_ui = settings.mlflow_ui or (
+        redact(settings.tracking_uri) if remote_mlflow else f"http://127.0.0.1:{args.mlflow_port}"
+    )
+    servers = [
+        start_dagster(args.dagster_port, logs / "dagster.log", settings.home, find_project_file(args.config), mlflow_ui)
+    ]
     if not remote_mlflow:
         servers.append(start_mlflow(settings, args.mlflow_port, logs / "mlflow.log"))
     try:

@@ -32,7 +32,9 @@ def run_demo_job() -> DemoOutcome:
 
     if "demo_job" not in {job.name for job in defs.resolve_all_job_defs()}:
         where = find_project_file() or "no pipelines file"
-        raise IcetrainError(f"no demo_job in the code location ({where}); run from the icetrain repository, or set ICETRAIN_CONFIG to its icetrain.yaml")
+        raise IcetrainError(
+            f"no demo_job in the code location ({where}); run from the icetrain repository, or set ICETRAIN_CONFIG to its icetrain.yaml"
+        )
     with DagsterInstance.get() as instance:
         result = defs.resolve_job_def("demo_job").execute_in_process(
             instance=instance, raise_on_error=False, run_config=QUIET_LOGS
@@ -44,7 +46,9 @@ def run_demo_job() -> DemoOutcome:
         if event.event_type_value == "ASSET_CHECK_EVALUATION" and not event.asset_check_evaluation_data.passed
     ]
     if failures or failed_checks or not result.success:
-        raise IcetrainError(f"demo run {result.run_id} failed: " + "; ".join(failed_checks + failures or ["see the Dagster UI"]))
+        raise IcetrainError(
+            f"demo run {result.run_id} failed: " + "; ".join(failed_checks + failures or ["see the Dagster UI"])
+        )
     metadata = {
         event.asset_key.path[-1]: {k: v.value for k, v in event.materialization.metadata.items()}
         for event in result.get_asset_materialization_events()

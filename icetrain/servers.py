@@ -55,7 +55,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-LOCATION_NAME = "icetrain"  # as [tool.dagster] code_location_name, so `dagster dev` in the repo serves the same location
+LOCATION_NAME = (
+    "icetrain"  # as [tool.dagster] code_location_name, so `dagster dev` in the repo serves the same location
+)
 
 WORKSPACE = """\
 # Written by `icetrain ui`: the icetrain code location, named as `dagster dev` names it from the repo root.
@@ -67,7 +69,9 @@ load_from:
 """
 
 
-def start_dagster(port: int, log: Path, workspace_dir: Path, pipelines_file: Path | None, mlflow_ui: str | None = None) -> Server:
+def start_dagster(
+    port: int, log: Path, workspace_dir: Path, pipelines_file: Path | None, mlflow_ui: str | None = None
+) -> Server:
     """``dagster dev`` on the icetrain code location (named ``icetrain``), against the current DAGSTER_HOME.
 
     The code location loads the same pipelines file as the CLI (passed as ``ICETRAIN_CONFIG``).

@@ -68,7 +68,12 @@ def postgres_folder(services: Path) -> Path:
     if os.geteuid() != 0:
         return preferred
     preferred.mkdir(parents=True, exist_ok=True)
-    reachable = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(preferred.parent)], capture_output=True).returncode == 0
+    reachable = (
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", "test", "-x", str(preferred.parent)], capture_output=True
+        ).returncode
+        == 0
+    )
     if reachable:
         return preferred
     digest = hashlib.sha256(str(services.resolve()).encode()).hexdigest()[:12]
@@ -92,17 +97,60 @@ def start_postgres(folder: Path, port: int, databases: tuple[str, ...]) -> None:
     if not data.exists():
         _run([*run_as, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", PG_USER], "initdb")
     options = f"-p {port} -k {folder} -h 127.0.0.1"
-    _run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "postgres.log"), "-w", "start"], "pg_ctl start")
-    existing = _run([str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-d", "postgres", "-Atc", "select datname from pg_database"], "psql")
+    _run(
+        [
+            *run_as,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(folder / "postgres.log"),
+            "-w",
+            "start",
+        ],
+        "pg_ctl start",
+    )
+    existing = _run(
+        [
+            str(bin_dir / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            PG_USER,
+            "-d",
+            "postgres",
+            "-Atc",
+            "select datname from pg_database",
+        ],
+        "psql",
+    )
     for name in databases:
         if name not in existing.split():
-            _run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, name], f"createdb {name}")
+            _run(
+                [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, name], f"createdb {name}"
+            )
 
 
 def stop_postgres(folder: Path) -> None:
     bin_dir = postgres_bin()
     if bin_dir is not None and (folder / "data").exists():
-        subprocess.run([*as_postgres_user(folder), str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "-m", "fast", "-w", "stop"], capture_output=True)
+        subprocess.run(
+            [
+                *as_postgres_user(folder),
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(folder / "data"),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+            capture_output=True,
+        )
 
 
 def start_services(settings: Settings) -> dict[str, object]:
@@ -113,7 +161,9 @@ def start_services(settings: Settings) -> dict[str, object]:
     """
     folder = services_dir(settings.home)
     if (folder / SERVICES_FILE).exists():
-        raise IcetrainError(f"services already recorded in {folder / SERVICES_FILE}; run `icetrain services stop` first")
+        raise IcetrainError(
+            f"services already recorded in {folder / SERVICES_FILE}; run `icetrain services stop` first"
+        )
     pg_port, mlflow_port = free_port(), free_port()
     pg_folder = postgres_folder(folder)
     start_postgres(pg_folder, pg_port, DATABASES)
@@ -125,7 +175,13 @@ def start_services(settings: Settings) -> dict[str, object]:
     except BaseException:
         stop_postgres(pg_folder)
         raise
-    record = {"postgres_port": pg_port, "postgres_dir": str(pg_folder), "mlflow_port": mlflow_port, "mlflow_pid": mlflow.process.pid, "started": time.time()}
+    record = {
+        "postgres_port": pg_port,
+        "postgres_dir": str(pg_folder),
+        "mlflow_port": mlflow_port,
+        "mlflow_pid": mlflow.process.pid,
+        "started": time.time(),
+    }
     (folder / SERVICES_FILE).write_text(json.dumps(record, indent=2))
     return record
 
@@ -160,7 +216,15 @@ def _start_mlflow(folder: Path, pg_port: int, port: int) -> Server:
     ]  # fmt: skip
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     with (folder / "mlflow.log").open("ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True, cwd=folder)
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            cwd=folder,
+        )
     return Server("mlflow", f"http://127.0.0.1:{port}", process)
 
 

@@ -47,8 +47,26 @@ def run_training(settings: Settings, request: TrainRequest, *, debug: bool = Fal
     if request.resume_run_id:
         config, pinned, resume, pipeline = resume_from(settings, request.resume_run_id)
         if config.compute.nproc > 1:
-            return launch(settings, config, asdict(pinned), pipeline, resume_run_id=request.resume_run_id, launched_by="cli", debug=debug)
-        return result_summary(train(settings, config, pinned=pinned, pipeline=pipeline, resume=resume, progress_bar=request.progress, launched_by="cli"))
+            return launch(
+                settings,
+                config,
+                asdict(pinned),
+                pipeline,
+                resume_run_id=request.resume_run_id,
+                launched_by="cli",
+                debug=debug,
+            )
+        return result_summary(
+            train(
+                settings,
+                config,
+                pinned=pinned,
+                pipeline=pipeline,
+                resume=resume,
+                progress_bar=request.progress,
+                launched_by="cli",
+            )
+        )
     assert request.config is not None
     config = request.config
     tags = dict(request.tags or {})
@@ -59,11 +77,27 @@ def run_training(settings: Settings, request: TrainRequest, *, debug: bool = Fal
         else:
             check_tracking(settings)
             pinned = pin(settings, config)
-            logging.getLogger("icetrain").info("judging snapshot %s with the pipeline's quality gates", pinned.snapshot_id)
+            logging.getLogger("icetrain").info(
+                "judging snapshot %s with the pipeline's quality gates", pinned.snapshot_id
+            )
             quality = check_gates(settings, config, request.pipeline, pinned)
-            tags[GATES_TAG] = f"passed against snapshot {quality.reference_snapshot}" if quality.reference_snapshot is not None else "passed (no reference yet)"
+            tags[GATES_TAG] = (
+                f"passed against snapshot {quality.reference_snapshot}"
+                if quality.reference_snapshot is not None
+                else "passed (no reference yet)"
+            )
     if config.compute.nproc == 1:
-        return result_summary(train(settings, config, pinned=pinned, pipeline=request.pipeline, progress_bar=request.progress, launched_by="cli", tags=tags))
+        return result_summary(
+            train(
+                settings,
+                config,
+                pinned=pinned,
+                pipeline=request.pipeline,
+                progress_bar=request.progress,
+                launched_by="cli",
+                tags=tags,
+            )
+        )
     check_tracking(settings)
     pinned = pinned or pin(settings, config)
     open_training_data(settings, config, pinned)
@@ -74,9 +108,13 @@ def run_training(settings: Settings, request: TrainRequest, *, debug: bool = Fal
 def report(summary: dict[str, Any]) -> int:
     """Print what a run trained on and where it is recorded."""
     processes = f", {summary['world_size']} processes" if summary["world_size"] > 1 else ""
-    print(f"trained on {summary['table']} snapshot {summary['snapshot_id']} (asked by {summary['asked_by']}), {summary['row_count']} rows{processes}")
+    print(
+        f"trained on {summary['table']} snapshot {summary['snapshot_id']} (asked by {summary['asked_by']}), {summary['row_count']} rows{processes}"
+    )
     print("  " + "  ".join(f"{name} {value:.3f}" for name, value in summary["metrics"].items()))
-    print(f"MLflow run {summary['run_id']} in experiment {summary.get('experiment') or '?'!r} (id {summary['experiment_id']})")
+    print(
+        f"MLflow run {summary['run_id']} in experiment {summary.get('experiment') or '?'!r} (id {summary['experiment_id']})"
+    )
     if summary.get("model_version"):
         print(f"registered model version {summary['model_version']}")
     return 0
@@ -103,10 +141,28 @@ def pipeline_rows(settings: Settings, config_path: str | None) -> list[tuple[str
     rows = [("pipeline", "table", "current snapshot", "last run", "status", "started (UTC)")]
     for pipeline in project.pipelines.values():
         snapshot = _current_snapshot(catalog, pipeline.table)
-        runs = client.search_runs(experiments, f"tags.`{PIPELINE_TAG}` = '{pipeline.name}'", max_results=1, order_by=["attributes.start_time DESC"]) if experiments else []
+        runs = (
+            client.search_runs(
+                experiments,
+                f"tags.`{PIPELINE_TAG}` = '{pipeline.name}'",
+                max_results=1,
+                order_by=["attributes.start_time DESC"],
+            )
+            if experiments
+            else []
+        )
         last = runs[0] if runs else None
         started = _utc(last.info.start_time) if last else ""
-        rows.append((pipeline.name, pipeline.table, snapshot, last.info.run_id if last else "never trained", last.info.status if last else "", started))
+        rows.append(
+            (
+                pipeline.name,
+                pipeline.table,
+                snapshot,
+                last.info.run_id if last else "never trained",
+                last.info.status if last else "",
+                started,
+            )
+        )
     return rows
 
 

@@ -112,7 +112,12 @@ class DecodedCache:
         """Keep row group ``unit``'s tensors (best effort: a full disk or a race only skips caching)."""
         size = features.numel() * features.element_size() + targets.numel() * targets.element_size()
         try:
-            if self.limit_mb <= 0 or size > self.limit_mb * 2**20 or not self.folder.is_dir() or shutil.disk_usage(self.root).free < size + _MIN_FREE_BYTES:
+            if (
+                self.limit_mb <= 0
+                or size > self.limit_mb * 2**20
+                or not self.folder.is_dir()
+                or shutil.disk_usage(self.root).free < size + _MIN_FREE_BYTES
+            ):
                 return
             batch = _record_batch(features, targets)
             _write_atomically(self._path(unit), lambda sink: _write_batch(sink, batch))
@@ -181,7 +186,9 @@ def _entries(folder: Path) -> list[Path]:
 def _record_batch(features: torch.Tensor, targets: torch.Tensor) -> pa.RecordBatch:
     width = int(np.prod(features.shape[1:]))
     values = pa.array(np.ascontiguousarray(features.numpy()).reshape(-1), pa.float32())
-    return pa.RecordBatch.from_arrays([pa.FixedSizeListArray.from_arrays(values, width), pa.array(targets.numpy())], names=["features", "target"])
+    return pa.RecordBatch.from_arrays(
+        [pa.FixedSizeListArray.from_arrays(values, width), pa.array(targets.numpy())], names=["features", "target"]
+    )
 
 
 def _tensors(mapped: mmap.mmap, feature_shape: tuple[int, ...]) -> Batch:

@@ -39,9 +39,15 @@ def open_catalog(settings: Settings) -> Catalog:
         try:
             return connect_catalog(settings.catalog_name, configured)
         except Exception as exc:  # PyIceberg raises many types for bad config; all mean "cannot load"
-            raise CatalogError(f"cannot load Iceberg catalog {settings.catalog_name!r} from PyIceberg configuration: {exc}") from exc
+            raise CatalogError(
+                f"cannot load Iceberg catalog {settings.catalog_name!r} from PyIceberg configuration: {exc}"
+            ) from exc
     settings.warehouse.mkdir(parents=True, exist_ok=True)
-    properties = {"type": "sql", "uri": settings.catalog_uri or f"sqlite:///{settings.catalog_db}", "warehouse": settings.warehouse.as_uri()}
+    properties = {
+        "type": "sql",
+        "uri": settings.catalog_uri or f"sqlite:///{settings.catalog_db}",
+        "warehouse": settings.warehouse.as_uri(),
+    }
     try:
         return connect_catalog(settings.catalog_name, properties)
     except Exception as exc:  # SQLAlchemy raises many types for an unreachable database

@@ -45,7 +45,13 @@ class Section(BaseModel):
     @classmethod
     def _no_nul(cls, value: Any) -> Any:
         """No text value may hold a NUL byte: MLflow, SQLite and file names all refuse one later, mid-run."""
-        texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] if isinstance(value, (list, tuple)) else []
+        texts = (
+            [value]
+            if isinstance(value, str)
+            else [v for v in value if isinstance(v, str)]
+            if isinstance(value, (list, tuple))
+            else []
+        )
         if any("\x00" in text for text in texts):
             raise ValueError("holds a NUL byte (\\x00)")
         return value
@@ -55,22 +61,35 @@ class DataConfig(Section):
     """Which table and snapshot, which columns, which rows, and how the label is read."""
 
     table: str | None = Field(None, description="Iceberg table, 'namespace.table'.")
-    snapshot_id: int | None = Field(None, ge=0, description="Train on this snapshot (give at most one of snapshot_id, ref, as_of).")
+    snapshot_id: int | None = Field(
+        None, ge=0, description="Train on this snapshot (give at most one of snapshot_id, ref, as_of)."
+    )
     ref: str | None = Field(None, description="Train on the snapshot a tag or branch points at.")
     as_of: str | None = Field(None, description="Train on the snapshot current at this time (ISO 8601 or epoch ms).")
-    since_snapshot_id: int | None = Field(None, ge=0, description="Incremental: only the rows appended after this snapshot (an ancestor of the pinned one).")
+    since_snapshot_id: int | None = Field(
+        None,
+        ge=0,
+        description="Incremental: only the rows appended after this snapshot (an ancestor of the pinned one).",
+    )
     label: str = Field("label", min_length=1, description="The label column.")
-    features: tuple[str, ...] | None = Field(None, description="Feature columns; default: the image column, else every numeric column.")
+    features: tuple[str, ...] | None = Field(
+        None, description="Feature columns; default: the image column, else every numeric column."
+    )
     filter: str | None = Field(None, description="PyIceberg row filter, e.g. 'label >= 3 and id < 100'.")
     sql: str | None = Field(None, description="Row-local DuckDB query over the rows, as table 'snapshot'.")
     task: Literal["classification", "regression"] = "classification"
-    classes: tuple[str, ...] | None = Field(None, description="The label's classes; default: the table's icetrain.label.classes, else the values found.")
-    image_shape: tuple[int, ...] | None = Field(None, description="Per-row shape of the single image feature, e.g. [1, 8, 8].")
+    classes: tuple[str, ...] | None = Field(
+        None, description="The label's classes; default: the table's icetrain.label.classes, else the values found."
+    )
+    image_shape: tuple[int, ...] | None = Field(
+        None, description="Per-row shape of the single image feature, e.g. [1, 8, 8]."
+    )
     image_max: float | None = Field(None, gt=0, description="The image's largest raw value (pixels are divided by it).")
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of rows held out for validation.")
     split_seed: int = Field(0, ge=0, description="Seeds which rows are held out (independent of the training seed).")
     split_by: Literal["auto", "identifier", "position"] = Field(
-        "auto", description="What identifies a row for the split: the table's identifier fields (stable across file rewrites), or data file and position; auto: identifier fields when there are any."
+        "auto",
+        description="What identifies a row for the split: the table's identifier fields (stable across file rewrites), or data file and position; auto: identifier fields when there are any.",
     )
     min_rows: int = Field(1, ge=1, description="Refuse to train on fewer selected rows.")
 
@@ -118,9 +137,13 @@ class DataConfig(Section):
     def _one_snapshot_choice(self) -> DataConfig:
         given = [name for name in ("snapshot_id", "ref", "as_of") if getattr(self, name) is not None]
         if len(given) > 1:
-            raise ValueError(f"give at most one of data.snapshot_id, data.ref, data.as_of; got {', '.join('data.' + g for g in given)}")
+            raise ValueError(
+                f"give at most one of data.snapshot_id, data.ref, data.as_of; got {', '.join('data.' + g for g in given)}"
+            )
         if self.features == ():
-            raise ValueError("data.features names no column; name at least one, or leave it out for every numeric column")
+            raise ValueError(
+                "data.features names no column; name at least one, or leave it out for every numeric column"
+            )
         if self.features is not None and self.label in self.features:
             raise ValueError(f"label column {self.label!r} cannot also be a feature")
         if self.image_shape is not None and (self.features is None or len(self.features) != 1):
@@ -134,7 +157,9 @@ class DataConfig(Section):
             ConfigError: no table is given.
         """
         if not self.table:
-            raise ConfigError("data.table: required ('namespace.table'); give --table, --pipeline or --set data.table=...")
+            raise ConfigError(
+                "data.table: required ('namespace.table'); give --table, --pipeline or --set data.table=..."
+            )
         return SnapshotRequest(self.table, self.snapshot_id, self.ref, parse_as_of(self.as_of) if self.as_of else None)
 
     def read_spec(self) -> ReadSpec:
@@ -162,7 +187,9 @@ class LoaderSection(Section):
     block_rows: int | None = Field(None, ge=1, description="Shuffle buffer in rows; default: buffer_mb of tensors.")
     buffer_mb: int = Field(32, ge=1)
     shuffle: bool = True
-    cache_mb: int = Field(4096, ge=0, description="Decoded row groups kept on local disk ($ICETRAIN_CACHE_DIR) for later epochs; 0: off.")
+    cache_mb: int = Field(
+        4096, ge=0, description="Decoded row groups kept on local disk ($ICETRAIN_CACHE_DIR) for later epochs; 0: off."
+    )
 
 
 class ModelSection(Section):
@@ -197,10 +224,14 @@ class OptimSection(Section):
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only.")
     schedule: Literal["constant", "cosine", "step"] = "constant"
-    step_epochs: int = Field(10, ge=1, description="'step' schedule: multiply the rate by step_gamma every this many epochs.")
+    step_epochs: int = Field(
+        10, ge=1, description="'step' schedule: multiply the rate by step_gamma every this many epochs."
+    )
     step_gamma: float = Field(0.1, gt=0, le=1)
     epochs: int = Field(10, ge=1, le=100_000)
-    class_weights: Literal["none", "balanced"] = Field("none", description="'balanced' weighs each class by rows / (classes * its rows).")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="'balanced' weighs each class by rows / (classes * its rows)."
+    )
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
 
 
@@ -208,7 +239,9 @@ class ComputeSection(Section):
     """Where and how the arithmetic runs."""
 
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 run under autocast; fp16 with a GradScaler.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="bf16/fp16 run under autocast; fp16 with a GradScaler."
+    )
     nproc: int = Field(1, ge=1, le=1024, description="Processes on this machine (DistributedDataParallel when > 1).")
 
     @field_validator("device")
@@ -250,9 +283,17 @@ class RetrainSection(Section):
     schedule_on: bool = False
     sensor_on: bool = False
     sensor_interval_s: int = Field(60, ge=5)
-    train_on_first_snapshot: bool = Field(False, description="Whether a newly started sensor trains on the snapshot it finds.")
-    min_new_rows: int = Field(1, ge=1, description="The sensor retrains only when at least this many rows were added since the last trained model's snapshot.")
-    champion_metric: str = Field("val_loss", description="Validation metric deciding whether a new model replaces the champion.")
+    train_on_first_snapshot: bool = Field(
+        False, description="Whether a newly started sensor trains on the snapshot it finds."
+    )
+    min_new_rows: int = Field(
+        1,
+        ge=1,
+        description="The sensor retrains only when at least this many rows were added since the last trained model's snapshot.",
+    )
+    champion_metric: str = Field(
+        "val_loss", description="Validation metric deciding whether a new model replaces the champion."
+    )
     champion_margin: float = Field(0.0, ge=0, description="How much better the challenger must be.")
 
     @field_validator("schedule")
@@ -267,7 +308,11 @@ class RetrainSection(Section):
 class GatesSection(Section):
     """Data-quality gates run by Dagster's blocking checks before training."""
 
-    max_psi: float = Field(0.25, gt=0, description="Largest population stability index of any feature against the reference (champion's) snapshot.")
+    max_psi: float = Field(
+        0.25,
+        gt=0,
+        description="Largest population stability index of any feature against the reference (champion's) snapshot.",
+    )
     max_null_fraction: float = Field(0.0, ge=0, le=1, description="Largest share of null or NaN values in any feature.")
 
 
@@ -333,7 +378,9 @@ def describe_error(exc: ValidationError) -> str:
     if error["type"] == "missing":
         return f"{path}: required"
     got = error.get("input")
-    shown = "" if isinstance(got, (Mapping, list)) or got is None or error["type"] == "value_error" else f" (got {got!r})"
+    shown = (
+        "" if isinstance(got, (Mapping, list)) or got is None or error["type"] == "value_error" else f" (got {got!r})"
+    )
     return f"{path}: {message}{shown}"
 
 

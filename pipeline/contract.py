@@ -30,14 +30,20 @@ def check_contract(table: Table, data: pa.Table, identifier: str) -> None:
     """
     problem = _missing(table, data) or _nulls(table, data) or _not_finite(data) or _bad_labels(table, data)
     if problem:
-        raise IngestError(f"cannot append to {identifier!r}: {problem}; nothing was written (--no-check appends anyway)")
+        raise IngestError(
+            f"cannot append to {identifier!r}: {problem}; nothing was written (--no-check appends anyway)"
+        )
 
 
 def _missing(table: Table, data: pa.Table) -> str:
     absent = [field.name for field in table.schema().fields if field.name not in data.column_names]
     if not absent:
         return ""
-    also = f" (and {len(absent) - 1} more: {', '.join(repr(a) for a in absent[1:4])}{', ...' if len(absent) > 4 else ''})" if len(absent) > 1 else ""
+    also = (
+        f" (and {len(absent) - 1} more: {', '.join(repr(a) for a in absent[1:4])}{', ...' if len(absent) > 4 else ''})"
+        if len(absent) > 1
+        else ""
+    )
     return f"column {absent[0]!r} is missing from the data{also}"
 
 
@@ -66,10 +72,16 @@ def _bad_labels(table: Table, data: pa.Table) -> str:
         return ""
     column = data.column(label)
     if column.null_count:
-        return f"label column {label!r} has {column.null_count} null values (a row without a label cannot be trained on)"
+        return (
+            f"label column {label!r} has {column.null_count} null values (a row without a label cannot be trained on)"
+        )
     classes = declared_classes(table.properties)
     if classes is not None:
         values = pc.cast(column, pa.string()) if not pa.types.is_string(column.type) else column
         outside = pc.sum(pc.invert(pc.fill_null(pc.is_in(values, value_set=pa.array(classes)), True))).as_py() or 0
-        return f"label column {label!r} has {outside} values outside the declared classes ({', '.join(classes)})" if outside else ""
+        return (
+            f"label column {label!r} has {outside} values outside the declared classes ({', '.join(classes)})"
+            if outside
+            else ""
+        )
     return ""  # without declared classes the label may be a regression target: any value goes

@@ -64,9 +64,17 @@ class IcebergDatasetSource(DatasetSource):
         snapshot = table.snapshot_by_id(self.snapshot_id)
         if snapshot is None:
             raise SnapshotNotFoundError(f"snapshot {self.snapshot_id} of {self.table!r} no longer exists (expired?)")
-        pinned = PinnedSnapshot(self.catalog, self.table, self.snapshot_id, "id", str(self.snapshot_id), snapshot.timestamp_ms)
-        data = DataConfig.model_validate(self.data) if self.data else DataConfig(table=self.table, filter=self.row_filter or None, sql=self.sql or None)
-        config = LoaderConfig(shuffle=False, split=self.split, val_fraction=data.val_fraction, split_seed=data.split_seed)
+        pinned = PinnedSnapshot(
+            self.catalog, self.table, self.snapshot_id, "id", str(self.snapshot_id), snapshot.timestamp_ms
+        )
+        data = (
+            DataConfig.model_validate(self.data)
+            if self.data
+            else DataConfig(table=self.table, filter=self.row_filter or None, sql=self.sql or None)
+        )
+        config = LoaderConfig(
+            shuffle=False, split=self.split, val_fraction=data.val_fraction, split_seed=data.split_seed
+        )
         return open_loader(table, pinned, data.read_spec(), config)
 
     @staticmethod

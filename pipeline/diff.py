@@ -72,10 +72,15 @@ def diff_snapshots(table: Table, table_name: str, from_id: int, to_id: int) -> S
     schema_from, schema_to = schema_at(table, from_id), schema_at(table, to_id)
     if not removed:
         rows_added, rows_deleted, method = sum(after[p] for p in added), 0, "added files' record counts"
-    elif schema_to.identifier_field_ids and set(schema_to.identifier_field_ids) <= set(schema_from.identifier_field_ids):
+    elif schema_to.identifier_field_ids and set(schema_to.identifier_field_ids) <= set(
+        schema_from.identifier_field_ids
+    ):
         keys_from = _identifier_keys(table, table_name, from_id, schema_to)
         keys_to = _identifier_keys(table, table_name, to_id, schema_to)
-        rows_added, rows_deleted = int(len(np.setdiff1d(keys_to, keys_from))), int(len(np.setdiff1d(keys_from, keys_to)))
+        rows_added, rows_deleted = (
+            int(len(np.setdiff1d(keys_to, keys_from))),
+            int(len(np.setdiff1d(keys_from, keys_to))),
+        )
         names = ", ".join(schema_to.find_column_name(i) for i in schema_to.identifier_field_ids)
         method = f"read by identifier field(s) {names}"
     else:
@@ -83,7 +88,17 @@ def diff_snapshots(table: Table, table_name: str, from_id: int, to_id: int) -> S
         rows_added, rows_deleted = max(net, 0), max(-net, 0)
         method = "net change only: files were rewritten and the table has no identifier fields"
     return SnapshotDiff(
-        table_name, from_id, to_id, rows_added, rows_deleted, len(added), len(removed), rows_from, rows_to, method, schema_changes(schema_from, schema_to)
+        table_name,
+        from_id,
+        to_id,
+        rows_added,
+        rows_deleted,
+        len(added),
+        len(removed),
+        rows_from,
+        rows_to,
+        method,
+        schema_changes(schema_from, schema_to),
     )
 
 
@@ -101,7 +116,9 @@ def schema_changes(before: Schema, after: Schema) -> tuple[str, ...]:
             if old_name != new_name:
                 changes.append(f"renamed {old_name} -> {new_name} (field {field_id})")
             if old[field_id].field_type != new[field_id].field_type and old[field_id].field_type.is_primitive:
-                changes.append(f"{new_name} {old[field_id].field_type} -> {new[field_id].field_type} (field {field_id})")
+                changes.append(
+                    f"{new_name} {old[field_id].field_type} -> {new[field_id].field_type} (field {field_id})"
+                )
     return tuple(changes)
 
 

@@ -84,6 +84,8 @@ def _nan_above_numbers(bound: BooleanExpression) -> BooleanExpression:
         return And(_nan_above_numbers(bound.left), _nan_above_numbers(bound.right))
     if isinstance(bound, Or):
         return Or(_nan_above_numbers(bound.left), _nan_above_numbers(bound.right))
-    if isinstance(bound, (BoundGreaterThan, BoundGreaterThanOrEqual)) and isinstance(bound.term.ref().field.field_type, (FloatType, DoubleType)):
+    if isinstance(bound, (BoundGreaterThan, BoundGreaterThanOrEqual)) and isinstance(
+        bound.term.ref().field.field_type, (FloatType, DoubleType)
+    ):
         return Or(bound, BoundIsNaN(bound.term))
     return bound

@@ -55,7 +55,9 @@ class DataReport:
             raise self.errors[0].error()
 
 
-def inspect_data(read: PreparedRead, *, min_rows: int = 1, count_classes: bool = False) -> tuple[DataReport, RowProfile]:
+def inspect_data(
+    read: PreparedRead, *, min_rows: int = 1, count_classes: bool = False
+) -> tuple[DataReport, RowProfile]:
     """Profile every selected row (all splits) of the pinned snapshot and judge it.
 
     Reads nothing when the table's metadata answers the rules (an integer label, no filter
@@ -68,7 +70,9 @@ def inspect_data(read: PreparedRead, *, min_rows: int = 1, count_classes: bool =
     return judge(profile, read, min_rows=min_rows), profile
 
 
-def judge(profile: RowProfile, read: PreparedRead, *, min_rows: int = 1, split: str = "all", training: bool = True) -> DataReport:
+def judge(
+    profile: RowProfile, read: PreparedRead, *, min_rows: int = 1, split: str = "all", training: bool = True
+) -> DataReport:
     """Apply the rules to a profile of the rows ``read`` selects (of ``split``).
 
     ``training=False`` (a plain loader) leaves out what only a classifier needs: two classes.
@@ -82,13 +86,32 @@ def judge(profile: RowProfile, read: PreparedRead, *, min_rows: int = 1, split: 
         asked = f" matching filter {spec.row_filter!r}" if spec.row_filter else ""
         via = " after the SQL transform" if spec.sql else ""
         in_split = f" in the {split!r} split" if split != "all" else ""
-        errors.append(Problem(EmptyDataError, f"snapshot {pinned.snapshot_id} of {pinned.table!r} has no rows{asked}{via}{in_split}"))
+        errors.append(
+            Problem(
+                EmptyDataError, f"snapshot {pinned.snapshot_id} of {pinned.table!r} has no rows{asked}{via}{in_split}"
+            )
+        )
     elif rows < min_rows:
-        errors.append(Problem(EmptyDataError, f"snapshot {pinned.snapshot_id} of {pinned.table!r} has {rows} selected rows, fewer than data.min_rows={min_rows}"))
+        errors.append(
+            Problem(
+                EmptyDataError,
+                f"snapshot {pinned.snapshot_id} of {pinned.table!r} has {rows} selected rows, fewer than data.min_rows={min_rows}",
+            )
+        )
     if profile.null_labels:
-        errors.append(Problem(LabelError, f"label column {label!r} has {profile.null_labels} null values in snapshot {pinned.snapshot_id} of {pinned.table!r}"))
+        errors.append(
+            Problem(
+                LabelError,
+                f"label column {label!r} has {profile.null_labels} null values in snapshot {pinned.snapshot_id} of {pinned.table!r}",
+            )
+        )
     if profile.nan_labels:
-        errors.append(Problem(LabelError, f"label column {label!r} has {profile.nan_labels} NaN values in snapshot {pinned.snapshot_id} of {pinned.table!r}"))
+        errors.append(
+            Problem(
+                LabelError,
+                f"label column {label!r} has {profile.nan_labels} NaN values in snapshot {pinned.snapshot_id} of {pinned.table!r}",
+            )
+        )
     if spec.task == "classification" and rows:
         errors.extend(_class_problems(profile, declared, warnings, training))
     counts = None if profile.class_counts is None else {str(k): v for k, v in profile.class_counts.items()}
@@ -105,14 +128,20 @@ def judge(profile: RowProfile, read: PreparedRead, *, min_rows: int = 1, split: 
     )
 
 
-def _class_problems(profile: RowProfile, declared: tuple[str, ...] | None, warnings: list[str], training: bool) -> list[Problem]:
+def _class_problems(
+    profile: RowProfile, declared: tuple[str, ...] | None, warnings: list[str], training: bool
+) -> list[Problem]:
     found: list[Problem] = []
     if profile.class_counts is not None:
         present = [str(value) for value in profile.class_counts]
         if declared is not None:
             unknown = [value for value in present if not _is_declared(value, declared)]
             if unknown:
-                found.append(Problem(LabelError, f"label value {unknown[0]} is not one of the declared classes {', '.join(declared)}"))
+                found.append(
+                    Problem(
+                        LabelError, f"label value {unknown[0]} is not one of the declared classes {', '.join(declared)}"
+                    )
+                )
             missing = [c for c in declared if not any(_same_class(c, value) for value in present)]
             if missing:
                 warnings.append(f"classes missing: {', '.join(missing)}")
@@ -122,10 +151,17 @@ def _class_problems(profile: RowProfile, declared: tuple[str, ...] | None, warni
         if declared is not None:
             numbers = integer_run(declared)
             if numbers is None or low < min(numbers) or high > max(numbers):
-                found.append(Problem(LabelError, f"label values range over {low}..{high}, outside the declared classes {', '.join(declared)}"))
+                found.append(
+                    Problem(
+                        LabelError,
+                        f"label values range over {low}..{high}, outside the declared classes {', '.join(declared)}",
+                    )
+                )
         distinct = len(declared) if declared is not None else high + 1
     if training and distinct < 2:
-        found.append(Problem(LabelError, f"only {distinct} distinct label value(s); a classifier needs at least 2 classes"))
+        found.append(
+            Problem(LabelError, f"only {distinct} distinct label value(s); a classifier needs at least 2 classes")
+        )
     return found
 
 

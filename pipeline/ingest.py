@@ -42,9 +42,17 @@ APPEND_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 COMMIT_DEADLINE_S = 300.0
 # PyIceberg's own retries of a conflicting commit, set on tables icetrain creates; whole
 # attempts are retried on top of these until the deadline.
-COMMIT_RETRY_PROPERTIES = {"commit.retry.num-retries": "8", "commit.retry.min-wait-ms": "20", "commit.retry.max-wait-ms": "1000"}
+COMMIT_RETRY_PROPERTIES = {
+    "commit.retry.num-retries": "8",
+    "commit.retry.min-wait-ms": "20",
+    "commit.retry.max-wait-ms": "1000",
+}
 # Appends merge small manifests, so planning does not grow with every append (see pipeline.maintenance).
-NEW_TABLE_PROPERTIES = {**COMMIT_RETRY_PROPERTIES, "commit.manifest-merge.enabled": "true", "commit.manifest.min-count-to-merge": "16"}
+NEW_TABLE_PROPERTIES = {
+    **COMMIT_RETRY_PROPERTIES,
+    "commit.manifest-merge.enabled": "true",
+    "commit.manifest.min-count-to-merge": "16",
+}
 CONFLICTS = (CommitFailedException, CommitStateUnknownException, TableAlreadyExistsError, NamespaceAlreadyExistsError)
 
 
@@ -101,7 +109,9 @@ def append_arrow(
         summary[RUN_ID_PROPERTY] = run_id
     give_up = time.monotonic() + deadline_s
     for attempt in itertools.count():
-        landed = find_append(catalog, identifier, append_id) if named or attempt else None  # a fresh random id cannot be there yet
+        landed = (
+            find_append(catalog, identifier, append_id) if named or attempt else None
+        )  # a fresh random id cannot be there yet
         if landed is not None:
             return landed
         try:
@@ -159,10 +169,25 @@ def check_append_id(append_id: str) -> str:
 
 
 def append_file(
-    catalog: Catalog, identifier: str, path: str | Path, *, run_id: str | None = None, identifier_fields: Sequence[str] = (), append_id: str | None = None, check: bool = True
+    catalog: Catalog,
+    identifier: str,
+    path: str | Path,
+    *,
+    run_id: str | None = None,
+    identifier_fields: Sequence[str] = (),
+    append_id: str | None = None,
+    check: bool = True,
 ) -> int:
     """Append a Parquet or CSV file as one snapshot; the source recorded is the file path."""
-    return append_files(catalog, identifier, [path], run_id=run_id, identifier_fields=identifier_fields, append_id=append_id, check=check)
+    return append_files(
+        catalog,
+        identifier,
+        [path],
+        run_id=run_id,
+        identifier_fields=identifier_fields,
+        append_id=append_id,
+        check=check,
+    )
 
 
 def append_files(
@@ -191,14 +216,27 @@ def append_files(
     files = [Path(path) for path in paths]
     tables = [_read_file(catalog, identifier, file) for file in files]
     if len(tables) > 1:
-        tables = [table.cast(_nullable(table.schema)) for table in tables]  # files differ in nullability only by accident
+        tables = [
+            table.cast(_nullable(table.schema)) for table in tables
+        ]  # files differ in nullability only by accident
         for file, table in zip(files[1:], tables[1:]):
             difference = schema_difference(tables[0].schema, table.schema)
             if difference:
-                raise IngestError(f"cannot append {str(file)!r} with {str(files[0])!r} to {identifier!r}: the files differ: {difference}")
+                raise IngestError(
+                    f"cannot append {str(file)!r} with {str(files[0])!r} to {identifier!r}: the files differ: {difference}"
+                )
     data = pa.concat_tables([table.cast(tables[0].schema) for table in tables]) if len(tables) > 1 else tables[0]
     source = ", ".join(str(file.resolve()) for file in files)
-    return append_arrow(catalog, identifier, data, source=source[:2000], run_id=run_id, identifier_fields=identifier_fields, append_id=append_id, check=check)
+    return append_arrow(
+        catalog,
+        identifier,
+        data,
+        source=source[:2000],
+        run_id=run_id,
+        identifier_fields=identifier_fields,
+        append_id=append_id,
+        check=check,
+    )
 
 
 def _nullable(schema: pa.Schema) -> pa.Schema:
@@ -285,7 +323,9 @@ def _conform_to_table(catalog: Catalog, identifier: str, data: pa.Table) -> pa.T
     try:
         return data.select(target.names).cast(pa.schema([pa.field(f.name, f.type, f.nullable) for f in target]))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise IngestError(f"cannot append to {identifier!r}: CSV columns do not convert to the table's types: {_first_line(exc)}") from exc
+        raise IngestError(
+            f"cannot append to {identifier!r}: CSV columns do not convert to the table's types: {_first_line(exc)}"
+        ) from exc
 
 
 def _create_with_first_append(
@@ -299,7 +339,9 @@ def _create_with_first_append(
     namespace, _ = split_identifier(identifier)
     data = _required(data, identifier, identifier_fields)
     ensure_namespace(catalog, namespace)
-    with catalog.create_table_transaction(identifier, schema=data.schema, properties={**NEW_TABLE_PROPERTIES, **(table_properties or {})}) as tx:
+    with catalog.create_table_transaction(
+        identifier, schema=data.schema, properties={**NEW_TABLE_PROPERTIES, **(table_properties or {})}
+    ) as tx:
         if identifier_fields:
             with tx.update_schema() as update:
                 update.set_identifier_fields(*identifier_fields)
@@ -320,8 +362,12 @@ def _fit_required(data: pa.Table, table: Table, identifier: str) -> pa.Table:
     for name in required & set(data.column_names):
         nulls = data.column(name).null_count
         if nulls:
-            raise IngestError(f"cannot append to {identifier!r}: column {name!r} is required by the table and has {nulls} null values")
-    schema = pa.schema([f.with_nullable(False) if f.name in required else f for f in data.schema], metadata=data.schema.metadata)
+            raise IngestError(
+                f"cannot append to {identifier!r}: column {name!r} is required by the table and has {nulls} null values"
+            )
+    schema = pa.schema(
+        [f.with_nullable(False) if f.name in required else f for f in data.schema], metadata=data.schema.metadata
+    )
     return data.cast(schema) if schema != data.schema else data
 
 
@@ -333,10 +379,17 @@ def _required(data: pa.Table, identifier: str, identifier_fields: Sequence[str])
     """
     for name in identifier_fields:
         if name not in data.column_names:
-            raise IngestError(f"cannot create {identifier!r}: identifier column {name!r} is not in the data; columns: {', '.join(data.column_names)}")
+            raise IngestError(
+                f"cannot create {identifier!r}: identifier column {name!r} is not in the data; columns: {', '.join(data.column_names)}"
+            )
         if data.column(name).null_count:
-            raise IngestError(f"cannot create {identifier!r}: identifier column {name!r} has {data.column(name).null_count} null values")
-    schema = pa.schema([f.with_nullable(False) if f.name in identifier_fields else f for f in data.schema], metadata=data.schema.metadata)
+            raise IngestError(
+                f"cannot create {identifier!r}: identifier column {name!r} has {data.column(name).null_count} null values"
+            )
+    schema = pa.schema(
+        [f.with_nullable(False) if f.name in identifier_fields else f for f in data.schema],
+        metadata=data.schema.metadata,
+    )
     return data.cast(schema) if schema != data.schema else data
 
 

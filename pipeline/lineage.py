@@ -99,7 +99,9 @@ def source_tags(launched_by: str, directory: Path | None = None) -> dict[str, st
     return tags
 
 
-def run_description(pinned: PinnedSnapshot, pipeline: str | None, dagster_run_id: str | None, dagster_url: str | None, row_count: int) -> str:
+def run_description(
+    pinned: PinnedSnapshot, pipeline: str | None, dagster_run_id: str | None, dagster_url: str | None, row_count: int
+) -> str:
     """The run's description (MLflow's note): what it trained on, for which pipeline, started by which Dagster run."""
     lines = [
         f"Trained on **{pinned.table}** at snapshot `{pinned.snapshot_id}` (asked by {pinned.asked_by}"
@@ -109,7 +111,11 @@ def run_description(pinned: PinnedSnapshot, pipeline: str | None, dagster_run_id
     if pipeline:
         lines.append(f"Pipeline: **{pipeline}**.")
     if dagster_run_id:
-        link = f"[{dagster_run_id}]({dagster_url.rstrip('/')}/runs/{dagster_run_id})" if dagster_url else f"`{dagster_run_id}`"
+        link = (
+            f"[{dagster_run_id}]({dagster_url.rstrip('/')}/runs/{dagster_run_id})"
+            if dagster_url
+            else f"`{dagster_run_id}`"
+        )
         lines.append(f"Dagster run: {link}.")
     lines.append("Train it again: `icetrain reproduce <this run id>`.")
     return "\n\n".join(lines)
@@ -126,10 +132,17 @@ def run_name(pinned: PinnedSnapshot, pipeline: str | None, started: datetime | N
 
 def _git_state(directory: Path) -> tuple[str, bool] | None:
     try:
-        commit = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if commit.returncode != 0:
             return None
-        status = subprocess.run(["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return commit.stdout.strip(), bool(status.stdout.strip())
@@ -209,7 +222,9 @@ def get_run(settings: Settings, run_id: str) -> Run:
         run = client.get_run(run_id)
     except MlflowException as exc:
         if exc.error_code not in NOT_FOUND_CODES:
-            raise TrackingError(f"cannot read MLflow run {run_id!r} from {redact(settings.tracking_uri)}: {' '.join(str(exc).split())[:200]}") from exc
+            raise TrackingError(
+                f"cannot read MLflow run {run_id!r} from {redact(settings.tracking_uri)}: {' '.join(str(exc).split())[:200]}"
+            ) from exc
         raise RunNotFoundError(f"no MLflow run {run_id!r} in tracking store {redact(settings.tracking_uri)}") from exc
     if run.info.lifecycle_stage == "deleted":
         raise RunNotFoundError(f"MLflow run {run_id!r} was deleted")
@@ -232,7 +247,12 @@ def replay_config(settings: Settings, run_id: str) -> PipelineConfig:
     run = get_run(settings, run_id)
     tags = run.data.tags
     config = from_params(run.data.params, run_id=run_id)
-    pinned = {"data.table": tags[TABLE_TAG], "data.snapshot_id": int(tags[SNAPSHOT_ID_TAG]), "data.ref": None, "data.as_of": None}
+    pinned = {
+        "data.table": tags[TABLE_TAG],
+        "data.snapshot_id": int(tags[SNAPSHOT_ID_TAG]),
+        "data.ref": None,
+        "data.as_of": None,
+    }
     return config.updated({**pinned, "tracking.registered_model": None})
 
 

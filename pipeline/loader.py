@@ -93,7 +93,9 @@ class IcebergLoader(IterableDataset):
         return self._profile is not None or self._streamed_rows is not None
 
     def _unit_rows(self) -> np.ndarray:
-        return self._streamed_rows if self._profile is None and self._streamed_rows is not None else self.profile.unit_rows
+        return (
+            self._streamed_rows if self._profile is None and self._streamed_rows is not None else self.profile.unit_rows
+        )
 
     @property
     def plan_digest(self) -> str:
@@ -187,12 +189,16 @@ class IcebergLoader(IterableDataset):
         }
         for key, what in labels.items():
             if state.get(key) != mine[key]:
-                raise ResumeError(f"cannot resume after changing the {what}: saved {state.get(key)!r}, now {mine[key]!r}")
+                raise ResumeError(
+                    f"cannot resume after changing the {what}: saved {state.get(key)!r}, now {mine[key]!r}"
+                )
         self.epoch, self._batches_done = int(state["epoch"]), int(state["batches_done"])
 
     def __iter__(self) -> Iterator[Batch]:
         if get_worker_info() is not None:
-            raise ConfigError("IcebergLoader decodes in its own workers: set LoaderConfig.num_workers, and num_workers=0 on the outer DataLoader")
+            raise ConfigError(
+                "IcebergLoader decodes in its own workers: set LoaderConfig.num_workers, and num_workers=0 on the outer DataLoader"
+            )
         if not self.counted and self._batches_done == 0 and self.world_size == 1 and self.config.num_workers == 0:
             chunks, remaining = self._streamed_chunks(), None
         else:
@@ -216,7 +222,7 @@ class IcebergLoader(IterableDataset):
         pinned = self.source.plan.pinned
         total = count_nulls(self.source, exc.column, max(1, self.config.decode_threads))
         where = f"the rows selected from snapshot {pinned.snapshot_id} of {pinned.table!r}"
-        fix = f"filter them out (data.filter: \"{exc.column} is not null\") or fill them in SQL (coalesce)"
+        fix = f'filter them out (data.filter: "{exc.column} is not null") or fill them in SQL (coalesce)'
         return NullFeatureError(f"feature column {exc.column!r} has {total} null values in {where}; {fix}", exc.column)
 
     def _chunks(self, blocks: tuple[Block, ...], offset: int) -> Iterator[Batch]:
@@ -231,7 +237,9 @@ class IcebergLoader(IterableDataset):
             return self.arranger(block, parts, offset if position == 0 else 0)
 
         target = np.float32 if isinstance(self.vocabulary, NumericTarget) else np.int64
-        slot = SlotLayout(max(block.rows for block in blocks), self.layout.feature_shape, np.dtype(np.float32), np.dtype(target))
+        slot = SlotLayout(
+            max(block.rows for block in blocks), self.layout.feature_shape, np.dtype(np.float32), np.dtype(target)
+        )
         return decode_in_workers(min(self.config.num_workers, len(blocks)), len(blocks), slot, decode)
 
     def _local_chunks(self, blocks: tuple[Block, ...], offset: int) -> Iterator[Batch]:
@@ -285,7 +293,9 @@ class IcebergLoader(IterableDataset):
                 yield from self.arrange(Block(blocks, (), 0), parts, 0)
         if not seen.sum():
             pinned = self.source.plan.pinned
-            raise EmptyDataError(f"snapshot {pinned.snapshot_id} of {pinned.table!r} has no rows after the SQL transform")
+            raise EmptyDataError(
+                f"snapshot {pinned.snapshot_id} of {pinned.table!r} has no rows after the SQL transform"
+            )
         self._streamed_rows = seen
 
     def _piece(self, unit: int, start: int, stop: int) -> Batch:
@@ -295,7 +305,9 @@ class IcebergLoader(IterableDataset):
             return piece_tensors(self.source, self.layout, self.vocabulary, unit, start, stop)
         whole = cache.get(unit, self.layout.feature_shape)
         if whole is None:
-            whole = piece_tensors(self.source, self.layout, self.vocabulary, unit, 0, self.source.plan.row_groups[unit].num_rows)
+            whole = piece_tensors(
+                self.source, self.layout, self.vocabulary, unit, 0, self.source.plan.row_groups[unit].num_rows
+            )
             cache.put(unit, *whole)
         return whole[0][start:stop], whole[1][start:stop]
 
@@ -304,7 +316,10 @@ class IcebergLoader(IterableDataset):
             return None
         if self._cache is None or self._cache_pid != os.getpid():
             root = Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()
-            self._cache, self._cache_pid = DecodedCache(root, self.cache_key(), self.config.cache_mb).open(), os.getpid()
+            self._cache, self._cache_pid = (
+                DecodedCache(root, self.cache_key(), self.config.cache_mb).open(),
+                os.getpid(),
+            )
         return self._cache
 
     def cache_key(self) -> dict[str, Any]:
@@ -333,14 +348,20 @@ class IcebergLoader(IterableDataset):
         state["_count"], state["_cache"] = None, None
         return state
 
-    def arranger(self, block: Block, parts: list[Batch], offset: int) -> tuple[int, Callable[[np.ndarray, np.ndarray], None]]:
+    def arranger(
+        self, block: Block, parts: list[Batch], offset: int
+    ) -> tuple[int, Callable[[np.ndarray, np.ndarray], None]]:
         """The rows ``arrange`` yields, as their count and a function that writes them into given arrays.
 
         Decode workers write blocks straight into shared memory this way, without a copy in between.
         """
         features = np.concatenate([p[0].numpy() for p in parts]) if len(parts) > 1 else parts[0][0].numpy()
         labels = np.concatenate([p[1].numpy() for p in parts]) if len(parts) > 1 else parts[0][1].numpy()
-        order = block_permutation(len(labels), self.config.seed, self.epoch, self.rank, block.index)[offset:] if self.config.shuffle else None
+        order = (
+            block_permutation(len(labels), self.config.seed, self.epoch, self.rank, block.index)[offset:]
+            if self.config.shuffle
+            else None
+        )
 
         def write(into_features: np.ndarray, into_labels: np.ndarray) -> None:
             if order is None:

@@ -42,7 +42,9 @@ class Maintenance:
     expiry: Expiry | None
 
 
-def maintain(table: Table, *, target_file_bytes: int = TARGET_FILE_BYTES, expire_older_than: timedelta | None = None) -> Maintenance:
+def maintain(
+    table: Table, *, target_file_bytes: int = TARGET_FILE_BYTES, expire_older_than: timedelta | None = None
+) -> Maintenance:
     """Merge manifests, compact small files and (optionally) expire old untagged snapshots."""
     current = table.current_snapshot()
     manifests_before = len(current.manifests(table.io)) if current else 0
@@ -80,7 +82,10 @@ def maintain(table: Table, *, target_file_bytes: int = TARGET_FILE_BYTES, expire
 
 def _bins(tasks: list[FileScanTask], target: int) -> list[list[FileScanTask]]:
     """Small files (under half the target, no delete files) packed greedily into groups of about ``target`` bytes; lone files stay."""
-    small = sorted((t for t in tasks if not t.delete_files and t.file.file_size_in_bytes < target // 2), key=lambda t: t.file.file_path)
+    small = sorted(
+        (t for t in tasks if not t.delete_files and t.file.file_size_in_bytes < target // 2),
+        key=lambda t: t.file.file_path,
+    )
     bins: list[list[FileScanTask]] = []
     size = 0
     for task in small:

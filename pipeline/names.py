@@ -79,14 +79,22 @@ def check_tracking_name(name: str, kind: str = "experiment") -> str:
         InvalidNameError: the name could escape the artifact store or make a bad tag.
     """
     if not isinstance(name, str) or not name:
-        raise InvalidNameError(f"an {kind} name must not be empty" if kind[0] in "aeiou" else f"a {kind} name must not be empty")
+        raise InvalidNameError(
+            f"an {kind} name must not be empty" if kind[0] in "aeiou" else f"a {kind} name must not be empty"
+        )
     shown = _show(name)
     if len(name) > MAX_TRACKING_NAME:
         raise InvalidNameError(f"{kind} name {shown} is {len(name)} characters long; at most {MAX_TRACKING_NAME}")
     if not _TRACKING_NAME.fullmatch(name) or ".." in name or name != name.rstrip(" ."):
         bad = next((c for c in name if not (c.isascii() and (c.isalnum() or c in "_. -"))), None)
-        why = f"holds {bad!r}" if bad is not None else "starts with a character other than a letter, digit or '_', ends with '.' or ' ', or holds '..'"
-        raise InvalidNameError(f"{kind} name {shown} is not valid: it {why}; use letters, digits, '_', '-', '.' and spaces")
+        why = (
+            f"holds {bad!r}"
+            if bad is not None
+            else "starts with a character other than a letter, digit or '_', ends with '.' or ' ', or holds '..'"
+        )
+        raise InvalidNameError(
+            f"{kind} name {shown} is not valid: it {why}; use letters, digits, '_', '-', '.' and spaces"
+        )
     return name
 
 

@@ -54,7 +54,9 @@ class EpochPlan:
 
 
 def _generator(*keys: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([k & 0xFFFFFFFF for k in keys] + [k >> 32 for k in keys])))
+    return np.random.Generator(
+        np.random.PCG64(np.random.SeedSequence([k & 0xFFFFFFFF for k in keys] + [k >> 32 for k in keys]))
+    )
 
 
 def unit_order(num_units: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:

@@ -44,7 +44,9 @@ def from_params(params: Mapping[str, str], *, run_id: str = "") -> PipelineConfi
     except ValueError:
         raise ConfigError(f"run {run_id}: param {VERSION_PARAM}={version_text!r} is not a version number") from None
     if version > CONFIG_VERSION:
-        raise ConfigError(f"run {run_id} was recorded by a newer icetrain (config version {version}, this one reads up to {CONFIG_VERSION}); upgrade icetrain")
+        raise ConfigError(
+            f"run {run_id} was recorded by a newer icetrain (config version {version}, this one reads up to {CONFIG_VERSION}); upgrade icetrain"
+        )
     current = dict(params)
     while version < CONFIG_VERSION:
         current = MIGRATIONS[version](current)

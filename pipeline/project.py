@@ -76,7 +76,9 @@ class Project:
         """
         if name not in self.pipelines:
             declared = ", ".join(self.pipelines) or "none"
-            where = str(self.path) if self.path else f"no pipelines file (looked for ./{DEFAULT_FILE} and ${CONFIG_ENV})"
+            where = (
+                str(self.path) if self.path else f"no pipelines file (looked for ./{DEFAULT_FILE} and ${CONFIG_ENV})"
+            )
             raise ConfigError(f"no pipeline {name!r} in {where}; declared: {declared}")
         return self.pipelines[name]
 
@@ -139,7 +141,9 @@ def parse_project(document: Any, path: Path | None = None) -> Project:
 
 def _parse_pipeline(name: str, body: Any, defaults: Mapping[str, Any], where: str) -> Pipeline:
     if not PIPELINE_NAME.match(name):
-        raise ConfigError(f"{where}pipeline name {name!r} must be lowercase letters, digits and '_', starting with a letter (it names Dagster assets and jobs)")
+        raise ConfigError(
+            f"{where}pipeline name {name!r} must be lowercase letters, digits and '_', starting with a letter (it names Dagster assets and jobs)"
+        )
     if not isinstance(body, Mapping):
         raise ConfigError(f"{where}pipeline {name!r} must be a mapping of config sections")
     tree = dict(body)
@@ -152,7 +156,9 @@ def _parse_pipeline(name: str, body: Any, defaults: Mapping[str, Any], where: st
 
 def _definitions(section: Any, where: str) -> tuple[str, ...]:
     if not isinstance(section, Mapping) or any(key != "definitions" for key in section):
-        raise ConfigError(f"{where}'dagster' takes one key, 'definitions': a list of 'module:attribute' Dagster Definitions")
+        raise ConfigError(
+            f"{where}'dagster' takes one key, 'definitions': a list of 'module:attribute' Dagster Definitions"
+        )
     entries = section.get("definitions") or []
     if not isinstance(entries, list) or not all(isinstance(e, str) and ":" in e for e in entries):
         raise ConfigError(f"{where}dagster.definitions must be a list of 'module:attribute' strings")

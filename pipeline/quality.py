@@ -88,7 +88,10 @@ def bin_edges(table: Table, snapshot_id: int, schema: Schema, features: tuple[st
             if lower is not None and upper is not None:
                 low, high = float(from_bytes(column.field_type, lower)), float(from_bytes(column.field_type, upper))
                 lows[name], highs[name] = min(lows.get(name, low), low), max(highs.get(name, high), high)
-    return {name: np.linspace(lows[name], highs[name] if highs[name] > lows[name] else lows[name] + 1, BINS + 1) for name in lows}
+    return {
+        name: np.linspace(lows[name], highs[name] if highs[name] > lows[name] else lows[name] + 1, BINS + 1)
+        for name in lows
+    }
 
 
 def profile_features(read: PreparedRead, edges: dict[str, np.ndarray]) -> dict[str, FeatureProfile]:
@@ -109,9 +112,13 @@ def profile_features(read: PreparedRead, edges: dict[str, np.ndarray]) -> dict[s
             entry[3] += float(finite.sum())
             entry[5] += len(finite)
             if name in edges and len(finite):
-                entry[4] += np.bincount(np.searchsorted(edges[name], finite, side="right"), minlength=BINS + 2)[: BINS + 2]
+                entry[4] += np.bincount(np.searchsorted(edges[name], finite, side="right"), minlength=BINS + 2)[
+                    : BINS + 2
+                ]
     return {
-        name: FeatureProfile(name, rows, nulls, nans, total / max(values, 1), tuple(int(c) for c in counts) if name in edges else ())
+        name: FeatureProfile(
+            name, rows, nulls, nans, total / max(values, 1), tuple(int(c) for c in counts) if name in edges else ()
+        )
         for name, (rows, nulls, nans, total, counts, values) in totals.items()
     }
 
@@ -120,7 +127,11 @@ def _values(column: pa.ChunkedArray | pa.Array, name: str, read: PreparedRead) -
     """A feature's non-null values as float64: numbers as they are, an image as its pixel bytes, anything else none."""
     present = column.drop_null()
     if read.layout.image_shape is not None and name == read.layout.features[0]:
-        return image_bytes(pa.concat_arrays(present.chunks) if isinstance(present, pa.ChunkedArray) else present, name, read.layout.image_shape).astype(np.float64)
+        return image_bytes(
+            pa.concat_arrays(present.chunks) if isinstance(present, pa.ChunkedArray) else present,
+            name,
+            read.layout.image_shape,
+        ).astype(np.float64)
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
         return present.to_numpy(zero_copy_only=False).astype(np.float64)
     return np.empty(0)
@@ -176,25 +187,36 @@ def judge(quality: QualityReport, max_psi: float, max_null_fraction: float) -> t
     contract = GateResult(
         "schema_contract",
         not quality.contract,
-        "; ".join(quality.contract) or ("no reference snapshot yet" if quality.reference_snapshot is None else "features unchanged"),
+        "; ".join(quality.contract)
+        or ("no reference snapshot yet" if quality.reference_snapshot is None else "features unchanged"),
     )
     incomplete = quality.incomplete(max_null_fraction)
     complete = GateResult(
         "features_complete",
         not incomplete and not quality.contract,
-        "; ".join(f"{name}: {share:.2%} null or NaN (gates.max_null_fraction {max_null_fraction:g})" for name, share in incomplete.items()) or "complete",
+        "; ".join(
+            f"{name}: {share:.2%} null or NaN (gates.max_null_fraction {max_null_fraction:g})"
+            for name, share in incomplete.items()
+        )
+        or "complete",
     )
     drifted = quality.drifted(max_psi)
     if quality.reference_snapshot is None:
         drift_text = "no reference snapshot yet (no champion or trained model)"
     else:
         largest = f"largest PSI {max(quality.drift.values(), default=0.0):.3f}"
-        drift_text = "; ".join(f"{name} PSI {value:.3f}" for name, value in drifted.items()) + f" (gates.max_psi {max_psi:g})" if drifted else largest
+        drift_text = (
+            "; ".join(f"{name} PSI {value:.3f}" for name, value in drifted.items()) + f" (gates.max_psi {max_psi:g})"
+            if drifted
+            else largest
+        )
     drift = GateResult("no_drift", not drifted and not quality.contract, drift_text)
     return (contract, complete, drift)
 
 
-def assess_snapshot(table: Table, pinned: PinnedSnapshot, spec: ReadSpec, reference: PinnedSnapshot | None) -> tuple[QualityReport, PreparedRead | None]:
+def assess_snapshot(
+    table: Table, pinned: PinnedSnapshot, spec: ReadSpec, reference: PinnedSnapshot | None
+) -> tuple[QualityReport, PreparedRead | None]:
     """The quality report of a pinned snapshot against a reference snapshot, and the read it planned.
 
     The schema contract is checked first (by field id); when it is broken the features are not
@@ -202,7 +224,11 @@ def assess_snapshot(table: Table, pinned: PinnedSnapshot, spec: ReadSpec, refere
     """
     reference_read = prepare_read(table, reference, spec) if reference is not None else None
     features = spec.features or (reference_read.layout.features if reference_read is not None else ())
-    contract = contract_changes(snapshot_schema(table, reference), snapshot_schema(table, pinned), features) if reference is not None else []
+    contract = (
+        contract_changes(snapshot_schema(table, reference), snapshot_schema(table, pinned), features)
+        if reference is not None
+        else []
+    )
     if contract:
         return QualityReport(reference.snapshot_id, tuple(contract)), None
     read = prepare_read(table, pinned, spec)
@@ -228,4 +254,16 @@ def psi(reference: FeatureProfile, current: FeatureProfile) -> float:
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
-__all__ = ["BINS", "FeatureProfile", "GateResult", "QualityReport", "assess", "assess_snapshot", "bin_edges", "contract_changes", "judge", "profile_features", "psi"]
+__all__ = [
+    "BINS",
+    "FeatureProfile",
+    "GateResult",
+    "QualityReport",
+    "assess",
+    "assess_snapshot",
+    "bin_edges",
+    "contract_changes",
+    "judge",
+    "profile_features",
+    "psi",
+]

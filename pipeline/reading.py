@@ -60,10 +60,12 @@ def parse_filter(text: str | None, schema: Schema, pinned: PinnedSnapshot) -> Bo
         expression = parse(text)
     except ParseException as exc:
         raise FilterError(
-            f"cannot parse row filter {text!r} near character {exc.loc + 1}; expected e.g. \"label >= 3 and id < 100\""
+            f'cannot parse row filter {text!r} near character {exc.loc + 1}; expected e.g. "label >= 3 and id < 100"'
         ) from exc
     except (ValueError, TypeError) as exc:  # PyIceberg's parser builds expressions it then rejects (``x < 5 or true``)
-        raise FilterError(f"cannot use row filter {text!r}: {_first_line(exc)}; expected e.g. \"label >= 3 and id < 100\"") from exc
+        raise FilterError(
+            f'cannot use row filter {text!r}: {_first_line(exc)}; expected e.g. "label >= 3 and id < 100"'
+        ) from exc
     try:
         bind(schema, expression, case_sensitive=True)
     except (ValueError, TypeError) as exc:
@@ -98,7 +100,9 @@ def prepare_read(table: Table, pinned: PinnedSnapshot, spec: ReadSpec) -> Prepar
     else:
         output = schema.as_arrow()
         layout = layout_for(output, table.properties, spec, identifiers)
-        plan = plan_scan(table, pinned, schema, row_filter, (layout.label, *layout.features), split_key, spec.since_snapshot_id)
+        plan = plan_scan(
+            table, pinned, schema, row_filter, (layout.label, *layout.features), split_key, spec.since_snapshot_id
+        )
     columns = (layout.label, *layout.features)
     return PreparedRead(table, plan, layout, spec, pa.schema([output.field(name) for name in columns]))
 
@@ -112,7 +116,9 @@ def split_key_for(spec: ReadSpec, identifiers: list[str], pinned: PinnedSnapshot
     if spec.split_by == "position":
         return ()
     if not identifiers and spec.split_by == "identifier":
-        raise ConfigError(f"data.split_by=identifier, but table {pinned.table!r} has no identifier fields; use position or auto")
+        raise ConfigError(
+            f"data.split_by=identifier, but table {pinned.table!r} has no identifier fields; use position or auto"
+        )
     return tuple(identifiers)
 
 

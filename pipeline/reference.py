@@ -21,7 +21,9 @@ from pipeline.tags import PIPELINE_TAG, SNAPSHOT_ID_TAG, TABLE_TAG
 CHAMPION_ALIAS = "champion"
 
 
-def reference_snapshot(client: MlflowClient, catalog_name: str, table: Table, table_name: str, pipeline: str, registered_model: str | None) -> PinnedSnapshot | None:
+def reference_snapshot(
+    client: MlflowClient, catalog_name: str, table: Table, table_name: str, pipeline: str, registered_model: str | None
+) -> PinnedSnapshot | None:
     """The gates' reference snapshot of ``table_name`` for ``pipeline``; None before any model, or when that snapshot was expired.
 
     Raises:
@@ -33,7 +35,9 @@ def reference_snapshot(client: MlflowClient, catalog_name: str, table: Table, ta
     snapshot = table.snapshot_by_id(snapshot_id) if snapshot_id is not None else None
     if snapshot is None:
         return None
-    return PinnedSnapshot(catalog_name, table_name, snapshot.snapshot_id, "id", str(snapshot.snapshot_id), snapshot.timestamp_ms)
+    return PinnedSnapshot(
+        catalog_name, table_name, snapshot.snapshot_id, "id", str(snapshot.snapshot_id), snapshot.timestamp_ms
+    )
 
 
 def _champion_snapshot(client: MlflowClient, model: str) -> int | None:
@@ -51,9 +55,15 @@ def _last_finished_run_snapshot(client: MlflowClient, pipeline: str, table_name:
     try:
         experiments = [e.experiment_id for e in client.search_experiments()]
         query = f"tags.`{PIPELINE_TAG}` = '{pipeline}' and tags.`{TABLE_TAG}` = '{table_name}' and attributes.status = 'FINISHED'"
-        runs = client.search_runs(experiments, query, max_results=1, order_by=["attributes.start_time DESC"]) if experiments else []
+        runs = (
+            client.search_runs(experiments, query, max_results=1, order_by=["attributes.start_time DESC"])
+            if experiments
+            else []
+        )
     except MlflowException as exc:
-        raise TrackingError(f"cannot look up the last finished run of pipeline {pipeline!r}: {_first_line(exc)}") from exc
+        raise TrackingError(
+            f"cannot look up the last finished run of pipeline {pipeline!r}: {_first_line(exc)}"
+        ) from exc
     value = runs[0].data.tags.get(SNAPSHOT_ID_TAG) if runs else None
     return int(value) if value and value.isdigit() else None
 

@@ -25,5 +25,7 @@ def create_tag(table: Table, name: str, snapshot_id: int | None = None) -> int:
     try:
         table.manage_snapshots().create_tag(snapshot_id=target, tag_name=name).commit()
     except CommitFailedException as exc:
-        raise IngestError(f"tagging {'.'.join(table.name())} conflicted with a concurrent commit; retry: {exc}") from exc
+        raise IngestError(
+            f"tagging {'.'.join(table.name())} conflicted with a concurrent commit; retry: {exc}"
+        ) from exc
     return target

@@ -57,18 +57,30 @@ def register(settings: Settings, run_id: str, name: str) -> Registered:
     run = get_run(settings, run_id)
     table_name, snapshot_id = run.data.tags[TABLE_TAG], int(run.data.tags[SNAPSHOT_ID_TAG])
     client = MlflowClient(settings.tracking_uri)
-    existing = [v for v in client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'") if v.run_id == run.info.run_id]
+    existing = [
+        v
+        for v in client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
+        if v.run_id == run.info.run_id
+    ]
     if existing:
         first = min(existing, key=lambda v: int(v.version))
-        return Registered(name, str(first.version), table_name, snapshot_id, first.tags.get("icetrain.iceberg_tag", ""), already=True)
+        return Registered(
+            name, str(first.version), table_name, snapshot_id, first.tags.get("icetrain.iceberg_tag", ""), already=True
+        )
     table = load_table(open_catalog(settings), table_name)
     if table.snapshot_by_id(snapshot_id) is None:
-        raise SnapshotNotFoundError(f"run {run_id} trained on snapshot {snapshot_id} of {table_name!r}, which no longer exists (expired); it cannot be registered with its data")
+        raise SnapshotNotFoundError(
+            f"run {run_id} trained on snapshot {snapshot_id} of {table_name!r}, which no longer exists (expired); it cannot be registered with its data"
+        )
     if not any(entry.path == "model" for entry in client.list_artifacts(run_id)):
         raise RegistryError(f"run {run_id} has no logged model (it did not finish?)")
     created_model = _ensure_registered_model(client, name, table_name)
     source = f"{run.info.artifact_uri}/model"
-    version = str(client.create_model_version(name, source, run_id=run_id, tags={MODEL_TABLE_TAG: table_name, "icetrain.snapshot_id": str(snapshot_id)}).version)
+    version = str(
+        client.create_model_version(
+            name, source, run_id=run_id, tags={MODEL_TABLE_TAG: table_name, "icetrain.snapshot_id": str(snapshot_id)}
+        ).version
+    )
     tag = iceberg_tag_name(name, version)
     try:
         check_ref_name(tag)
@@ -96,7 +108,9 @@ def unregister(settings: Settings, name: str, version: str) -> Registered:
         found = client.get_model_version(name, version)
     except MlflowException as exc:
         if exc.error_code not in NOT_FOUND_CODES:
-            raise RegistryError(f"cannot look up version {version!r} of registered model {name!r}: {' '.join(str(exc).split())[:200]}") from exc
+            raise RegistryError(
+                f"cannot look up version {version!r} of registered model {name!r}: {' '.join(str(exc).split())[:200]}"
+            ) from exc
         raise RegistryError(f"no version {version!r} of registered model {name!r}") from exc
     table_name, tag = found.tags.get(MODEL_TABLE_TAG), found.tags.get("icetrain.iceberg_tag")
     snapshot_id = int(found.tags.get("icetrain.snapshot_id", "0"))
@@ -127,7 +141,9 @@ def _refuse_other_table(client: MlflowClient, name: str, table_name: str) -> boo
         raise TrackingError(f"cannot look up registered model {name!r}: {' '.join(str(exc).split())[:200]}") from exc
     other = existing.tags.get(MODEL_TABLE_TAG)
     if other and other != table_name:
-        raise RegistryError(f"registered model {name!r} holds models of table {other!r}, not {table_name!r}; pick another name")
+        raise RegistryError(
+            f"registered model {name!r} holds models of table {other!r}, not {table_name!r}; pick another name"
+        )
     return True
 
 

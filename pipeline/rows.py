@@ -68,10 +68,16 @@ class RowSource:
             batch = batch.filter(pa.array(mask))
         if self.sql:
             query = row_local_query(self.sql, self._arrow_schema, self.only)
-            batch = query.run(self._connection(), batch) if query is not None else transform_batch(self._connection(), batch, self.sql)
+            batch = (
+                query.run(self._connection(), batch)
+                if query is not None
+                else transform_batch(self._connection(), batch, self.sql)
+            )
         return batch
 
-    def split_rows(self, unit: int, positions: np.ndarray, split: str | None = None, batch: pa.Table | None = None) -> np.ndarray | None:
+    def split_rows(
+        self, unit: int, positions: np.ndarray, split: str | None = None, batch: pa.Table | None = None
+    ) -> np.ndarray | None:
         """Which of row group ``unit``'s rows are in the split (None when all are), by identifier
         values when the plan has a split key (``batch`` must hold those columns), else by file position."""
         split = split or self.split
@@ -190,7 +196,11 @@ def profile_from_metadata(source: RowSource, label: str) -> RowProfile | None:
     the Iceberg manifests' bounds. Returns None otherwise.
     """
     plan = source.plan
-    if source.sql or plan.row_filter != AlwaysTrue() or (plan.split_key and source.split != "all" and source.val_fraction > 0):
+    if (
+        source.sql
+        or plan.row_filter != AlwaysTrue()
+        or (plan.split_key and source.split != "all" and source.val_fraction > 0)
+    ):
         return None
     field = plan.read_schema.find_field(label)
     if not isinstance(field.field_type, (IntegerType, LongType)):
@@ -198,7 +208,10 @@ def profile_from_metadata(source: RowSource, label: str) -> RowProfile | None:
     lows, highs, nulls = [], [], 0
     for ref in plan.files:
         data_file = ref.task.file
-        lower, upper = (data_file.lower_bounds or {}).get(field.field_id), (data_file.upper_bounds or {}).get(field.field_id)
+        lower, upper = (
+            (data_file.lower_bounds or {}).get(field.field_id),
+            (data_file.upper_bounds or {}).get(field.field_id),
+        )
         if lower is None or upper is None:
             return None
         lows.append(from_bytes(field.field_type, lower))

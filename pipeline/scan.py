@@ -149,16 +149,30 @@ def plan_scan(
         tasks = [task for task in tasks if task.file.file_path in appended]
     for task in tasks:
         if any(delete.content == DataFileContent.EQUALITY_DELETES for delete in task.delete_files):
-            raise IcetrainError(f"snapshot {pinned.snapshot_id} of {pinned.table!r} has equality deletes, which icetrain cannot read yet")
+            raise IcetrainError(
+                f"snapshot {pinned.snapshot_id} of {pinned.table!r} has equality deletes, which icetrain cannot read yet"
+            )
         if task.file.file_format != FileFormat.PARQUET:
-            raise IcetrainError(f"data file {task.file.file_path} is {task.file.file_format}; icetrain reads Parquet only")
+            raise IcetrainError(
+                f"data file {task.file.file_path} is {task.file.file_format}; icetrain reads Parquet only"
+            )
     deletes = _read_all_delete_files(table.io, tasks)
     files = tuple(
-        DataFileRef(task, np.unique(np.concatenate([np.asarray(c, dtype=np.int64) for c in deletes.get(task.file.file_path, [])] or [np.empty(0, np.int64)])))
+        DataFileRef(
+            task,
+            np.unique(
+                np.concatenate(
+                    [np.asarray(c, dtype=np.int64) for c in deletes.get(task.file.file_path, [])]
+                    or [np.empty(0, np.int64)]
+                )
+            ),
+        )
         for task in tasks
     )
     with ThreadPoolExecutor(max_workers=8) as pool:
-        footers = list(pool.map(lambda ref: _row_groups_of(table.io, ref.path, bound_filter, table.metadata, pinned), files))
+        footers = list(
+            pool.map(lambda ref: _row_groups_of(table.io, ref.path, bound_filter, table.metadata, pinned), files)
+        )
     row_groups = []
     for file_index, (sizes, kept) in enumerate(footers):
         first = 0
@@ -190,15 +204,25 @@ def _appended_since(table: Table, pinned: PinnedSnapshot, since: int) -> set[str
 
     lineage = ancestors(table, pinned.snapshot_id)
     if since not in {snapshot.snapshot_id for snapshot in lineage}:
-        raise ConfigError(f"data.since_snapshot_id {since} is not an ancestor of snapshot {pinned.snapshot_id} of {pinned.table!r}")
-    between = lineage[: [snapshot.snapshot_id for snapshot in lineage].index(since)]  # newer than ``since``, up to the pinned one
-    rewrites = [snapshot for snapshot in between if snapshot.summary is not None and snapshot.summary.operation.value != "append"]
+        raise ConfigError(
+            f"data.since_snapshot_id {since} is not an ancestor of snapshot {pinned.snapshot_id} of {pinned.table!r}"
+        )
+    between = lineage[
+        : [snapshot.snapshot_id for snapshot in lineage].index(since)
+    ]  # newer than ``since``, up to the pinned one
+    rewrites = [
+        snapshot
+        for snapshot in between
+        if snapshot.summary is not None and snapshot.summary.operation.value != "append"
+    ]
     if rewrites:
         raise ConfigError(
             f"data.since_snapshot_id {since}: snapshot {rewrites[0].snapshot_id} of {pinned.table!r} rewrote files (operation {rewrites[0].summary.operation.value}:"
             " a delete, overwrite or compaction), so the rows appended since cannot be told apart; train on the whole snapshot"
         )
-    incremental = table.incremental_append_scan(from_snapshot_id_exclusive=since, to_snapshot_id_inclusive=pinned.snapshot_id)
+    incremental = table.incremental_append_scan(
+        from_snapshot_id_exclusive=since, to_snapshot_id_inclusive=pinned.snapshot_id
+    )
     return {task.file.file_path for task in incremental.plan_files()}
 
 
@@ -221,19 +245,28 @@ def _projection(plan: ScanPlan, file_index: int, physical: pa.Schema, wanted: Sc
         return cache[key]
     task = plan.files[file_index].task
     format_version = plan.metadata.format_version
-    file_schema = pyarrow_to_schema(physical, plan.metadata.name_mapping(), downcast_ns_timestamp_to_us=format_version <= 2, format_version=format_version)
+    file_schema = pyarrow_to_schema(
+        physical,
+        plan.metadata.name_mapping(),
+        downcast_ns_timestamp_to_us=format_version <= 2,
+        format_version=format_version,
+    )
     missing_values = _get_column_projection_values(
         task.file, wanted, plan.metadata.schema(), plan.metadata.specs().get(task.file.spec_id), file_schema.field_ids
     )
     file_read_schema = prune_columns(file_schema, _leaf_and_struct_ids(wanted), select_full_types=False)
     predicate = None
     if plan.row_filter != AlwaysTrue():
-        translated = translate_column_names(plan.row_filter, file_schema, case_sensitive=True, projected_field_values=missing_values)
+        translated = translate_column_names(
+            plan.row_filter, file_schema, case_sensitive=True, projected_field_values=missing_values
+        )
         predicate = expression_to_pyarrow(bind(file_schema, translated, case_sensitive=True), file_schema)
     identical = not missing_values and [(f.field_id, f.name, f.field_type) for f in file_read_schema.fields] == [
         (f.field_id, f.name, f.field_type) for f in wanted.fields
     ]
-    projection = _FileProjection(file_schema, file_read_schema, [c.name for c in file_read_schema.columns], missing_values, predicate, identical)
+    projection = _FileProjection(
+        file_schema, file_read_schema, [c.name for c in file_read_schema.columns], missing_values, predicate, identical
+    )
     cache[key] = projection
     return projection
 
@@ -252,10 +285,14 @@ def read_row_group(plan: ScanPlan, group: RowGroup, schema: Schema | None = None
     ref = plan.files[group.file_index]
     wanted = schema if schema is not None else plan.read_schema
     with _reading(ref.path, plan.pinned), plan.io().new_input(ref.path).open() as source:
-        fragment = _get_file_format(FileFormat.PARQUET, pre_buffer=True).make_fragment(source, row_groups=[group.row_group])
+        fragment = _get_file_format(FileFormat.PARQUET, pre_buffer=True).make_fragment(
+            source, row_groups=[group.row_group]
+        )
         physical = fragment.physical_schema
         projection = _projection(plan, group.file_index, physical, wanted)
-        table = fragment.to_table(schema=physical, columns=projection.columns, use_threads=False)  # the loader decodes row groups in parallel itself
+        table = fragment.to_table(
+            schema=physical, columns=projection.columns, use_threads=False
+        )  # the loader decodes row groups in parallel itself
     positions = np.arange(group.first_row, group.first_row + table.num_rows, dtype=np.int64)
     if len(ref.deleted_positions):
         keep = ~np.isin(positions, ref.deleted_positions, assume_unique=True)
@@ -291,7 +328,9 @@ def _read_schema(schema: Schema, bound_filter: BooleanExpression, columns: tuple
     known = {f.name for f in schema.fields}
     missing = [name for name in names if name not in known]
     if missing:
-        raise ColumnError(f"column(s) {', '.join(repr(m) for m in missing)} not found; columns: {', '.join(f.name for f in schema.fields)}")
+        raise ColumnError(
+            f"column(s) {', '.join(repr(m) for m in missing)} not found; columns: {', '.join(f.name for f in schema.fields)}"
+        )
     return schema.select(*names, case_sensitive=True)
 
 
@@ -308,10 +347,14 @@ def _reading(path: str, pinned: PinnedSnapshot) -> Iterator[None]:
         yield
     except (OSError, pa.ArrowInvalid) as exc:
         reason = " ".join(str(exc).split())[:200]
-        raise DataFileError(f"cannot read data file {path} of {pinned.table} at snapshot {pinned.snapshot_id}: {reason}") from exc
+        raise DataFileError(
+            f"cannot read data file {path} of {pinned.table} at snapshot {pinned.snapshot_id}: {reason}"
+        ) from exc
 
 
-def _row_groups_of(io: FileIO, path: str, bound_filter: BooleanExpression, metadata: TableMetadata, pinned: PinnedSnapshot) -> tuple[list[int], set[int]]:
+def _row_groups_of(
+    io: FileIO, path: str, bound_filter: BooleanExpression, metadata: TableMetadata, pinned: PinnedSnapshot
+) -> tuple[list[int], set[int]]:
     """Every row group's size, and the row groups whose Parquet statistics may match the filter."""
     with _reading(path, pinned), io.new_input(path).open() as source:
         fragment = _get_file_format(FileFormat.PARQUET).make_fragment(source)

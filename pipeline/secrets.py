@@ -10,9 +10,29 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-SECRET_WORDS = ("password", "passwd", "secret", "token", "access-key", "access_key", "accesskey", "api-key", "api_key", "apikey", "private-key", "private_key", "credential", "signature")
+SECRET_WORDS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "access-key",
+    "access_key",
+    "accesskey",
+    "api-key",
+    "api_key",
+    "apikey",
+    "private-key",
+    "private_key",
+    "credential",
+    "signature",
+)
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@\s/]+)@")
-_SECRET_ASSIGNMENT = re.compile(r"(?P<name>[A-Za-z0-9_.-]*(?:" + "|".join(re.escape(word) for word in SECRET_WORDS) + r")[A-Za-z0-9_.-]*)(?P<sep>\s*[=:]\s*)(?P<value>[^\s&,;'\"]+)", re.IGNORECASE)
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?P<name>[A-Za-z0-9_.-]*(?:"
+    + "|".join(re.escape(word) for word in SECRET_WORDS)
+    + r")[A-Za-z0-9_.-]*)(?P<sep>\s*[=:]\s*)(?P<value>[^\s&,;'\"]+)",
+    re.IGNORECASE,
+)
 
 
 def redact(uri: str) -> str:

@@ -153,7 +153,9 @@ def _running_services(home: Path) -> dict[str, str]:
     try:
         ports = json.loads(record.read_text())
     except (OSError, ValueError):
-        raise ConfigError(f"{PROFILE_ENV}=services but no services run for {home} ({record} is missing); start them with `make services`") from None
+        raise ConfigError(
+            f"{PROFILE_ENV}=services but no services run for {home} ({record} is missing); start them with `make services`"
+        ) from None
     return {
         "catalog": f"postgresql+psycopg2://icetrain@127.0.0.1:{ports['postgres_port']}/iceberg",
         "mlflow": f"http://127.0.0.1:{ports['mlflow_port']}",

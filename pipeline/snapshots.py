@@ -148,7 +148,9 @@ def ancestors(table: Table, snapshot_id: int) -> list[Snapshot]:
     return found
 
 
-def _pin(snapshot: Snapshot, request: SnapshotRequest, catalog_name: str, asked_by: str, asked_value: str) -> PinnedSnapshot:
+def _pin(
+    snapshot: Snapshot, request: SnapshotRequest, catalog_name: str, asked_by: str, asked_value: str
+) -> PinnedSnapshot:
     return PinnedSnapshot(
         catalog=catalog_name,
         table=request.table,

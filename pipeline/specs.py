@@ -59,7 +59,9 @@ def parse_as_of(text: str) -> datetime:
             return datetime.fromtimestamp(int(stripped) / 1000, tz=timezone.utc)
         parsed = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
     except (ValueError, OverflowError, OSError) as exc:
-        raise ConfigError(f"as-of time {text!r} is neither ISO 8601 (2026-11-21T10:00:00Z) nor epoch milliseconds") from exc
+        raise ConfigError(
+            f"as-of time {text!r} is neither ISO 8601 (2026-11-21T10:00:00Z) nor epoch milliseconds"
+        ) from exc
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
@@ -158,7 +160,9 @@ class LoaderConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or (self.block_rows is not None and self.block_rows < 1) or self.buffer_mb < 1:
-            raise ConfigError(f"batch size, block rows and buffer size must be positive, got {self.batch_size}, {self.block_rows}, {self.buffer_mb}")
+            raise ConfigError(
+                f"batch size, block rows and buffer size must be positive, got {self.batch_size}, {self.block_rows}, {self.buffer_mb}"
+            )
         if self.cache_mb < 0:
             raise ConfigError(f"cache_mb must be >= 0 (0 turns the decoded cache off), got {self.cache_mb}")
         if self.num_workers < 0 or self.decode_threads < 1:

@@ -61,11 +61,21 @@ def _column_hash(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     elif pa.types.is_decimal(data_type):
         array = pc.cast(array, pa.string())
     elif pa.types.is_temporal(data_type):
-        array = pc.cast(array, pa.int64()) if not pa.types.is_date32(data_type) else pc.cast(pc.cast(array, pa.int32()), pa.int64())
+        array = (
+            pc.cast(array, pa.int64())
+            if not pa.types.is_date32(data_type)
+            else pc.cast(pc.cast(array, pa.int32()), pa.int64())
+        )
     data_type = array.type
     if pa.types.is_integer(data_type):
         return _splitmix64(array.to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64))
-    if pa.types.is_string(data_type) or pa.types.is_binary(data_type) or pa.types.is_large_string(data_type) or pa.types.is_large_binary(data_type) or pa.types.is_fixed_size_binary(data_type):
+    if (
+        pa.types.is_string(data_type)
+        or pa.types.is_binary(data_type)
+        or pa.types.is_large_string(data_type)
+        or pa.types.is_large_binary(data_type)
+        or pa.types.is_fixed_size_binary(data_type)
+    ):
         return _bytes_hash(array)
     if pa.types.is_floating(data_type):
         return _splitmix64(array.to_numpy(zero_copy_only=False).astype(np.float64).view(np.uint64))
@@ -76,12 +86,20 @@ def _bytes_hash(array: pa.Array) -> np.ndarray:
     """FNV-style polynomial hash of each value's bytes, for all values at once."""
     if pa.types.is_fixed_size_binary(array.type):
         width = array.type.byte_width
-        data = np.frombuffer(array.buffers()[1], dtype=np.uint8)[array.offset * width : (array.offset + len(array)) * width]
+        data = np.frombuffer(array.buffers()[1], dtype=np.uint8)[
+            array.offset * width : (array.offset + len(array)) * width
+        ]
         offsets = np.arange(0, (len(array) + 1) * width, width, dtype=np.int64)
     else:
         wide = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
-        raw_offsets = np.frombuffer(array.buffers()[1], dtype=np.int64 if wide else np.int32)[array.offset : array.offset + len(array) + 1]
-        data = np.frombuffer(array.buffers()[2], dtype=np.uint8) if array.buffers()[2] is not None else np.zeros(0, np.uint8)
+        raw_offsets = np.frombuffer(array.buffers()[1], dtype=np.int64 if wide else np.int32)[
+            array.offset : array.offset + len(array) + 1
+        ]
+        data = (
+            np.frombuffer(array.buffers()[2], dtype=np.uint8)
+            if array.buffers()[2] is not None
+            else np.zeros(0, np.uint8)
+        )
         data = data[raw_offsets[0] : raw_offsets[-1]]
         offsets = raw_offsets.astype(np.int64) - raw_offsets[0]
     lengths = np.diff(offsets)
@@ -91,7 +109,9 @@ def _bytes_hash(array: pa.Array) -> np.ndarray:
     place = np.arange(len(data), dtype=np.int64) - offsets[:-1][row_of_byte]
     longest = max(int(lengths.max()), 1)
     with np.errstate(over="ignore"):
-        powers = np.cumprod(np.concatenate([[np.uint64(1)], np.full(longest - 1, _BYTE_BASE, dtype=np.uint64)]), dtype=np.uint64)
+        powers = np.cumprod(
+            np.concatenate([[np.uint64(1)], np.full(longest - 1, _BYTE_BASE, dtype=np.uint64)]), dtype=np.uint64
+        )
         terms = (data.astype(np.uint64) + np.uint64(1)) * powers[place]
         running = np.concatenate([[np.uint64(0)], np.cumsum(terms, dtype=np.uint64)])
         sums = running[offsets[1:]] - running[offsets[:-1]]

@@ -9,4 +9,13 @@ GIT_DIRTY_TAG = "icetrain.git_dirty"
 REPRODUCES_TAG = "icetrain.reproduces"
 NOTE_TAG = "mlflow.note.content"
 
-__all__ = ["DAGSTER_RUN_TAG", "GIT_DIRTY_TAG", "LAUNCHED_BY_TAG", "NOTE_TAG", "PIPELINE_TAG", "REPRODUCES_TAG", "SNAPSHOT_ID_TAG", "TABLE_TAG"]
+__all__ = [
+    "DAGSTER_RUN_TAG",
+    "GIT_DIRTY_TAG",
+    "LAUNCHED_BY_TAG",
+    "NOTE_TAG",
+    "PIPELINE_TAG",
+    "REPRODUCES_TAG",
+    "SNAPSHOT_ID_TAG",
+    "TABLE_TAG",
+]

@@ -83,7 +83,9 @@ def layout_for(
     if spec.task == "regression" and not _is_numeric(label_type):
         raise LabelError(f"regression needs a numeric label; column {spec.label!r} has type {label_type}")
     if spec.task == "classification" and pa.types.is_floating(label_type):
-        raise LabelError(f"label column {spec.label!r} holds {label_type} numbers, not classes; set data.task=regression to predict it, or cast it to integers")
+        raise LabelError(
+            f"label column {spec.label!r} holds {label_type} numbers, not classes; set data.task=regression to predict it, or cast it to integers"
+        )
     if spec.task == "classification" and not _is_class_type(label_type):
         raise LabelError(
             f"label column {spec.label!r} has type {label_type}, which cannot hold classes; use integers, booleans or text (in SQL, e.g. label::BIGINT or label::VARCHAR)"
@@ -96,7 +98,9 @@ def layout_for(
     if spec.features is not None:
         missing = [name for name in spec.features if name not in names]
         if missing:
-            raise ColumnError(f"feature column(s) {', '.join(repr(m) for m in missing)} not found; columns: {', '.join(names)}")
+            raise ColumnError(
+                f"feature column(s) {', '.join(repr(m) for m in missing)} not found; columns: {', '.join(names)}"
+            )
         features = spec.features
     elif images:
         features = tuple(images)
@@ -110,7 +114,11 @@ def layout_for(
         if len(features) != 1:
             raise ColumnError(f"image column {image_features[0]!r} must be the only feature; got {', '.join(features)}")
         name = image_features[0]
-        scale = spec.image_max if spec.image_max is not None else float(properties.get(IMAGE_MAX_KEY.format(column=name), 255))
+        scale = (
+            spec.image_max
+            if spec.image_max is not None
+            else float(properties.get(IMAGE_MAX_KEY.format(column=name), 255))
+        )
         return TensorLayout(label=spec.label, features=features, image_shape=images[name], image_scale=scale)
     for name in features:
         if not _is_numeric(schema.field(name).type):
@@ -126,7 +134,9 @@ def features_to_tensor(batch: pa.RecordBatch, layout: TensorLayout) -> torch.Ten
     """
     for name in layout.features:
         if batch.column(name).null_count:
-            raise NullFeatureError(f"feature column {name!r} has {batch.column(name).null_count} null values in one row group", name)
+            raise NullFeatureError(
+                f"feature column {name!r} has {batch.column(name).null_count} null values in one row group", name
+            )
     if layout.image_shape is not None:
         raw = image_bytes(batch.column(layout.features[0]), layout.features[0], layout.image_shape)
         images = raw.reshape(batch.num_rows, *layout.image_shape).astype(np.float32)
@@ -189,7 +199,9 @@ class LabelVocabulary:
         index = np.clip(index, 0, len(classes) - 1)
         unknown = classes[index] != values
         if unknown.any():
-            raise LabelError(f"label value {_plain(values[unknown][0])!r} is not one of the classes {list(self.classes)}")
+            raise LabelError(
+                f"label value {_plain(values[unknown][0])!r} is not one of the classes {list(self.classes)}"
+            )
         return torch.from_numpy(index.astype(np.int64))
 
 
@@ -224,7 +236,12 @@ def _image_shape(properties: Mapping[str, str], column: str) -> tuple[int, ...] 
 def _is_class_type(data_type: pa.DataType) -> bool:
     if pa.types.is_dictionary(data_type):
         data_type = data_type.value_type
-    return pa.types.is_integer(data_type) or pa.types.is_boolean(data_type) or pa.types.is_string(data_type) or pa.types.is_large_string(data_type)
+    return (
+        pa.types.is_integer(data_type)
+        or pa.types.is_boolean(data_type)
+        or pa.types.is_string(data_type)
+        or pa.types.is_large_string(data_type)
+    )
 
 
 def _is_numeric(data_type: pa.DataType) -> bool:
@@ -238,7 +255,9 @@ def image_bytes(column: pa.Array, name: str, shape: tuple[int, ...]) -> np.ndarr
     data_type = column.type
     if pa.types.is_fixed_size_binary(data_type):
         if data_type.byte_width != per_row:
-            raise ColumnError(f"image column {name!r} has {data_type.byte_width} bytes per row, shape {shape} needs {per_row}")
+            raise ColumnError(
+                f"image column {name!r} has {data_type.byte_width} bytes per row, shape {shape} needs {per_row}"
+            )
         start = column.offset * per_row
         return np.frombuffer(column.buffers()[1], dtype=np.uint8)[start : start + count * per_row]
     if pa.types.is_binary(data_type) or pa.types.is_large_binary(data_type):

@@ -100,11 +100,16 @@ def transactions_day(day: date, rows: int = 2000, *, drift_from: date | None = N
         "country": COUNTRIES[np.where(foreign == 1, rng.integers(1, len(COUNTRIES), rows), 0)],
         "is_fraud": is_fraud,
     }
-    fields = [pa.field(name, pa.int64(), nullable=False) if name == IDENTIFIER else pa.field(name, pa.array(values).type) for name, values in columns.items()]
+    fields = [
+        pa.field(name, pa.int64(), nullable=False) if name == IDENTIFIER else pa.field(name, pa.array(values).type)
+        for name, values in columns.items()
+    ]
     return pa.table([pa.array(values) for values in columns.values()], schema=pa.schema(fields))
 
 
-def ingest_day(catalog: Catalog, day: date, rows: int = 2000, *, drift_from: date | None = None, run_id: str | None = None) -> int | None:
+def ingest_day(
+    catalog: Catalog, day: date, rows: int = 2000, *, drift_from: date | None = None, run_id: str | None = None
+) -> int | None:
     """Append one day as one snapshot (summary ``icetrain.partition=<day>``), unless that day is in already.
 
     Returns:
@@ -114,10 +119,21 @@ def ingest_day(catalog: Catalog, day: date, rows: int = 2000, *, drift_from: dat
     if catalog.table_exists(TRANSACTIONS_TABLE):
         table = catalog.load_table(TRANSACTIONS_TABLE)
         current = table.current_snapshot()
-        if current is not None and any((s.summary.additional_properties if s.summary else {}).get(DAY_PROPERTY) == key for s in ancestors(table, current.snapshot_id)):
+        if current is not None and any(
+            (s.summary.additional_properties if s.summary else {}).get(DAY_PROPERTY) == key
+            for s in ancestors(table, current.snapshot_id)
+        ):
             return None
     data = transactions_day(day, rows, drift_from=drift_from)
-    return append_arrow(catalog, TRANSACTIONS_TABLE, data, source="pipeline.transactions", run_id=run_id, identifier_fields=(IDENTIFIER,), properties={DAY_PROPERTY: key})
+    return append_arrow(
+        catalog,
+        TRANSACTIONS_TABLE,
+        data,
+        source="pipeline.transactions",
+        run_id=run_id,
+        identifier_fields=(IDENTIFIER,),
+        properties={DAY_PROPERTY: key},
+    )
 
 
 def day_of(partition_key: str) -> date:

@@ -45,7 +45,9 @@ def sandboxed_connection() -> duckdb.DuckDBPyConnection:
     return connection
 
 
-def transform_batch(connection: duckdb.DuckDBPyConnection, rows: pa.RecordBatch, sql: str, batch_size: int = 65536) -> pa.RecordBatch:
+def transform_batch(
+    connection: duckdb.DuckDBPyConnection, rows: pa.RecordBatch, sql: str, batch_size: int = 65536
+) -> pa.RecordBatch:
     """Run ``sql`` over one bounded batch of rows (a row group) and return its result.
 
     The result is streamed out of DuckDB in record batches and joined; it is bounded by the
@@ -92,7 +94,9 @@ def check_transform(sql: str) -> str:
     if parsed.get("error") and "Only SELECT" in str(parsed.get("error_message")):
         raise TransformError(f"SQL transform must be a SELECT over {SOURCE_RELATION}, got {sql.strip()[:60]!r}")
     if parsed.get("error"):
-        raise TransformError(f"SQL transform must be one SELECT over {SOURCE_RELATION}: {_one_line(parsed.get('error_message', 'cannot parse it'))}")
+        raise TransformError(
+            f"SQL transform must be one SELECT over {SOURCE_RELATION}: {_one_line(parsed.get('error_message', 'cannot parse it'))}"
+        )
     statements = parsed.get("statements", [])
     if len(statements) != 1:
         raise TransformError(f"SQL transform must be one statement, got {len(statements)}")
@@ -120,14 +124,24 @@ def _clause_problem(node: dict) -> str:
     source = node.get("from_table") or {}
     if node.get("cte_map", {}).get("map"):
         return "WITH is not supported; write one SELECT over snapshot"
-    if source.get("type") != "BASE_TABLE" or str(source.get("table_name", "")).lower() != SOURCE_RELATION or source.get("schema_name") or source.get("catalog_name"):
+    if (
+        source.get("type") != "BASE_TABLE"
+        or str(source.get("table_name", "")).lower() != SOURCE_RELATION
+        or source.get("schema_name")
+        or source.get("catalog_name")
+    ):
         return f"it must read FROM {SOURCE_RELATION} only (no other relation, join, table function or subquery)"
     modifiers = {_MODIFIERS.get(m.get("type", ""), m.get("type", "")) for m in node.get("modifiers", [])}
     if modifiers:
         return f"{', '.join(sorted(modifiers))} is not row-local (each row group is transformed on its own)"
     if source.get("sample") or node.get("sample"):
         return "USING SAMPLE / TABLESAMPLE is random, not reproducible"
-    if node.get("group_expressions") or node.get("group_sets") or node.get("having") or node.get("aggregate_handling") != "STANDARD_HANDLING":
+    if (
+        node.get("group_expressions")
+        or node.get("group_sets")
+        or node.get("having")
+        or node.get("aggregate_handling") != "STANDARD_HANDLING"
+    ):
         return "GROUP BY / HAVING aggregates rows; the transform must map each row on its own"
     if node.get("qualify"):
         return "QUALIFY filters by window functions, which are not row-local"
@@ -160,7 +174,12 @@ def _expression_problem(tree: object, kinds: dict[str, set[str]]) -> str:
 
 _KINDS: dict[str, set[str]] = {}
 CLOCK_KEYWORDS = ("current_date", "current_time", "current_timestamp", "localtime", "localtimestamp")
-_MODIFIERS = {"ORDER_MODIFIER": "ORDER BY", "LIMIT_MODIFIER": "LIMIT", "LIMIT_PERCENT_MODIFIER": "LIMIT", "DISTINCT_MODIFIER": "DISTINCT"}
+_MODIFIERS = {
+    "ORDER_MODIFIER": "ORDER BY",
+    "LIMIT_MODIFIER": "LIMIT",
+    "LIMIT_PERCENT_MODIFIER": "LIMIT",
+    "DISTINCT_MODIFIER": "DISTINCT",
+}
 
 
 def _function_kinds() -> dict[str, set[str]]:
@@ -174,10 +193,16 @@ def _function_kinds() -> dict[str, set[str]]:
     """
     if not _KINDS:
         with sandboxed_connection() as connection:
-            rows = connection.execute("select lower(function_name), function_type, coalesce(stability, '') from duckdb_functions()").fetchall()
+            rows = connection.execute(
+                "select lower(function_name), function_type, coalesce(stability, '') from duckdb_functions()"
+            ).fetchall()
         scalar = {name for name, kind, _ in rows if kind in ("scalar", "macro")}
-        consistent = {name for name, kind, stability in rows if kind in ("scalar", "macro") and stability == "CONSISTENT"}
-        _KINDS["volatile"] = {name for name, kind, stability in rows if kind in ("scalar", "macro") and stability == "VOLATILE"}
+        consistent = {
+            name for name, kind, stability in rows if kind in ("scalar", "macro") and stability == "CONSISTENT"
+        }
+        _KINDS["volatile"] = {
+            name for name, kind, stability in rows if kind in ("scalar", "macro") and stability == "VOLATILE"
+        }
         _KINDS["volatile"] |= scalar - consistent
         _KINDS["aggregate"] = {name for name, kind, _ in rows if kind in ("aggregate", "window")} - scalar
         _KINDS["set_returning"] = {"unnest", "unlist", "generate_subscripts"}
@@ -223,7 +248,9 @@ class RowLocalQuery:
         """The same rows and columns the whole query returns for ``rows``."""
         count = rows.num_rows
         numbers = pa.array(np.arange(count, dtype=np.int64))
-        inputs = pa.Table.from_arrays([*(rows.column(name) for name in self.columns), numbers], names=[*self.columns, ROW_COLUMN])
+        inputs = pa.Table.from_arrays(
+            [*(rows.column(name) for name in self.columns), numbers], names=[*self.columns, ROW_COLUMN]
+        )
         computed = transform_batch(connection, inputs, self.sql)
         kept = computed.column(computed.num_columns - 1)
         everything = len(kept) == count and np.array_equal(kept.to_numpy(), numbers.to_numpy())
@@ -278,11 +305,25 @@ def _row_local_query(sql: str, schema: pa.Schema, only: str | None) -> RowLocalQ
         columns = _columns_of({"where": node.get("where_clause"), "computed": computed}, schema.names)
         if columns is None:
             return None
-        row_ref = {"class": "COLUMN_REF", "type": "COLUMN_REF", "alias": "", "query_location": 0, "query_location_length": 0, "column_names": [ROW_COLUMN]}
-        tree = {"error": False, "statements": [{"node": {**node, "select_list": [*computed, row_ref]}, "named_param_map": []}]}
+        row_ref = {
+            "class": "COLUMN_REF",
+            "type": "COLUMN_REF",
+            "alias": "",
+            "query_location": 0,
+            "query_location_length": 0,
+            "column_names": [ROW_COLUMN],
+        }
+        tree = {
+            "error": False,
+            "statements": [{"node": {**node, "select_list": [*computed, row_ref]}, "named_param_map": []}],
+        }
         try:
             reduced = connection.execute("select json_deserialize_sql(?::JSON)", [json.dumps(tree)]).fetchall()[0][0]
-            trial = transform_batch(connection, _empty(pa.schema([*(schema.field(c) for c in columns), pa.field(ROW_COLUMN, pa.int64())])), reduced).schema
+            trial = transform_batch(
+                connection,
+                _empty(pa.schema([*(schema.field(c) for c in columns), pa.field(ROW_COLUMN, pa.int64())])),
+                reduced,
+            ).schema
         except (duckdb.Error, TransformError):
             return None
     expected = [whole.field(i).type for i in chosen if outputs[chosen.index(i)][1] is None]
@@ -314,7 +355,9 @@ def _empty(schema: pa.Schema) -> pa.RecordBatch:
 def _select_node(sql: str) -> dict | None:
     parsed = _parse(sql)
     statements = parsed.get("statements", []) if not parsed.get("error") else []
-    return statements[0]["node"] if len(statements) == 1 and statements[0]["node"].get("type") == "SELECT_NODE" else None
+    return (
+        statements[0]["node"] if len(statements) == 1 and statements[0]["node"].get("type") == "SELECT_NODE" else None
+    )
 
 
 def _columns_of(tree: object, columns: Sequence[str]) -> tuple[str, ...] | None:
@@ -330,7 +373,9 @@ def _columns_of(tree: object, columns: Sequence[str]) -> tuple[str, ...] | None:
         if node.get("class") == "STAR":
             return False
         if node.get("class") == "COLUMN_REF":
-            named = [by_lower[str(part).lower()] for part in node.get("column_names", []) if str(part).lower() in by_lower]
+            named = [
+                by_lower[str(part).lower()] for part in node.get("column_names", []) if str(part).lower() in by_lower
+            ]
             found.update(named)
             return bool(named)
         return all(walk(value) for key, value in node.items() if key != "from_table")

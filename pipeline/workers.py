@@ -81,7 +81,12 @@ def decode_in_workers(
     done = [context.Queue() for _ in range(workers)]
     free = [context.Semaphore(SLOTS) for _ in range(workers)]
     processes = [
-        context.Process(target=_work, args=(i, workers, blocks, slots[i], layout, decode, done[i], free[i]), daemon=True, name=f"icetrain-decode-{i}")
+        context.Process(
+            target=_work,
+            args=(i, workers, blocks, slots[i], layout, decode, done[i], free[i]),
+            daemon=True,
+            name=f"icetrain-decode-{i}",
+        )
         for i in range(workers)
     ]
     try:
@@ -119,14 +124,25 @@ def _receive(channel: Any, process: Any) -> int:
             kind, value = channel.get(timeout=_POLL_S)
         except queue.Empty:
             if not process.is_alive():
-                raise WorkerError(f"decode worker {process.name} stopped (exit code {process.exitcode}) before its next block") from None
+                raise WorkerError(
+                    f"decode worker {process.name} stopped (exit code {process.exitcode}) before its next block"
+                ) from None
             continue
         if kind == "error":
             raise value
         return int(value)
 
 
-def _work(index: int, workers: int, blocks: int, slots: list[SharedMemory], layout: SlotLayout, decode: Callable[[int], Writer], done: Any, free: Any) -> None:
+def _work(
+    index: int,
+    workers: int,
+    blocks: int,
+    slots: list[SharedMemory],
+    layout: SlotLayout,
+    decode: Callable[[int], Writer],
+    done: Any,
+    free: Any,
+) -> None:
     """One worker: decode its blocks, each written into its next slot (inherited through fork) once the trainer has freed it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it stops the workers
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler inherited from the trainer: stopping must stop

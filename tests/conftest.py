@@ -24,9 +24,12 @@ _CACHE = tempfile.mkdtemp(prefix="icetrain-test-cache-")
 os.environ["ICETRAIN_CACHE_DIR"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, True)
 
+
 def config_for(table: str, *assignments: str) -> PipelineConfig:
     """A quick config for ``table``: two epochs, then ``section.key=value`` assignments as on the CLI."""
-    return parse_config(apply_overrides(PipelineConfig().model_dump(), [f"data.table={table}", "optim.epochs=2", *assignments]))
+    return parse_config(
+        apply_overrides(PipelineConfig().model_dump(), [f"data.table={table}", "optim.epochs=2", *assignments])
+    )
 
 
 def all_runs(settings: Settings) -> list:

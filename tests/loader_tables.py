@@ -22,7 +22,9 @@ _names = itertools.count()
 
 def shapes_catalog(folder: Path) -> SqlCatalog:
     """An empty SQLite catalog in ``folder`` with the namespace ``shapes`` that ``table_of_shape`` writes to."""
-    catalog = SqlCatalog("icetrain", uri=f"sqlite:///{folder / 'catalog.db'}", warehouse=(folder / "warehouse").as_uri())
+    catalog = SqlCatalog(
+        "icetrain", uri=f"sqlite:///{folder / 'catalog.db'}", warehouse=(folder / "warehouse").as_uri()
+    )
     catalog.create_namespace("shapes")
     return catalog
 
@@ -62,7 +64,10 @@ def add_position_deletes(table: Table, deletes: dict[str, list[int]], folder: Pa
     path = folder / f"deletes-{next(_names)}.parquet"
     file_paths = [p for p, positions in deletes.items() for _ in positions]
     positions = [pos for ps in deletes.values() for pos in ps]
-    pq.write_table(pa.table({"file_path": file_paths, "pos": pa.array(positions, pa.int64())}, schema=_POSITION_DELETE_SCHEMA), path)
+    pq.write_table(
+        pa.table({"file_path": file_paths, "pos": pa.array(positions, pa.int64())}, schema=_POSITION_DELETE_SCHEMA),
+        path,
+    )
     delete_file = DataFile.from_args(
         content=DataFileContent.POSITION_DELETES,
         file_path=path.as_uri(),

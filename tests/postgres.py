@@ -23,10 +23,25 @@ def postgres_cluster() -> Iterator[str]:
     port = free_port()
     as_postgres = as_postgres_user(folder)
     try:
-        subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "icetrain"], check=True, capture_output=True)
+        subprocess.run(
+            [*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "icetrain"],
+            check=True,
+            capture_output=True,
+        )
         options = f"-p {port} -k {folder} -h 127.0.0.1"
         subprocess.run(
-            [*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"],
+            [
+                *as_postgres,
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(folder / "log"),
+                "-w",
+                "start",
+            ],
             check=True,
             capture_output=True,
         )
@@ -38,6 +53,9 @@ def postgres_cluster() -> Iterator[str]:
             )
             yield f"postgresql+psycopg2://icetrain@127.0.0.1:{port}/catalog"
         finally:
-            subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
+            subprocess.run(
+                [*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                capture_output=True,
+            )
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -4,7 +4,15 @@ import json
 from datetime import UTC, date, datetime
 
 import pytest
-from dagster import AssetKey, DagsterInstance, RunConfig, build_schedule_context, build_sensor_context, instance_for_test, materialize
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    RunConfig,
+    build_schedule_context,
+    build_sensor_context,
+    instance_for_test,
+    materialize,
+)
 from mlflow.tracking import MlflowClient
 
 from assets.assets import code_version, trained_model_asset, training_data_asset
@@ -23,7 +31,9 @@ from pipeline.tensors import label_classes_property
 from tests.conftest import all_runs, tabular_rows, write_appends
 
 RESOURCES = {"iceberg": IcebergResource(), "mlflow": MlflowResource()}
-DIGITS = parse_project({"pipelines": {"digits": {"data": {"table": "demo.digits"}, "optim": {"epochs": 2}}}}).pipeline("digits")
+DIGITS = parse_project({"pipelines": {"digits": {"data": {"table": "demo.digits"}, "optim": {"epochs": 2}}}}).pipeline(
+    "digits"
+)
 ROWS = parse_project({"pipelines": {"rows": {"data": {"table": "demo.rows"}, "optim": {"epochs": 1}}}}).pipeline("rows")
 
 
@@ -42,7 +52,9 @@ def instance():
         yield test_instance
 
 
-def test_the_graph_pins_one_snapshot_from_ingest_to_mlflow(settings, catalog, instance: DagsterInstance, monkeypatch) -> None:
+def test_the_graph_pins_one_snapshot_from_ingest_to_mlflow(
+    settings, catalog, instance: DagsterInstance, monkeypatch
+) -> None:
     monkeypatch.setenv("ICETRAIN_MLFLOW_UI", "http://127.0.0.1:5999")
     result = materialize([digits_table, *pipeline_assets(DIGITS)], instance=instance, resources=RESOURCES)
 
@@ -64,7 +76,10 @@ def test_the_graph_pins_one_snapshot_from_ingest_to_mlflow(settings, catalog, in
     assert model["mlflow_model"].startswith(f"http://127.0.0.1:5999/#/experiments/{run.info.experiment_id}/models/m-")
     assert model["learning_curves"].startswith("![learning curves](data:image/png;base64,iVBOR")
     assert run.data.tags["icetrain.launched_by"] == "dagster" and run.info.run_name.startswith(f"digits@{current} 20")
-    assert f"Dagster run: [{result.run_id}](http://127.0.0.1:3000/runs/{result.run_id})" in run.data.tags["mlflow.note.content"]
+    assert (
+        f"Dagster run: [{result.run_id}](http://127.0.0.1:3000/runs/{result.run_id})"
+        in run.data.tags["mlflow.note.content"]
+    )
     assert run.data.tags["icetrain.dagster_run_id"] == result.run_id
     assert run.data.tags["icetrain.pipeline"] == "digits"
     assert instance.get_latest_materialization_event(AssetKey(["digits", "trained_model"])) is not None
@@ -73,7 +88,13 @@ def test_the_graph_pins_one_snapshot_from_ingest_to_mlflow(settings, catalog, in
 def test_the_model_trains_on_the_snapshot_and_overrides_the_run_config_pins(settings, catalog, instance) -> None:
     materialize([digits_table], instance=instance, resources=RESOURCES)
     first = load_table(catalog, "demo.digits").snapshots()[0].snapshot_id
-    config = RunConfig(ops={"digits__training_data": PinConfig(snapshot_id=str(first), overrides=["optim.epochs=1", "data.filter=label < 5"])})
+    config = RunConfig(
+        ops={
+            "digits__training_data": PinConfig(
+                snapshot_id=str(first), overrides=["optim.epochs=1", "data.filter=label < 5"]
+            )
+        }
+    )
     result = materialize(pipeline_assets(DIGITS), instance=instance, resources=RESOURCES, run_config=config)
 
     assert result.success
@@ -81,7 +102,9 @@ def test_the_model_trains_on_the_snapshot_and_overrides_the_run_config_pins(sett
     assert model["snapshot_id"] == str(first)
     (run,) = all_runs(settings)
     assert (run.data.params["optim.epochs"], run.data.params["data.filter"]) == ("1", "label < 5")
-    assert model["row_count"] == sum(1 for v in load_table(catalog, "demo.digits").scan(snapshot_id=first).to_arrow()["label"].to_pylist() if v < 5)
+    assert model["row_count"] == sum(
+        1 for v in load_table(catalog, "demo.digits").scan(snapshot_id=first).to_arrow()["label"].to_pylist() if v < 5
+    )
 
 
 def test_a_failing_gate_blocks_training(settings, catalog, instance) -> None:
@@ -113,7 +136,9 @@ def test_a_missing_declared_class_warns_without_blocking(settings, catalog, inst
 def test_a_bad_snapshot_request_fails_the_step_with_the_message(settings, catalog, instance) -> None:
     materialize([digits_table], instance=instance, resources=RESOURCES)
     config = RunConfig(ops={"digits__training_data": PinConfig(ref="no-such-tag")})
-    result = materialize([training_data_asset(DIGITS)], instance=instance, resources=RESOURCES, run_config=config, raise_on_error=False)
+    result = materialize(
+        [training_data_asset(DIGITS)], instance=instance, resources=RESOURCES, run_config=config, raise_on_error=False
+    )
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "no tag or branch 'no-such-tag'" in failure.step_failure_data.user_failure_data.description
 
@@ -140,7 +165,9 @@ def test_the_sensor_records_its_first_snapshot_then_requests_a_run_per_new_one(s
 
 
 def test_a_pipeline_that_trains_on_its_first_snapshot_says_so(settings, catalog, instance) -> None:
-    eager = parse_project({"pipelines": {"rows": {"data": {"table": "demo.rows"}, "retrain": {"train_on_first_snapshot": True}}}}).pipeline("rows")
+    eager = parse_project(
+        {"pipelines": {"rows": {"data": {"table": "demo.rows"}, "retrain": {"train_on_first_snapshot": True}}}}
+    ).pipeline("rows")
     write_appends(catalog, "demo.rows", [20])
     with build_sensor_context(instance=instance, resources={"iceberg": IcebergResource()}) as context:
         request = new_snapshot_sensor(eager, train_job(eager))(context)
@@ -152,7 +179,10 @@ def test_each_declared_pipeline_gets_its_own_definitions_and_only_its_table_edge
         {
             "pipelines": {
                 "digits": {"data": {"table": "demo.digits"}},
-                "churn": {"data": {"table": "crm.customers", "label": "churned"}, "retrain": {"schedule": "0 5 * * 1", "sensor_on": True}},
+                "churn": {
+                    "data": {"table": "crm.customers", "label": "churned"},
+                    "retrain": {"schedule": "0 5 * * 1", "sensor_on": True},
+                },
             },
             "dagster": {"definitions": ["assets.demo:defs"]},
         }
@@ -160,7 +190,15 @@ def test_each_declared_pipeline_gets_its_own_definitions_and_only_its_table_edge
     defs = project_definitions(project)
 
     keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
-    assert keys == {"demo/digits", "demo/transactions", "crm/customers", "digits/training_data", "digits/trained_model", "churn/training_data", "churn/trained_model"}
+    assert keys == {
+        "demo/digits",
+        "demo/transactions",
+        "crm/customers",
+        "digits/training_data",
+        "digits/trained_model",
+        "churn/training_data",
+        "churn/trained_model",
+    }
     graph = defs.resolve_asset_graph()
     assert graph.get(AssetKey(["churn", "training_data"])).parent_keys == {AssetKey(["crm", "customers"])}
     assert graph.get(AssetKey(["digits", "training_data"])).parent_keys == {AssetKey(["demo", "digits"])}
@@ -169,11 +207,22 @@ def test_each_declared_pipeline_gets_its_own_definitions_and_only_its_table_edge
     assert defs.resolve_sensor_def("churn_new_snapshot").job_name == "churn_train"
     assert defs.resolve_sensor_def("churn_new_snapshot").default_status.value == "RUNNING"
     assert defs.resolve_sensor_def("digits_new_snapshot").default_status.value == "STOPPED"
-    assert {job.name for job in defs.resolve_all_job_defs()} >= {"demo_job", "transactions_ingest", "digits_train", "churn_train"}
+    assert {job.name for job in defs.resolve_all_job_defs()} >= {
+        "demo_job",
+        "transactions_ingest",
+        "digits_train",
+        "churn_train",
+    }
 
 
 def test_the_sensor_waits_for_enough_new_rows_since_the_last_trained_model(settings, catalog, instance) -> None:
-    pipeline = parse_project({"pipelines": {"rows": {"data": {"table": "demo.rows"}, "optim": {"epochs": 1}, "retrain": {"min_new_rows": 50}}}}).pipeline("rows")
+    pipeline = parse_project(
+        {
+            "pipelines": {
+                "rows": {"data": {"table": "demo.rows"}, "optim": {"epochs": 1}, "retrain": {"min_new_rows": 50}}
+            }
+        }
+    ).pipeline("rows")
     sensor = new_snapshot_sensor(pipeline, train_job(pipeline))
     write_appends(catalog, "demo.rows", [60])
     with build_sensor_context(instance=instance, resources={"iceberg": IcebergResource()}) as context:
@@ -186,7 +235,9 @@ def test_the_sensor_waits_for_enough_new_rows_since_the_last_trained_model(setti
         current = str(load_table(catalog, "demo.rows").current_snapshot().snapshot_id)
         assert request.run_key == current and request.tags["icetrain/rows_added"] == "60"
 
-        result = materialize(pipeline_assets(pipeline), instance=instance, resources=RESOURCES, run_config=request.run_config)
+        result = materialize(
+            pipeline_assets(pipeline), instance=instance, resources=RESOURCES, run_config=request.run_config
+        )
         assert result.success
         append_arrow(catalog, "demo.rows", tabular_rows(120, 20), source="test")
         after_training = sensor(context).skip_message
@@ -209,10 +260,14 @@ def test_the_sensor_skips_a_snapshot_that_was_already_trained(settings, catalog,
     assert message == f"snapshot {current} of demo.rows was already trained (MLflow run {model['mlflow_run_id']})"
 
 
-def test_the_nightly_schedule_pins_the_current_snapshot_and_skips_what_was_already_trained(settings, catalog, instance) -> None:
+def test_the_nightly_schedule_pins_the_current_snapshot_and_skips_what_was_already_trained(
+    settings, catalog, instance
+) -> None:
     schedule = retrain_schedule(ROWS, train_job(ROWS))
     night = datetime(2026, 11, 24, 3, tzinfo=UTC)
-    with build_schedule_context(instance=instance, resources={"iceberg": IcebergResource()}, scheduled_execution_time=night) as context:
+    with build_schedule_context(
+        instance=instance, resources={"iceberg": IcebergResource()}, scheduled_execution_time=night
+    ) as context:
         assert schedule(context).skip_message == "table demo.rows has no snapshot yet"
         write_appends(catalog, "demo.rows", [40])
         first = str(load_table(catalog, "demo.rows").current_snapshot().snapshot_id)
@@ -220,26 +275,49 @@ def test_the_nightly_schedule_pins_the_current_snapshot_and_skips_what_was_alrea
         assert request.run_config["ops"]["rows__training_data"]["config"]["snapshot_id"] == first
         assert request.run_key.startswith(f"{first}:") and request.tags["icetrain/trigger"] == "schedule"
 
-        append_arrow(catalog, "demo.rows", tabular_rows(40, 10), source="test")  # committed after the tick: the run stays pinned
-        result = materialize(pipeline_assets(ROWS), instance=instance, resources=RESOURCES, run_config=request.run_config, tags=request.tags)
+        append_arrow(
+            catalog, "demo.rows", tabular_rows(40, 10), source="test"
+        )  # committed after the tick: the run stays pinned
+        result = materialize(
+            pipeline_assets(ROWS),
+            instance=instance,
+            resources=RESOURCES,
+            run_config=request.run_config,
+            tags=request.tags,
+        )
         assert result.success and metadata(result, "rows/trained_model")["snapshot_id"] == first
         second = str(load_table(catalog, "demo.rows").current_snapshot().snapshot_id)
         assert schedule(context).run_config["ops"]["rows__training_data"]["config"]["snapshot_id"] == second
 
-        materialize(pipeline_assets(ROWS), instance=instance, resources=RESOURCES, run_config=schedule(context).run_config)
+        materialize(
+            pipeline_assets(ROWS), instance=instance, resources=RESOURCES, run_config=schedule(context).run_config
+        )
         skipped = schedule(context).skip_message
-        retrained = parse_project({"pipelines": {"rows": {"data": {"table": "demo.rows"}, "optim": {"epochs": 2}}}}).pipeline("rows")
+        retrained = parse_project(
+            {"pipelines": {"rows": {"data": {"table": "demo.rows"}, "optim": {"epochs": 2}}}}
+        ).pipeline("rows")
         after_code_change = retrain_schedule(retrained, train_job(retrained))(context)
     assert after_code_change.run_key == f"{second}:{code_version(retrained)}", "new code retrains on the same snapshot"
-    assert skipped.startswith("the last model (MLflow run ") and f"already trained on snapshot {second} of demo.rows" in skipped
+    assert (
+        skipped.startswith("the last model (MLflow run ")
+        and f"already trained on snapshot {second} of demo.rows" in skipped
+    )
 
 
-def test_training_data_carries_the_snapshot_id_as_its_data_version_and_a_code_version(settings, catalog, instance) -> None:
+def test_training_data_carries_the_snapshot_id_as_its_data_version_and_a_code_version(
+    settings, catalog, instance
+) -> None:
     write_appends(catalog, "demo.rows", [40])
     result = materialize(pipeline_assets(ROWS), instance=instance, resources=RESOURCES)
-    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == AssetKey(["rows", "training_data"])]
-    assert event.materialization.tags["dagster/data_version"] == str(load_table(catalog, "demo.rows").current_snapshot().snapshot_id)
-    changed = parse_project({"pipelines": {"rows": {"data": {"table": "demo.rows"}, "optim": {"epochs": 2}}}}).pipeline("rows")
+    (event,) = [
+        e for e in result.get_asset_materialization_events() if e.asset_key == AssetKey(["rows", "training_data"])
+    ]
+    assert event.materialization.tags["dagster/data_version"] == str(
+        load_table(catalog, "demo.rows").current_snapshot().snapshot_id
+    )
+    changed = parse_project({"pipelines": {"rows": {"data": {"table": "demo.rows"}, "optim": {"epochs": 2}}}}).pipeline(
+        "rows"
+    )
     assert training_data_asset(ROWS).code_versions_by_key != training_data_asset(changed).code_versions_by_key
 
 
@@ -248,7 +326,9 @@ def test_transactions_arrive_one_day_per_partition_and_a_backfill_is_idempotent(
 
     config = RunConfig(ops={"demo__transactions": TransactionsConfig(rows_per_day=300)})
     for day in ("2026-11-01", "2026-11-02", "2026-11-03", "2026-11-02"):
-        assert materialize([transactions_table], instance=instance, resources=RESOURCES, partition_key=day, run_config=config).success
+        assert materialize(
+            [transactions_table], instance=instance, resources=RESOURCES, partition_key=day, run_config=config
+        ).success
     table = load_table(catalog, "demo.transactions")
     days = [s.summary.additional_properties.get("icetrain.partition") for s in table.snapshots()]
     assert days == ["2026-11-01", "2026-11-02", "2026-11-03"]
@@ -265,7 +345,9 @@ def test_the_drift_knob_shifts_features_from_its_day() -> None:
     assert transactions_day(date(2026, 11, 5), 5000).equals(before)
     assert after["amount"].to_numpy().mean() > 1.5 * before["amount"].to_numpy().mean()
     assert 0.005 < before["is_fraud"].to_numpy().mean() < 0.04
-    assert transactions_day(date(2026, 11, 3), 100, drift_from=date(2026, 11, 4)).equals(transactions_day(date(2026, 11, 3), 100))
+    assert transactions_day(date(2026, 11, 3), 100, drift_from=date(2026, 11, 4)).equals(
+        transactions_day(date(2026, 11, 3), 100)
+    )
 
 
 def test_the_fraud_pipeline_trains_a_weighted_binary_classifier_with_ranking_metrics(settings, catalog) -> None:

@@ -81,7 +81,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
         write_appends(open_catalog(settings), "shop.orders", [400, 200])
         dagster_port, mlflow_port = free_port(), free_port()
         ui = subprocess.Popen(
-            [str(Path(sys.executable).parent / "icetrain"), "ui", "--dagster-port", str(dagster_port), "--mlflow-port", str(mlflow_port)],
+            [
+                str(Path(sys.executable).parent / "icetrain"),
+                "ui",
+                "--dagster-port",
+                str(dagster_port),
+                "--mlflow-port",
+                str(mlflow_port),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -121,7 +128,11 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
 
 
 def graphql(project: Project, query: str) -> dict:
-    request = urllib.request.Request(f"{project.dagster}/graphql", data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{project.dagster}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())["data"]
 
@@ -135,7 +146,9 @@ def wait_for_new_run(project: Project, before: set[str], timeout: float = 300) -
     """The run launched since ``before`` was taken, once it has finished (success, failure or cancel)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = graphql(project, "{ runsOrError { ... on Runs { results { runId status jobName tags { key value } } } } }")["runsOrError"]["results"]
+        runs = graphql(
+            project, "{ runsOrError { ... on Runs { results { runId status jobName tags { key value } } } } }"
+        )["runsOrError"]["results"]
         new = [run for run in runs if run["runId"] not in before]
         if new and new[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
             return new[0]
@@ -143,7 +156,9 @@ def wait_for_new_run(project: Project, before: set[str], timeout: float = 300) -
     raise AssertionError(f"no new run finished within {timeout:.0f}s")
 
 
-def test_a_pipeline_materialized_from_the_dagster_ui_shows_its_snapshot_and_mlflow_run(project: Project, page: Page) -> None:
+def test_a_pipeline_materialized_from_the_dagster_ui_shows_its_snapshot_and_mlflow_run(
+    project: Project, page: Page
+) -> None:
     page.goto(f"{project.dagster}/locations/icetrain/asset-groups/orders")
     expect(page.get_by_text("trained_model", exact=True)).to_be_visible()
     before = run_ids(project)
@@ -170,7 +185,13 @@ def test_a_pipeline_materialized_from_the_dagster_ui_shows_its_snapshot_and_mlfl
     assert tags["icetrain.snapshot_id"] == snapshot_id
     assert tags["icetrain.dagster_run_id"] == run["runId"]
     params = {param["key"]: param["value"] for param in mlflow_run["data"]["params"]}
-    project.found.update(href=href, run_id=run_id, snapshot_id=snapshot_id, dagster_run_id=run["runId"], train_rows=params["resolved.train_rows"])
+    project.found.update(
+        href=href,
+        run_id=run_id,
+        snapshot_id=snapshot_id,
+        dagster_run_id=run["runId"],
+        train_rows=params["resolved.train_rows"],
+    )
 
 
 def test_the_mlflow_link_opens_the_run_with_its_iceberg_dataset_and_source(project: Project, page: Page) -> None:

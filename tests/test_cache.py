@@ -117,7 +117,9 @@ def test_a_key_that_does_not_match_its_folder_is_not_trusted(tmp_path) -> None:
 def test_least_recently_used_selections_are_evicted_first(tmp_path) -> None:
     def fill(name: str) -> DecodedCache:
         cache = DecodedCache(tmp_path, {"name": name}, 3).open()
-        cache.put(0, torch.zeros(100_000, 1), torch.zeros(100_000, dtype=torch.int64))  # 1.2 MB with its targets: two fit in 3 MB
+        cache.put(
+            0, torch.zeros(100_000, 1), torch.zeros(100_000, dtype=torch.int64)
+        )  # 1.2 MB with its targets: two fit in 3 MB
         time.sleep(0.02)
         return cache
 
@@ -165,7 +167,9 @@ def test_concurrent_processes_share_one_cache(catalog, tmp_path) -> None:
         """
     )
     root = Path(__file__).resolve().parents[1]
-    runs = [subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    runs = [
+        subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, text=True) for _ in range(3)
+    ]
     digests = {run.communicate(timeout=300)[0].strip() for run in runs}
     assert all(run.returncode == 0 for run in runs)
     expected = epochs(loader_for(table, None, batch_size=9, seed=2), 3)

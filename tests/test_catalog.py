@@ -22,7 +22,9 @@ def test_default_is_an_embedded_sqlite_catalog_under_icetrain_home(settings: Set
     assert settings.tracking_uri == f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
 
 
-def test_pyiceberg_configuration_selects_another_catalog(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pyiceberg_configuration_selects_another_catalog(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lake = tmp_path / "lake"
     lake.mkdir()
     monkeypatch.setenv("PYICEBERG_CATALOG__LAKE__TYPE", "sql")

@@ -46,7 +46,9 @@ def test_time_travel_and_lineage_work_on_every_catalog(configured: Settings, req
 
     from training.train import train
 
-    result = train(configured, config_for(table_name, f"data.snapshot_id={ids[0]}", "optim.epochs=1"), progress_bar=False)
+    result = train(
+        configured, config_for(table_name, f"data.snapshot_id={ids[0]}", "optim.epochs=1"), progress_bar=False
+    )
     (run,) = all_runs(configured)
     assert run.data.tags["icetrain.catalog"] == configured.catalog_name
     assert run.data.tags["icetrain.snapshot_id"] == str(ids[0])

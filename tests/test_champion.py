@@ -14,7 +14,15 @@ from tests.conftest import tabular_rows, write_appends
 
 RESOURCES = {"iceberg": IcebergResource(), "mlflow": MlflowResource()}
 ROWS = parse_project(
-    {"pipelines": {"rows": {"data": {"table": "demo.rows"}, "model": {"factory": "linear"}, "tracking": {"registered_model": "rows-model"}}}}
+    {
+        "pipelines": {
+            "rows": {
+                "data": {"table": "demo.rows"},
+                "model": {"factory": "linear"},
+                "tracking": {"registered_model": "rows-model"},
+            }
+        }
+    }
 ).pipeline("rows")
 
 
@@ -32,7 +40,11 @@ def test_the_challenger_becomes_champion_only_when_better(settings, catalog) -> 
     client = MlflowClient(settings.tracking_uri)
     with instance_for_test() as instance:
         first = decide(instance, "optim.epochs=1", "optim.lr=0.0001")
-        assert (first["decision"], first["challenger_version"], first["reason"]) == ("promoted to champion", "1", "no champion yet")
+        assert (first["decision"], first["challenger_version"], first["reason"]) == (
+            "promoted to champion",
+            "1",
+            "no champion yet",
+        )
 
         append_arrow(catalog, "demo.rows", tabular_rows(300, 100), source="test")
         better = decide(instance, "optim.epochs=15", "optim.lr=0.05")
@@ -45,12 +57,18 @@ def test_the_challenger_becomes_champion_only_when_better(settings, catalog) -> 
     assert str(client.get_model_version_by_alias("rows-model", "champion").version) == "2"
     snapshot = str(worse_snapshot(catalog))
     first_version, second, third = (client.get_model_version("rows-model", v).tags for v in ("1", "2", "3"))
-    assert third["icetrain.eval.role"] == "challenger" and third["icetrain.eval.decision"].startswith(f"not promoted on snapshot {snapshot}; version 2 stays champion")
-    assert second["icetrain.eval.role"] == "champion" and second["icetrain.eval.decision"].startswith(f"champion; kept against version 3 on snapshot {snapshot}")
+    assert third["icetrain.eval.role"] == "challenger" and third["icetrain.eval.decision"].startswith(
+        f"not promoted on snapshot {snapshot}; version 2 stays champion"
+    )
+    assert second["icetrain.eval.role"] == "champion" and second["icetrain.eval.decision"].startswith(
+        f"champion; kept against version 3 on snapshot {snapshot}"
+    )
     assert third["icetrain.eval.snapshot_id"] == second["icetrain.eval.snapshot_id"] == snapshot
     assert float(third["icetrain.eval.val_loss"]) == pytest.approx(worse["challenger_score"], rel=1e-5)
     assert float(second["icetrain.eval.val_loss"]) == pytest.approx(worse["champion_score"], rel=1e-5)
-    assert first_version["icetrain.eval.role"] == "former champion" and first_version["icetrain.eval.decision"].startswith("replaced by version 2 on snapshot")
+    assert first_version["icetrain.eval.role"] == "former champion" and first_version[
+        "icetrain.eval.decision"
+    ].startswith("replaced by version 2 on snapshot")
     assert "promoted" not in first_version["icetrain.eval.decision"]
 
 
@@ -71,19 +89,42 @@ def test_overlapping_runs_each_evaluate_the_model_their_own_run_trained(settings
         @success_hook
         def another_run_trains_meanwhile(context: HookContext) -> None:
             if context.op.name == "rows__trained_model" and not others:
-                others.append(materialize(assets[:2], instance=instance, resources=RESOURCES, selection=["rows/training_data", "rows/trained_model"]))
+                others.append(
+                    materialize(
+                        assets[:2],
+                        instance=instance,
+                        resources=RESOURCES,
+                        selection=["rows/training_data", "rows/trained_model"],
+                    )
+                )
 
-        job = define_asset_job("rows_overlapping", selection=["rows/training_data", "rows/trained_model", "rows/evaluation"], hooks={another_run_trains_meanwhile})
-        run_a = Definitions(assets=assets, jobs=[job], resources=RESOURCES).resolve_job_def("rows_overlapping").execute_in_process(instance=instance)
+        job = define_asset_job(
+            "rows_overlapping",
+            selection=["rows/training_data", "rows/trained_model", "rows/evaluation"],
+            hooks={another_run_trains_meanwhile},
+        )
+        run_a = (
+            Definitions(assets=assets, jobs=[job], resources=RESOURCES)
+            .resolve_job_def("rows_overlapping")
+            .execute_in_process(instance=instance)
+        )
         assert run_a.success and others and others[0].success
 
         def model_of(result) -> str:
-            (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == AssetKey(["rows", "trained_model"])]
+            (event,) = [
+                e
+                for e in result.get_asset_materialization_events()
+                if e.asset_key == AssetKey(["rows", "trained_model"])
+            ]
             return event.materialization.metadata["mlflow_run_id"].value
 
-        (evaluated,) = [e for e in run_a.get_asset_materialization_events() if e.asset_key == AssetKey(["rows", "evaluation"])]
+        (evaluated,) = [
+            e for e in run_a.get_asset_materialization_events() if e.asset_key == AssetKey(["rows", "evaluation"])
+        ]
         assert model_of(run_a) != model_of(others[0])
-        assert evaluated.materialization.metadata["mlflow_run_id"].value == model_of(run_a), "A's evaluation scored B's newer model"
+        assert evaluated.materialization.metadata["mlflow_run_id"].value == model_of(run_a), (
+            "A's evaluation scored B's newer model"
+        )
         newest = instance.get_latest_materialization_event(AssetKey(["rows", "trained_model"])).asset_materialization
         assert newest.metadata["mlflow_run_id"].value == model_of(others[0])
 
@@ -110,13 +151,24 @@ def test_an_mlflow_that_cannot_be_reached_is_an_error_never_no_champion(settings
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
 
         assets = [training_data_asset(ROWS), trained_model_asset(ROWS), evaluation_asset(ROWS), trainable_check(ROWS)]
-        stopped = materialize(assets, instance=instance, resources={"iceberg": IcebergResource(), "mlflow": Mlflow(tracking_uri=dead)}, raise_on_error=False)
+        stopped = materialize(
+            assets,
+            instance=instance,
+            resources={"iceberg": IcebergResource(), "mlflow": Mlflow(tracking_uri=dead)},
+            raise_on_error=False,
+        )
         (failure,) = [e for e in stopped.all_events if e.is_step_failure]
         reason = failure.step_failure_data.user_failure_data.description
-        assert failure.step_key == "rows__training_data" and reason.startswith("cannot look up the champion of registered model 'rows-model'") and "\n" not in reason
+        assert (
+            failure.step_key == "rows__training_data"
+            and reason.startswith("cannot look up the champion of registered model 'rows-model'")
+            and "\n" not in reason
+        )
 
         with pytest.raises(TrackingError, match="cannot read MLflow run") as raised:
-            champion_challenger(Settings.from_env(mlflow_tracking_uri=dead), first["mlflow_run_id"], "rows-model", "val_loss")
+            champion_challenger(
+                Settings.from_env(mlflow_tracking_uri=dead), first["mlflow_run_id"], "rows-model", "val_loss"
+            )
         assert "\n" not in str(raised.value)
 
     versions = MlflowClient(settings.tracking_uri).search_model_versions("name = 'rows-model'")

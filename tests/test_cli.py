@@ -45,7 +45,9 @@ def test_ingest_tag_and_train_on_the_tag(settings, catalog, tmp_path) -> None:
 
     tagged = icetrain("tag", "demo.rows", "v1", "--snapshot-id", str(first))
     assert tagged.returncode == 0, tagged.stderr
-    trained = icetrain("train", "--table", "demo.rows", "--ref", "v1", "--features", "x1,x2", "--epochs", "1", "--no-progress")
+    trained = icetrain(
+        "train", "--table", "demo.rows", "--ref", "v1", "--features", "x1,x2", "--epochs", "1", "--no-progress"
+    )
 
     assert trained.returncode == 0, trained.stderr
     assert f"snapshot {first} (asked by tag), 90 rows" in trained.stdout
@@ -64,16 +66,31 @@ def test_ingest_tag_and_train_on_the_tag(settings, catalog, tmp_path) -> None:
         (["train", "--table", "demo.digits", "--snapshot-id", "7"], "snapshot 7 not found"),
         (["train", "--table", "demo.digits", "--as-of", "yesterday"], "neither ISO 8601"),
         (["train", "--table", "demo.digits", "--filter", "label >>> 2"], "cannot parse row filter"),
-        (["train", "--table", "demo.digits", "--sql", "select * from read_csv('/etc/passwd')"], "SQL transform refused: it must read FROM snapshot only"),
+        (
+            ["train", "--table", "demo.digits", "--sql", "select * from read_csv('/etc/passwd')"],
+            "SQL transform refused: it must read FROM snapshot only",
+        ),
         (["snapshots", "demo.nope"], "not found"),
         (["train", "--table", "demo.digits", "--seed", "-1"], "seed: Input should be greater than or equal to 0"),
         (["train", "--table", "demo.digits", "--lr", "nan"], "optim.lr:"),
-        (["train", "--table", "demo.digits", "--set", "optim.learning_rate=0.1"], "optim.learning_rate: unknown key; allowed in optim: optimizer, lr,"),
-        (["train", "--table", "demo.digits", "--set", "compute.precision=fp64"], "compute.precision: Input should be 'fp32', 'bf16' or 'fp16'"),
+        (
+            ["train", "--table", "demo.digits", "--set", "optim.learning_rate=0.1"],
+            "optim.learning_rate: unknown key; allowed in optim: optimizer, lr,",
+        ),
+        (
+            ["train", "--table", "demo.digits", "--set", "compute.precision=fp64"],
+            "compute.precision: Input should be 'fp32', 'bf16' or 'fp16'",
+        ),
         (["train", "--table", "demo.digits", "--set", "epochs"], "--set expects section.key=value"),
-        (["train", "--table", "demo.digits", "--model", "nowhere:net"], "model.factory 'nowhere:net': cannot import 'nowhere'"),
+        (
+            ["train", "--table", "demo.digits", "--model", "nowhere:net"],
+            "model.factory 'nowhere:net': cannot import 'nowhere'",
+        ),
         (["train", "--pipeline", "nope"], "no pipeline 'nope'"),
-        (["train", "--table", " demo.digits"], "data.table: table name ' demo.digits' is not valid: part ' demo' holds ' '; use letters, digits, '_' and '-' (not first)"),
+        (
+            ["train", "--table", " demo.digits"],
+            "data.table: table name ' demo.digits' is not valid: part ' demo' holds ' '; use letters, digits, '_' and '-' (not first)",
+        ),
         (["train", "--resume", "nope"], "no MLflow run 'nope'"),
         (["train"], "data.table: required"),
     ],
@@ -88,7 +105,9 @@ def test_user_mistakes_print_one_line_and_exit_1(settings, digits, args, message
 
 
 def post_json(url: str, payload: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -147,12 +166,20 @@ def test_demo_runs_and_both_uis_show_it_until_stopped(settings, tmp_path, monkey
         assert lines[1].startswith(f"MLflow UI:  http://127.0.0.1:{mlflow_port}"), lines
         graphql = f"http://127.0.0.1:{dagster_port}/graphql"
         runs = post_json(graphql, {"query": "{ runsOrError { ... on Runs { results { runId status jobName } } } }"})
-        assert runs["data"]["runsOrError"]["results"] == [{"runId": run.run_id, "status": "SUCCESS", "jobName": "demo_job"}]
+        assert runs["data"]["runsOrError"]["results"] == [
+            {"runId": run.run_id, "status": "SUCCESS", "jobName": "demo_job"}
+        ]
         nodes = post_json(graphql, {"query": "{ assetNodes { assetKey { path } } }"})["data"]["assetNodes"]
-        assert {("digits", "trained_model"), ("digits", "training_data"), ("demo", "digits")} <= {tuple(node["assetKey"]["path"]) for node in nodes}
-        locations = post_json(graphql, {"query": "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"})
+        assert {("digits", "trained_model"), ("digits", "training_data"), ("demo", "digits")} <= {
+            tuple(node["assetKey"]["path"]) for node in nodes
+        }
+        locations = post_json(
+            graphql, {"query": "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"}
+        )
         assert [e["name"] for e in locations["data"]["workspaceOrError"]["locationEntries"]] == ["icetrain"]
-        shown = get_json(f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/runs/get?run_id={mlflow_run.info.run_id}")["run"]
+        shown = get_json(f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/runs/get?run_id={mlflow_run.info.run_id}")[
+            "run"
+        ]
         assert {"key": "icetrain.snapshot_id", "value": snapshot_id} in shown["data"]["tags"]
         assert shown["inputs"]["dataset_inputs"][0]["dataset"]["source_type"] == "iceberg"
     finally:
@@ -171,7 +198,9 @@ def log_version_0_run(settings, snapshot_id: int, **changed: str) -> str:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(settings.tracking_uri)
-    experiment = client.get_experiment_by_name("icetrain") or client.get_experiment(client.create_experiment("icetrain"))
+    experiment = client.get_experiment_by_name("icetrain") or client.get_experiment(
+        client.create_experiment("icetrain")
+    )
     tags = {"icetrain.catalog": "icetrain", "icetrain.table": "demo.digits", "icetrain.snapshot_id": str(snapshot_id),
             "icetrain.snapshot_asked_by": "latest", "icetrain.row_filter": "label < 9", "icetrain.columns": "label,pixels"}  # fmt: skip
     run = client.create_run(experiment.experiment_id, tags=tags)
@@ -197,14 +226,21 @@ def test_a_run_recorded_before_the_config_tree_replays(settings, digits) -> None
     expected = sum(1 for label in digits_arrow()["label"].to_pylist()[:900] if label < 9)
     assert f"snapshot {digits[0]} (asked by id), {expected} rows" in out.stdout
     new = [r for r in all_runs(settings) if r.info.run_id != old][0]
-    assert (new.data.params["model.factory"], new.data.params["data.filter"], new.data.params["optim.epochs"]) == ("auto", "label < 9", "1")
+    assert (new.data.params["model.factory"], new.data.params["data.filter"], new.data.params["optim.epochs"]) == (
+        "auto",
+        "label < 9",
+        "1",
+    )
 
 
 def test_an_old_run_whose_config_no_longer_validates_names_the_key(settings, digits) -> None:
     old = log_version_0_run(settings, digits[0], **{"train.val_fraction": "1.5"})
     out = icetrain("train", "--from-run", old)
     assert out.returncode == 1
-    assert out.stderr.strip() == f"icetrain: error: run {old} recorded a config that no longer validates: data.val_fraction: Input should be less than 1 (got '1.5')"
+    assert (
+        out.stderr.strip()
+        == f"icetrain: error: run {old} recorded a config that no longer validates: data.val_fraction: Input should be less than 1 (got '1.5')"
+    )
 
 
 def test_a_date_range_backfills_from_the_dagster_cli_one_snapshot_per_day(settings, tmp_path, monkeypatch) -> None:
@@ -215,14 +251,28 @@ def test_a_date_range_backfills_from_the_dagster_cli_one_snapshot_per_day(settin
     dagster = str(Path(sys.executable).parent / "dagster")
     backfill = [dagster, "asset", "materialize", "--select", "demo/transactions", "-m", "assets.definitions"]
 
-    first = subprocess.run([*backfill, "--partition-range", "2026-11-01...2026-11-03"], capture_output=True, text=True, timeout=300)
-    again = subprocess.run([*backfill, "--partition-range", "2026-11-02...2026-11-04"], capture_output=True, text=True, timeout=300)
+    first = subprocess.run(
+        [*backfill, "--partition-range", "2026-11-01...2026-11-03"], capture_output=True, text=True, timeout=300
+    )
+    again = subprocess.run(
+        [*backfill, "--partition-range", "2026-11-02...2026-11-04"], capture_output=True, text=True, timeout=300
+    )
 
     assert first.returncode == 0 and again.returncode == 0, first.stderr[-2000:] + again.stderr[-2000:]
     table = load_table(open_catalog(settings), "demo.transactions")
-    assert [s.summary.additional_properties["icetrain.partition"] for s in table.snapshots()] == ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]
+    assert [s.summary.additional_properties["icetrain.partition"] for s in table.snapshots()] == [
+        "2026-11-01",
+        "2026-11-02",
+        "2026-11-03",
+        "2026-11-04",
+    ]
     with DagsterInstance.get() as instance:
-        assert instance.get_materialized_partitions(AssetKey(["demo", "transactions"])) == {"2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"}
+        assert instance.get_materialized_partitions(AssetKey(["demo", "transactions"])) == {
+            "2026-11-01",
+            "2026-11-02",
+            "2026-11-03",
+            "2026-11-04",
+        }
 
 
 HEAVY = ("torch", "mlflow", "dagster")
@@ -241,7 +291,9 @@ HEAVY = ("torch", "mlflow", "dagster")
         ["train", "--table", "demo..digits"],
     ],
 )
-def test_metadata_commands_and_mistakes_at_the_edge_answer_without_loading_torch_mlflow_or_dagster(digits, argv: list[str]) -> None:
+def test_metadata_commands_and_mistakes_at_the_edge_answer_without_loading_torch_mlflow_or_dagster(
+    digits, argv: list[str]
+) -> None:
     probe = f"import sys; from icetrain.cli import main; code = main({argv!r}); print('LOADED', [m for m in {HEAVY!r} if m in sys.modules]); sys.exit(code)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode in (0, 1), out.stderr

@@ -28,19 +28,27 @@ def catalog_properties(request, tmp_path: Path):
 
 def test_eight_writers_racing_to_create_and_append_lose_nothing_and_duplicate_nothing(catalog_properties) -> None:
     with multiprocessing.get_context("spawn").Pool(WRITERS) as pool:
-        results = pool.starmap(write, [(catalog_properties, "race.events", writer, APPENDS) for writer in range(WRITERS)])
+        results = pool.starmap(
+            write, [(catalog_properties, "race.events", writer, APPENDS) for writer in range(WRITERS)]
+        )
 
     table = load_catalog("race", **catalog_properties).load_table("race.events")
     append_ids = Counter(s.summary.additional_properties[APPEND_ID_PROPERTY] for s in table.snapshots())
     assert append_ids == Counter({f"w{w}-{n}": 1 for w in range(WRITERS) for n in range(APPENDS)})
-    assert sorted(sid for snapshot_ids in results for sid in snapshot_ids) == sorted(s.snapshot_id for s in table.snapshots())
+    assert sorted(sid for snapshot_ids in results for sid in snapshot_ids) == sorted(
+        s.snapshot_id for s in table.snapshots()
+    )
     ids = table.scan().to_arrow().column("id").to_pylist()
-    assert sorted(ids) == sorted(i for w in range(WRITERS) for n in range(APPENDS) for i in rows(w, n).column("id").to_pylist())
+    assert sorted(ids) == sorted(
+        i for w in range(WRITERS) for n in range(APPENDS) for i in rows(w, n).column("id").to_pylist()
+    )
     assert len(ids) == WRITERS * APPENDS * ROWS_PER_APPEND
 
 
 def test_an_append_retried_with_its_append_id_is_not_written_twice(tmp_path: Path) -> None:
-    catalog = load_catalog("retry", type="sql", uri=f"sqlite:///{tmp_path / 'catalog.db'}", warehouse=(tmp_path / "warehouse").as_uri())
+    catalog = load_catalog(
+        "retry", type="sql", uri=f"sqlite:///{tmp_path / 'catalog.db'}", warehouse=(tmp_path / "warehouse").as_uri()
+    )
     first = append_arrow(catalog, "race.events", rows(0, 0), source="test", append_id="nightly-2026-11-24")
     again = append_arrow(catalog, "race.events", rows(0, 0), source="test", append_id="nightly-2026-11-24")
 

@@ -25,7 +25,14 @@ def test_every_documented_key_path_exists(path: str) -> None:
 def test_overrides_read_values_as_yaml_but_text_keys_as_text() -> None:
     tree = apply_overrides(
         PipelineConfig().model_dump(),
-        ["optim.lr=1e-2", "data.features=[x1, x2]", "model.kwargs={hidden: 64, widths: [8, 4]}", "data.sql=select a: b from snapshot", "data.filter=label < 5", "optim.early_stopping.metric=val_loss"],
+        [
+            "optim.lr=1e-2",
+            "data.features=[x1, x2]",
+            "model.kwargs={hidden: 64, widths: [8, 4]}",
+            "data.sql=select a: b from snapshot",
+            "data.filter=label < 5",
+            "optim.early_stopping.metric=val_loss",
+        ],
     )
     config = parse_config(tree)
     assert config.optim.lr == 0.01
@@ -34,7 +41,10 @@ def test_overrides_read_values_as_yaml_but_text_keys_as_text() -> None:
     assert config.data.sql == "select a: b from snapshot"
     assert config.data.filter == "label < 5"
     assert config.optim.early_stopping.metric == "val_loss"
-    assert parse_config(apply_overrides(tree, ["data.features=a, b", "data.classes=no,yes"])).data.features == ("a", "b")
+    assert parse_config(apply_overrides(tree, ["data.features=a, b", "data.classes=no,yes"])).data.features == (
+        "a",
+        "b",
+    )
     assert parse_config(apply_overrides(tree, ["data.classes=[0, 1]"])).data.classes == ("0", "1")
     cleared = parse_config(apply_overrides(tree, ["optim.early_stopping.metric=null", "data.filter="]))
     assert (cleared.optim.early_stopping.metric, cleared.data.filter) == (None, None)
@@ -92,7 +102,11 @@ def test_params_of_a_run_from_before_the_config_tree_are_migrated() -> None:
         "data.snapshot_id": "12345", "data.classes": "0,1,2", "loader.split": "train", "device": "cpu",
     }  # fmt: skip
     config = from_params(version_0)
-    assert (config.data.features, config.data.filter, config.data.sql) == (("x1", "x2"), "id >= 10", "select * from snapshot")
+    assert (config.data.features, config.data.filter, config.data.sql) == (
+        ("x1", "x2"),
+        "id >= 10",
+        "select * from snapshot",
+    )
     assert (config.optim.epochs, config.loader.batch_size, config.optim.lr, config.seed) == (3, 32, 0.01, 4)
     assert (config.data.val_fraction, config.data.split_seed, config.model.factory) == (0.25, 4, "mlp")
     assert (config.data.snapshot_id, config.data.classes, config.optim.optimizer) == (12345, ("0", "1", "2"), "adam")
@@ -107,7 +121,10 @@ def test_a_pipelines_file_lays_defaults_under_each_pipeline() -> None:
     project = parse_project(
         {
             "defaults": {"optim": {"epochs": 4, "lr": 0.5}, "tracking": {"experiment": "team"}},
-            "pipelines": {"a": {"data": {"table": "x.a"}, "optim": {"lr": 0.1}}, "b": {"description": "B", "data": {"table": "x.b"}}},
+            "pipelines": {
+                "a": {"data": {"table": "x.a"}, "optim": {"lr": 0.1}},
+                "b": {"description": "B", "data": {"table": "x.b"}},
+            },
         }
     )
     a, b = project.pipeline("a"), project.pipeline("b")
@@ -121,7 +138,10 @@ def test_a_pipelines_file_lays_defaults_under_each_pipeline() -> None:
     [
         ({"pipelines": {"Bad-Name": {"data": {"table": "x.y"}}}}, "pipeline name 'Bad-Name' must be lowercase"),
         ({"pipelines": {"a": {"data": {}}}}, "pipeline 'a': data.table: required"),
-        ({"pipelines": {"a": {"data": {"table": "x.y"}, "optim": {"lr": -1}}}}, "pipeline 'a': optim.lr: Input should be greater than 0"),
+        (
+            {"pipelines": {"a": {"data": {"table": "x.y"}, "optim": {"lr": -1}}}},
+            "pipeline 'a': optim.lr: Input should be greater than 0",
+        ),
         ({"pipeline": {}}, "unknown top-level key 'pipeline'; allowed: defaults, pipelines, dagster"),
         ({"dagster": {"definitions": ["nocolon"]}}, "dagster.definitions must be a list of 'module:attribute' strings"),
         ([1, 2], "expected a mapping with 'pipelines:'"),

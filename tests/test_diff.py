@@ -49,7 +49,11 @@ def test_the_diff_command_takes_ids_or_tags_and_says_which_exist(catalog) -> Non
     assert "rows: +20 added, -0 deleted" in out.stdout and "schema: unchanged" in out.stdout
 
     bad = icetrain("diff", "demo.rows", "v9", str(second))
-    assert bad.returncode == 1 and bad.stderr.strip() == "icetrain: error: 'v9' is neither a snapshot id nor a ref of 'demo.rows'; refs: main, v1"
+    assert (
+        bad.returncode == 1
+        and bad.stderr.strip()
+        == "icetrain: error: 'v9' is neither a snapshot id nor a ref of 'demo.rows'; refs: main, v1"
+    )
 
 
 def test_incremental_training_reads_only_the_rows_appended_since_a_snapshot_and_replays(settings, catalog) -> None:
@@ -68,5 +72,7 @@ def test_incremental_training_reads_only_the_rows_appended_since_a_snapshot_and_
     everything = train(settings, config_for("demo.rows"), progress_bar=False)
     assert everything.digest != result.digest
 
-    out = icetrain("train", "--table", "demo.rows", "--snapshot-id", str(first), "--set", f"data.since_snapshot_id={last}")
+    out = icetrain(
+        "train", "--table", "demo.rows", "--snapshot-id", str(first), "--set", f"data.since_snapshot_id={last}"
+    )
     assert out.returncode == 1 and f"data.since_snapshot_id {last} is not an ancestor of snapshot {first}" in out.stderr

@@ -52,12 +52,16 @@ def test_a_killed_ingest_commits_nothing_and_doctor_removes_its_files(settings, 
     assert stray and all("/data/" in f.path and Path(f.path.removeprefix("file://")) not in known for f in stray)
     assert inspect_files(after, timedelta(days=1)).orphans == (), "files younger than the window are kept"
 
-    listed = subprocess.run([ICETRAIN, "doctor", "demo.rows", "--older-than", "0s"], capture_output=True, text=True, timeout=120)
+    listed = subprocess.run(
+        [ICETRAIN, "doctor", "demo.rows", "--older-than", "0s"], capture_output=True, text=True, timeout=120
+    )
     assert listed.returncode == 0, listed.stderr
     assert all(f.path in listed.stdout for f in stray) and "--delete" in listed.stdout
     assert set(data_dir.iterdir()) - known, "listing deletes nothing"
 
-    deleted = subprocess.run([ICETRAIN, "doctor", "demo.rows", "--older-than", "0s", "--delete"], capture_output=True, text=True, timeout=120)
+    deleted = subprocess.run(
+        [ICETRAIN, "doctor", "demo.rows", "--older-than", "0s", "--delete"], capture_output=True, text=True, timeout=120
+    )
     assert deleted.returncode == 0, deleted.stderr
     assert f"deleted {len(stray)} unreferenced file" in deleted.stdout
     assert set(data_dir.iterdir()) == known
@@ -72,13 +76,23 @@ def test_a_missing_or_damaged_data_file_is_named_with_its_table_and_snapshot(set
     files[1].unlink()
 
     for snapshot_id in (first, second):
-        out = subprocess.run([ICETRAIN, "train", "--table", "demo.rows", "--snapshot-id", str(snapshot_id)], capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [ICETRAIN, "train", "--table", "demo.rows", "--snapshot-id", str(snapshot_id)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
-        assert out.stderr.startswith("icetrain: error: cannot read data file file://") and f"of demo.rows at snapshot {snapshot_id}: " in out.stderr
+        assert (
+            out.stderr.startswith("icetrain: error: cannot read data file file://")
+            and f"of demo.rows at snapshot {snapshot_id}: " in out.stderr
+        )
     assert all_runs(settings) == []
 
 
-def test_maintain_compacts_small_files_and_merges_manifests_keeping_every_row_and_older_snapshots(settings, catalog) -> None:
+def test_maintain_compacts_small_files_and_merges_manifests_keeping_every_row_and_older_snapshots(
+    settings, catalog
+) -> None:
     from pipeline.expiry import parse_duration
     from pipeline.maintenance import maintain
 
@@ -89,14 +103,18 @@ def test_maintain_compacts_small_files_and_merges_manifests_keeping_every_row_an
 
     create_tag(table, "model-v1", snapshot_ids[9])
 
-    out = subprocess.run([ICETRAIN, "maintain", "demo.rows", "--expire-older-than", "0s"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [ICETRAIN, "maintain", "demo.rows", "--expire-older-than", "0s"], capture_output=True, text=True, timeout=300
+    )
 
     assert out.returncode == 0, out.stderr
     assert "data files 40 -> 1 (40 small files rewritten)" in out.stdout
     table = load_table(catalog, "demo.rows")
     assert table.scan().to_arrow().sort_by("id").equals(rows_before)
     assert len(table.current_snapshot().manifests(table.io)) <= 2
-    assert table.scan(snapshot_id=snapshot_ids[9]).to_arrow().num_rows == 200, "a tagged snapshot survives expiry with its rows"
+    assert table.scan(snapshot_id=snapshot_ids[9]).to_arrow().num_rows == 200, (
+        "a tagged snapshot survives expiry with its rows"
+    )
     assert {s.snapshot_id for s in table.snapshots()} == {snapshot_ids[9], table.current_snapshot().snapshot_id}
     again = maintain(table, expire_older_than=parse_duration("0s"))
     assert again.rewritten_files == 0 and again.files_after == 1

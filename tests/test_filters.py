@@ -34,8 +34,13 @@ def rows_of(catalog, snapshot_id: int, text: str | None) -> list[dict]:
 
 
 def chunk(start: int, count: int, a: int, b: int, f: float) -> pa.Table:
-    schema = pa.schema([pa.field("id", pa.int64(), nullable=False), ("a", pa.int64()), ("b", pa.int64()), ("f", pa.float64())])
-    return pa.table({"id": np.arange(start, start + count), "a": np.full(count, a), "b": np.full(count, b), "f": np.full(count, f)}, schema=schema)
+    schema = pa.schema(
+        [pa.field("id", pa.int64(), nullable=False), ("a", pa.int64()), ("b", pa.int64()), ("f", pa.float64())]
+    )
+    return pa.table(
+        {"id": np.arange(start, start + count), "a": np.full(count, a), "b": np.full(count, b), "f": np.full(count, f)},
+        schema=schema,
+    )
 
 
 @pytest.fixture
@@ -57,8 +62,21 @@ def swapped(catalog) -> tuple[int, int]:
     return before, after
 
 
-@pytest.mark.parametrize("text", ["a > 4 or id < 100", "a > 4", "b > 4", "a > 4 and id < 15000", "not (a <= 4)", "a in (10) or b = 10", "id < 100 or b > 4"])
-def test_a_filter_at_a_snapshot_before_two_columns_swapped_names_keeps_exactly_the_rows_it_names(catalog, swapped, text: str) -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a > 4 or id < 100",
+        "a > 4",
+        "b > 4",
+        "a > 4 and id < 15000",
+        "not (a <= 4)",
+        "a in (10) or b = 10",
+        "id < 100 or b > 4",
+    ],
+)
+def test_a_filter_at_a_snapshot_before_two_columns_swapped_names_keeps_exactly_the_rows_it_names(
+    catalog, swapped, text: str
+) -> None:
     before, after = swapped
     everything = rows_of(catalog, before, None)
     assert len(everything) == 20_000
@@ -85,8 +103,21 @@ def test_a_filter_on_a_column_renamed_since_reads_the_old_snapshot_by_its_old_na
 def test_nan_sorts_above_every_number_as_in_icebergs_reference_evaluator(catalog) -> None:
     values = [0.1, 0.6, math.nan, None, 1.5, math.nan, -math.inf, math.inf]
     schema = pa.schema([pa.field("id", pa.int64(), nullable=False), ("f", pa.float64())])
-    append_arrow(catalog, TABLE, pa.table({"id": range(len(values)), "f": values}, schema=schema), source="test", identifier_fields=("id",), check=False)
-    only_nan = append_arrow(catalog, TABLE, pa.table({"id": [100, 101], "f": [math.nan, math.nan]}, schema=schema), source="test", check=False)
+    append_arrow(
+        catalog,
+        TABLE,
+        pa.table({"id": range(len(values)), "f": values}, schema=schema),
+        source="test",
+        identifier_fields=("id",),
+        check=False,
+    )
+    only_nan = append_arrow(
+        catalog,
+        TABLE,
+        pa.table({"id": [100, 101], "f": [math.nan, math.nan]}, schema=schema),
+        source="test",
+        check=False,
+    )
 
     def ids(text: str) -> list[int]:
         return [row["id"] for row in rows_of(catalog, only_nan, text)]

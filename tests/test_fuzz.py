@@ -23,9 +23,62 @@ from pipeline.specs import SnapshotRequest, parse_as_of
 from pipeline.transform import check_transform, sandboxed_connection, transform_batch
 from tests.conftest import all_runs, write_appends
 
-FUZZ = hypothesis_settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = hypothesis_settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 COLUMNS = ["id", "x1", "x2", "label", "nope", "`x1`", '"label"']
-WORDS = ["and", "or", "not", "in", "is", "null", "nan", "true", "false", "select", "from", "snapshot", "where", "limit", "order", "by", "random()", "*", ",", "(", ")", ";", "--", "'", '"', "=", "<", ">=", "!=", "<>", "+", "/", "0", "-1", "1e308", "2.5", "'a'", "\\x00", "\t", "\n", "union", "join", "range(9)", "read_csv('/etc/passwd')", "copy", "attach", "pragma", "set", "install", "load"]
+WORDS = [
+    "and",
+    "or",
+    "not",
+    "in",
+    "is",
+    "null",
+    "nan",
+    "true",
+    "false",
+    "select",
+    "from",
+    "snapshot",
+    "where",
+    "limit",
+    "order",
+    "by",
+    "random()",
+    "*",
+    ",",
+    "(",
+    ")",
+    ";",
+    "--",
+    "'",
+    '"',
+    "=",
+    "<",
+    ">=",
+    "!=",
+    "<>",
+    "+",
+    "/",
+    "0",
+    "-1",
+    "1e308",
+    "2.5",
+    "'a'",
+    "\\x00",
+    "\t",
+    "\n",
+    "union",
+    "join",
+    "range(9)",
+    "read_csv('/etc/passwd')",
+    "copy",
+    "attach",
+    "pragma",
+    "set",
+    "install",
+    "load",
+]
 text_soup = st.lists(st.one_of(st.sampled_from(COLUMNS + WORDS), st.text(max_size=6)), max_size=12).map(" ".join)
 
 
@@ -52,9 +105,17 @@ def test_row_filters_parse_or_fail_in_one_line(rows, text: str) -> None:
 
 
 @FUZZ
-@given(sql=st.one_of(text_soup, text_soup.map(lambda t: f"select {t} from snapshot"), text_soup.map(lambda t: f"select * from snapshot where {t}")))
+@given(
+    sql=st.one_of(
+        text_soup,
+        text_soup.map(lambda t: f"select {t} from snapshot"),
+        text_soup.map(lambda t: f"select * from snapshot where {t}"),
+    )
+)
 def test_sql_is_refused_in_one_line_or_runs_row_locally(sql: str) -> None:
-    batch = pa.RecordBatch.from_pydict({"id": pa.array(range(5)), "x1": pa.array([0.5] * 5), "label": pa.array([0, 1, 0, 1, 0])})
+    batch = pa.RecordBatch.from_pydict(
+        {"id": pa.array(range(5)), "x1": pa.array([0.5] * 5), "label": pa.array([0, 1, 0, 1, 0])}
+    )
     if not isinstance(only_icetrain_errors(check_transform, sql), IcetrainError):
         result = only_icetrain_errors(transform_batch, sandboxed_connection(), batch, sql)
         if not isinstance(result, IcetrainError):
@@ -62,7 +123,14 @@ def test_sql_is_refused_in_one_line_or_runs_row_locally(sql: str) -> None:
 
 
 @FUZZ
-@given(name=st.one_of(st.text(max_size=40), text_soup, st.sampled_from(["demo.rows", "demo..rows", "../x.y", "a.b\x00", "demo.rows\t"])), ref=st.text(max_size=30))
+@given(
+    name=st.one_of(
+        st.text(max_size=40),
+        text_soup,
+        st.sampled_from(["demo.rows", "demo..rows", "../x.y", "a.b\x00", "demo.rows\t"]),
+    ),
+    ref=st.text(max_size=30),
+)
 def test_names_and_refs_resolve_or_fail_in_one_line(settings, catalog, rows, name: str, ref: str) -> None:
     table, _ = rows
     if not isinstance(only_icetrain_errors(check_table_name, name), IcetrainError):
@@ -73,7 +141,11 @@ def test_names_and_refs_resolve_or_fail_in_one_line(settings, catalog, rows, nam
 
 
 @FUZZ
-@given(value=st.one_of(st.text(max_size=30), st.integers().map(str), st.floats().map(str), st.datetimes().map(lambda d: d.isoformat())))
+@given(
+    value=st.one_of(
+        st.text(max_size=30), st.integers().map(str), st.floats().map(str), st.datetimes().map(lambda d: d.isoformat())
+    )
+)
 def test_as_of_values_resolve_or_fail_in_one_line(settings, rows, value: str) -> None:
     table, _ = rows
     when = only_icetrain_errors(parse_as_of, value)
@@ -87,12 +159,35 @@ KEYS = ["seed", "data.table", "data.snapshot_id", "data.ref", "data.as_of", "dat
 
 
 @FUZZ
-@given(assignments=st.lists(st.tuples(st.sampled_from(KEYS), st.one_of(text_soup, st.text(max_size=20), st.integers().map(str), st.floats().map(str))), max_size=4))
+@given(
+    assignments=st.lists(
+        st.tuples(
+            st.sampled_from(KEYS),
+            st.one_of(text_soup, st.text(max_size=20), st.integers().map(str), st.floats().map(str)),
+        ),
+        max_size=4,
+    )
+)
 def test_config_assignments_parse_or_fail_in_one_line(assignments: list[tuple[str, str]]) -> None:
-    only_icetrain_errors(lambda: parse_config(apply_overrides(PipelineConfig().model_dump(), [f"{k}={v}" for k, v in assignments])))
+    only_icetrain_errors(
+        lambda: parse_config(apply_overrides(PipelineConfig().model_dump(), [f"{k}={v}" for k, v in assignments]))
+    )
 
 
-FLAGS = ["--snapshot-id", "--ref", "--as-of", "--filter", "--sql", "--label", "--features", "--lr", "--seed", "--batch-size", "--model", "--precision"]
+FLAGS = [
+    "--snapshot-id",
+    "--ref",
+    "--as-of",
+    "--filter",
+    "--sql",
+    "--label",
+    "--features",
+    "--lr",
+    "--seed",
+    "--batch-size",
+    "--model",
+    "--precision",
+]
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
@@ -113,9 +208,24 @@ def assert_one_line_error(code: int, err: str, argv: list[str]) -> None:
 
 
 @FUZZ
-@given(args=st.lists(st.tuples(st.sampled_from(FLAGS), st.one_of(text_soup, st.text(max_size=12), st.integers().map(str))), max_size=4))
-def test_the_train_command_trains_or_fails_in_one_line_and_leaves_nothing_running(settings, catalog, rows, args: list[tuple[str, str]]) -> None:
-    argv = ["train", "--table", "demo.rows", "--epochs", "1", "--no-progress", *[part for pair in args for part in pair]]
+@given(
+    args=st.lists(
+        st.tuples(st.sampled_from(FLAGS), st.one_of(text_soup, st.text(max_size=12), st.integers().map(str))),
+        max_size=4,
+    )
+)
+def test_the_train_command_trains_or_fails_in_one_line_and_leaves_nothing_running(
+    settings, catalog, rows, args: list[tuple[str, str]]
+) -> None:
+    argv = [
+        "train",
+        "--table",
+        "demo.rows",
+        "--epochs",
+        "1",
+        "--no-progress",
+        *[part for pair in args for part in pair],
+    ]
     runs_before = len(all_runs(settings))
     code, _, err = run_cli(argv)
     runs = all_runs(settings)
@@ -129,13 +239,28 @@ def test_the_train_command_trains_or_fails_in_one_line_and_leaves_nothing_runnin
 
 
 HOSTILE_NAMES = ["../../x", "/tmp/icetrain-escape", "a/b", "x\x00y", "n" * 5000, " padded ", "..", "ok\nnext", "é"]
-HOSTILE_IDS = ["", "0", "-1", "nope", "../../etc", "x\x00", "9" * 40, "1" * 5000, "' or 1=1 --", "ffffffffffffffffffffffffffffffff"]
+HOSTILE_IDS = [
+    "",
+    "0",
+    "-1",
+    "nope",
+    "../../etc",
+    "x\x00",
+    "9" * 40,
+    "1" * 5000,
+    "' or 1=1 --",
+    "ffffffffffffffffffffffffffffffff",
+]
 DURATIONS = ["30d", "99999999999999999999d", "9" * 5000 + "s", "-1d", "1.5h", "", "0s", "1y", "nan", "100000w"]
 
 
 def subcommands(run_id: str) -> st.SearchStrategy[list[str]]:
     """Every subcommand that reads or writes, with hostile names, ids and durations (and a real run id)."""
-    name, ident, duration = st.sampled_from(HOSTILE_NAMES + ["fraud-model"]), st.sampled_from(HOSTILE_IDS + [run_id]), st.sampled_from(DURATIONS)
+    name, ident, duration = (
+        st.sampled_from(HOSTILE_NAMES + ["fraud-model"]),
+        st.sampled_from(HOSTILE_IDS + [run_id]),
+        st.sampled_from(DURATIONS),
+    )
     table = st.sampled_from(["demo.rows", "demo..rows", "../x.y", "demo.rows\x00", "demo.none"])
     debug = st.sampled_from([[], ["--debug"]])
     return st.one_of(
@@ -150,9 +275,13 @@ def subcommands(run_id: str) -> st.SearchStrategy[list[str]]:
         st.tuples(ident).map(lambda t: ["reproduce", t[0], "--no-progress"]),
         st.tuples(ident).map(lambda t: ["train", "--resume", t[0], "--no-progress"]),
         st.tuples(ident, name).map(lambda t: ["train", "--from-run", t[0], "--experiment", t[1], "--no-progress"]),
-        st.tuples(name).map(lambda t: ["train", "--table", "demo.rows", "--set", f"tracking.registered_model={t[0]}", "--no-progress"]),
+        st.tuples(name).map(
+            lambda t: ["train", "--table", "demo.rows", "--set", f"tracking.registered_model={t[0]}", "--no-progress"]
+        ),
         st.tuples(name).map(lambda t: ["train", "--table", "demo.rows", "--experiment", t[0], "--no-progress"]),
-        st.tuples(st.sampled_from(["--older-than", "--name", "--table", "--epochs"])).map(lambda t: ["expire", "demo.rows", t[0]]),
+        st.tuples(st.sampled_from(["--older-than", "--name", "--table", "--epochs"])).map(
+            lambda t: ["expire", "demo.rows", t[0]]
+        ),
     ).flatmap(lambda argv: debug.map(lambda d: [*argv, *d] if "--debug" not in argv else argv))
 
 
@@ -164,9 +293,13 @@ def trained(settings, catalog, rows) -> str:
     return all_runs(settings)[0].info.run_id
 
 
-@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@hypothesis_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(data=st.data())
-def test_every_subcommand_answers_hostile_input_in_one_line_and_writes_nothing(settings, catalog, trained, tmp_path_factory, data) -> None:
+def test_every_subcommand_answers_hostile_input_in_one_line_and_writes_nothing(
+    settings, catalog, trained, tmp_path_factory, data
+) -> None:
     argv = data.draw(subcommands(trained))
     if "--debug" in argv:
         argv.remove("--debug")  # tracebacks are what --debug is for; the edge is judged without it
@@ -181,7 +314,10 @@ def test_every_subcommand_answers_hostile_input_in_one_line_and_writes_nothing(s
         assert len(load_table(catalog, "demo.rows").refresh().snapshots()) == snapshots_before
         assert dict(load_table(catalog, "demo.rows").refresh().metadata.refs) == refs_before
     assert all(run.info.status == "FINISHED" for run in runs), (argv, "no run is left RUNNING or FAILED")
-    assert not any(ref.startswith("icetrain/") and ("\x00" in ref or len(ref) > 255) for ref in load_table(catalog, "demo.rows").refresh().metadata.refs)
+    assert not any(
+        ref.startswith("icetrain/") and ("\x00" in ref or len(ref) > 255)
+        for ref in load_table(catalog, "demo.rows").refresh().metadata.refs
+    )
     home = settings.home.resolve()
     for folder in (home.parent.parent / "x", home.parent / "x", __import__("pathlib").Path("/tmp/icetrain-escape")):
         assert not folder.exists(), f"{argv} wrote outside the project home: {folder}"
@@ -191,13 +327,47 @@ def test_every_subcommand_answers_hostile_input_in_one_line_and_writes_nothing(s
     ("argv", "says"),
     [
         (["train", "--table", "demo.rows", "--experiment", "../../x"], "experiment name '../../x' is not valid"),
-        (["train", "--table", "demo.rows", "--experiment", "/tmp/icetrain-escape"], "experiment name '/tmp/icetrain-escape' is not valid"),
-        (["train", "--table", "demo.rows", "--set", "tracking.registered_model=../m"], "registered model name '../m' is not valid"),
-        (["train", "--table", "demo.rows", "--set", "tracking.experiment=a\x00b"], "tracking.experiment: holds a NUL byte"),
+        (
+            ["train", "--table", "demo.rows", "--experiment", "/tmp/icetrain-escape"],
+            "experiment name '/tmp/icetrain-escape' is not valid",
+        ),
+        (
+            ["train", "--table", "demo.rows", "--set", "tracking.registered_model=../m"],
+            "registered model name '../m' is not valid",
+        ),
+        (
+            ["train", "--table", "demo.rows", "--set", "tracking.experiment=a\x00b"],
+            "tracking.experiment: holds a NUL byte",
+        ),
         (["train", "--table", "demo.rows", "--set", "tracking.run_name=a\x00b"], "tracking.run_name: holds a NUL byte"),
-        (["train", "--table", "demo.rows", "--sql", "select x1, label::hugeint as label from snapshot"], "has type decimal128(38, 0), which cannot hold classes"),
-        (["train", "--table", "demo.rows", "--sql", "select x1, label::decimal(9, 2) as label from snapshot", "--set", "data.classes=0,1,2"], "which cannot hold classes"),
-        (["train", "--table", "demo.rows", "--sql", "select x1, label::decimal(9, 2) as label from snapshot", "--set", "data.task=regression"], "regression needs a numeric label"),
+        (
+            ["train", "--table", "demo.rows", "--sql", "select x1, label::hugeint as label from snapshot"],
+            "has type decimal128(38, 0), which cannot hold classes",
+        ),
+        (
+            [
+                "train",
+                "--table",
+                "demo.rows",
+                "--sql",
+                "select x1, label::decimal(9, 2) as label from snapshot",
+                "--set",
+                "data.classes=0,1,2",
+            ],
+            "which cannot hold classes",
+        ),
+        (
+            [
+                "train",
+                "--table",
+                "demo.rows",
+                "--sql",
+                "select x1, label::decimal(9, 2) as label from snapshot",
+                "--set",
+                "data.task=regression",
+            ],
+            "regression needs a numeric label",
+        ),
         (["expire", "demo.rows", "--older-than", "99999999999999999999d"], "is longer than 100 years"),
         (["doctor", "demo.rows", "--older-than", "9" * 5000 + "s"], "is longer than 100 years"),
         (["train", "--table"], "icetrain: error: argument --table: expected one argument"),
@@ -208,15 +378,22 @@ def test_every_subcommand_answers_hostile_input_in_one_line_and_writes_nothing(s
         (["unregister", "../x", "1"], "registered model name '../x' is not valid"),
     ],
 )
-def test_each_hostile_kind_from_the_review_is_one_line_and_writes_nothing(settings, catalog, rows, argv: list[str], says: str) -> None:
+def test_each_hostile_kind_from_the_review_is_one_line_and_writes_nothing(
+    settings, catalog, rows, argv: list[str], says: str
+) -> None:
     code, _, err = run_cli(argv)
     assert_one_line_error(code, err, argv)
     assert says in err, err
     assert all_runs(settings) == [] and len(load_table(catalog, "demo.rows").snapshots()) == 1
-    assert not (settings.home.parent.parent / "x").exists() and not __import__("pathlib").Path("/tmp/icetrain-escape").exists()
+    assert (
+        not (settings.home.parent.parent / "x").exists()
+        and not __import__("pathlib").Path("/tmp/icetrain-escape").exists()
+    )
 
 
-def test_a_hostile_experiment_from_the_environment_is_refused_before_anything_runs(settings, catalog, rows, monkeypatch) -> None:
+def test_a_hostile_experiment_from_the_environment_is_refused_before_anything_runs(
+    settings, catalog, rows, monkeypatch
+) -> None:
     monkeypatch.setenv("ICETRAIN_EXPERIMENT", "../../escaped")
     code, _, err = run_cli(["train", "--table", "demo.rows", "--no-progress"])
     assert_one_line_error(code, err, [])
@@ -224,13 +401,29 @@ def test_a_hostile_experiment_from_the_environment_is_refused_before_anything_ru
 
 
 def test_debug_is_accepted_after_the_command_too(settings, catalog, rows) -> None:
-    with pytest.raises(IcetrainError, match="no tag or branch 'nope'"):  # --debug: the exception itself, for a traceback
+    with pytest.raises(
+        IcetrainError, match="no tag or branch 'nope'"
+    ):  # --debug: the exception itself, for a traceback
         main(["train", "--table", "demo.rows", "--ref", "nope", "--debug"])
     code, _, err = run_cli(["train", "--table", "demo.rows", "--ref", "nope"])
     assert_one_line_error(code, err, [])
 
 
-@pytest.mark.parametrize("text", ["label < 5 or true", "true and false", "not true", "label in ()", "x1 > 'a'", "id is nan", "label <> 1e999", "x1 == 1", "id in (1, 'x')", "label not in ('a',)"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "label < 5 or true",
+        "true and false",
+        "not true",
+        "label in ()",
+        "x1 > 'a'",
+        "id is nan",
+        "label <> 1e999",
+        "x1 == 1",
+        "id in (1, 'x')",
+        "label not in ('a',)",
+    ],
+)
 def test_filters_that_once_gave_tracebacks_are_one_line(rows, text: str) -> None:
     table, pinned = rows
     only_icetrain_errors(parse_filter, text, snapshot_schema(table, pinned), pinned)

@@ -20,7 +20,12 @@ RESOURCES = {"iceberg": IcebergResource(), "mlflow": MlflowResource()}
 
 
 def everything(pipeline) -> list:
-    return [training_data_asset(pipeline), trained_model_asset(pipeline), trainable_check(pipeline), *quality_checks(pipeline)]
+    return [
+        training_data_asset(pipeline),
+        trained_model_asset(pipeline),
+        trainable_check(pipeline),
+        *quality_checks(pipeline),
+    ]
 
 
 def gates(pipeline) -> list:
@@ -37,9 +42,17 @@ def instance():
         yield test_instance
 
 
-def test_drift_passes_on_undrifted_days_and_fails_on_drifted_ones_naming_the_features(settings, catalog, instance) -> None:
+def test_drift_passes_on_undrifted_days_and_fails_on_drifted_ones_naming_the_features(
+    settings, catalog, instance
+) -> None:
     fraud = load_project(Path(__file__).resolve().parents[1] / "icetrain.yaml").pipeline("fraud")
-    fraud = parse_project({"pipelines": {"fraud": {**fraud.config.model_dump(mode="json"), "optim": {"epochs": 1, "class_weights": "balanced"}}}}).pipeline("fraud")
+    fraud = parse_project(
+        {
+            "pipelines": {
+                "fraud": {**fraud.config.model_dump(mode="json"), "optim": {"epochs": 1, "class_weights": "balanced"}}
+            }
+        }
+    ).pipeline("fraud")
     for day in (1, 2):
         ingest_day(catalog, date(2026, 11, day), 2000)
     assert materialize(everything(fraud), instance=instance, resources=RESOURCES).success
@@ -56,7 +69,9 @@ def test_drift_passes_on_undrifted_days_and_fails_on_drifted_ones_naming_the_fea
     assert not check.passed
     assert "velocity_24h PSI" in check.description and "ip_risk PSI" in check.description
     assert check.metadata["psi"].value["ip_risk"] > 0.25 and check.metadata["psi"].value["merchant_risk"] < 0.1
-    (pinned,) = [e for e in drifted.get_asset_materialization_events() if e.asset_key == AssetKey(["fraud", "training_data"])]
+    (pinned,) = [
+        e for e in drifted.get_asset_materialization_events() if e.asset_key == AssetKey(["fraud", "training_data"])
+    ]
     records = [record.data for record in pinned.materialization.metadata["feature_profile"].value.records]
     profile = {record["feature"]: record for record in records}
     assert profile["ip_risk"]["psi"] == pytest.approx(check.metadata["psi"].value["ip_risk"], abs=1e-4)
@@ -70,12 +85,16 @@ def test_drift_passes_on_undrifted_days_and_fails_on_drifted_ones_naming_the_fea
 
 
 def test_a_renamed_feature_breaks_the_contract_and_says_so(settings, catalog, instance) -> None:
-    rows = parse_project({"pipelines": {"rows": {"data": {"table": "demo.rows", "features": ["x1", "x2"]}, "optim": {"epochs": 1}}}}).pipeline("rows")
+    rows = parse_project(
+        {"pipelines": {"rows": {"data": {"table": "demo.rows", "features": ["x1", "x2"]}, "optim": {"epochs": 1}}}}
+    ).pipeline("rows")
     write_appends(catalog, "demo.rows", [60])
     assert materialize(everything(rows), instance=instance, resources=RESOURCES).success
     with load_table(catalog, "demo.rows").update_schema() as update:
         update.rename_column("x1", "feature_1")
-    append_arrow(catalog, "demo.rows", tabular_rows(60, 20).rename_columns(["id", "feature_1", "x2", "label"]), source="test")
+    append_arrow(
+        catalog, "demo.rows", tabular_rows(60, 20).rename_columns(["id", "feature_1", "x2", "label"]), source="test"
+    )
 
     result = materialize(everything(rows), instance=instance, resources=RESOURCES, raise_on_error=False)
 
@@ -83,7 +102,9 @@ def test_a_renamed_feature_breaks_the_contract_and_says_so(settings, catalog, in
     assert not checks["schema_contract"].passed
     assert checks["schema_contract"].description == "feature x1 (field 2) was renamed to feature_1"
     assert not checks["is_trainable"].passed
-    trained = [e for e in result.get_asset_materialization_events() if e.asset_key == AssetKey(["rows", "trained_model"])]
+    trained = [
+        e for e in result.get_asset_materialization_events() if e.asset_key == AssetKey(["rows", "trained_model"])
+    ]
     assert trained == []
 
 
@@ -100,10 +121,14 @@ def test_null_features_fail_the_completeness_gate(settings, catalog, instance) -
     assert checks["features_complete"].metadata["nulls"].value == {"id": 0, "x1": 0, "x2": 4}
 
 
-def test_the_digits_demo_pipeline_retrains_from_dagster_with_an_image_drift_measure(settings, catalog, digits, instance) -> None:
+def test_the_digits_demo_pipeline_retrains_from_dagster_with_an_image_drift_measure(
+    settings, catalog, digits, instance
+) -> None:
     """After a first model, the gates profile the raw-bytes image column (pixel-byte histogram), never crash on it."""
     declared = load_project(Path(__file__).resolve().parents[1] / "icetrain.yaml").pipeline("digits")
-    quick = parse_project({"pipelines": {"digits": {**declared.config.model_dump(mode="json"), "optim": {"epochs": 1}}}}).pipeline("digits")
+    quick = parse_project(
+        {"pipelines": {"digits": {**declared.config.model_dump(mode="json"), "optim": {"epochs": 1}}}}
+    ).pipeline("digits")
     first = materialize(everything(quick), instance=instance, resources=RESOURCES)
     assert first.success
 
@@ -112,12 +137,16 @@ def test_the_digits_demo_pipeline_retrains_from_dagster_with_an_image_drift_meas
     checks = evaluations(again)
     assert checks["no_drift"].passed and checks["features_complete"].passed, checks["no_drift"].description
     assert checks["no_drift"].metadata["psi"].value == {"pixels": pytest.approx(0.0, abs=1e-9)}
-    (pinned,) = [e for e in again.get_asset_materialization_events() if e.asset_key == AssetKey(["digits", "training_data"])]
+    (pinned,) = [
+        e for e in again.get_asset_materialization_events() if e.asset_key == AssetKey(["digits", "training_data"])
+    ]
     (image,) = pinned.materialization.metadata["feature_profile"].value.records
     assert image.data["feature"] == "pixels" and 0 < image.data["mean"] < 16
 
 
-def test_the_cli_runs_the_same_gates_as_dagster_and_skip_gates_is_recorded(settings, catalog, instance, monkeypatch, capsys) -> None:
+def test_the_cli_runs_the_same_gates_as_dagster_and_skip_gates_is_recorded(
+    settings, catalog, instance, monkeypatch, capsys
+) -> None:
     from icetrain.cli import main
     from tests.conftest import all_runs
 
@@ -135,7 +164,11 @@ def test_the_cli_runs_the_same_gates_as_dagster_and_skip_gates_is_recorded(setti
     assert main(["train", "--pipeline", "fraud", *quick]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("icetrain: error: gate no_drift failed for snapshot "), err
-    assert f"against reference snapshot {first.data.tags['icetrain.snapshot_id']}" in err[0] and "ip_risk PSI" in err[0] and "--skip-gates" in err[0]
+    assert (
+        f"against reference snapshot {first.data.tags['icetrain.snapshot_id']}" in err[0]
+        and "ip_risk PSI" in err[0]
+        and "--skip-gates" in err[0]
+    )
     assert len(all_runs(settings)) == 1, "a refused snapshot starts no run"
 
     fraud = load_project(Path(__file__).resolve().parents[1] / "icetrain.yaml").pipeline("fraud")

@@ -87,7 +87,14 @@ def contracted(catalog) -> str:
     """A table whose first append declares an identifier and the classes 0, 1, 2."""
     from pipeline.tensors import label_classes_property
 
-    append_arrow(catalog, "demo.contract", tabular_rows(0, 30), source="test", identifier_fields=("id",), table_properties=label_classes_property([0, 1, 2]))
+    append_arrow(
+        catalog,
+        "demo.contract",
+        tabular_rows(0, 30),
+        source="test",
+        identifier_fields=("id",),
+        table_properties=label_classes_property([0, 1, 2]),
+    )
     return "demo.contract"
 
 
@@ -121,7 +128,9 @@ def broken(change: str) -> pa.Table:
         ("null-id", "column 'id' is required and has 1 null values"),
     ],
 )
-def test_data_that_breaks_the_table_contract_is_refused_naming_the_column_and_count(catalog, contracted, change: str, message: str) -> None:
+def test_data_that_breaks_the_table_contract_is_refused_naming_the_column_and_count(
+    catalog, contracted, change: str, message: str
+) -> None:
     with pytest.raises(IngestError) as raised:
         append_arrow(catalog, contracted, broken(change), source="test")
     assert message in str(raised.value) and "nothing was written" in str(raised.value)

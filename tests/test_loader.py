@@ -59,7 +59,9 @@ def batch_sizes(loader) -> list[int]:
     shuffle=st.booleans(),
     low=st.one_of(st.none(), st.integers(0, 60)),
 )
-def test_every_row_once_per_epoch_across_ranks_with_equal_batches(catalog, files, group, world, batch, seed, block, shuffle, low) -> None:
+def test_every_row_once_per_epoch_across_ranks_with_equal_batches(
+    catalog, files, group, world, batch, seed, block, shuffle, low
+) -> None:
     table = table_of_shape(catalog, files, group)
     spec = ReadSpec(features=("id",), row_filter=f"id >= {low}" if low is not None else None)
     total = sum(files) - min(low or 0, sum(files))
@@ -67,7 +69,9 @@ def test_every_row_once_per_epoch_across_ranks_with_equal_batches(catalog, files
         return
     per_rank = []
     for rank in range(world):
-        loader = loader_for(table, spec, rank=rank, world_size=world, batch_size=batch, seed=seed, block_rows=block, shuffle=shuffle)
+        loader = loader_for(
+            table, spec, rank=rank, world_size=world, batch_size=batch, seed=seed, block_rows=block, shuffle=shuffle
+        )
         sizes = batch_sizes(loader)
         assert len(sizes) == len(loader)
         assert all(size == batch for size in sizes[:-1])
@@ -86,7 +90,13 @@ def test_every_row_once_per_epoch_across_ranks_with_equal_batches(catalog, files
 
 
 @EXAMPLES
-@given(files=file_rows, group=row_group_rows, batch=st.integers(1, 13), seed=st.integers(0, 2**31), block=st.integers(1, 50))
+@given(
+    files=file_rows,
+    group=row_group_rows,
+    batch=st.integers(1, 13),
+    seed=st.integers(0, 2**31),
+    block=st.integers(1, 50),
+)
 def test_same_seed_and_epoch_give_the_same_order_and_epochs_differ(catalog, files, group, batch, seed, block) -> None:
     table = table_of_shape(catalog, files, group)
     first = loader_for(table, batch_size=batch, seed=seed, block_rows=block)
@@ -101,8 +111,17 @@ def test_same_seed_and_epoch_give_the_same_order_and_epochs_differ(catalog, file
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(files=file_rows, group=row_group_rows, workers=st.integers(1, 3), batch=st.integers(1, 13), block=st.integers(1, 30), world=st.integers(1, 2))
-def test_the_order_does_not_depend_on_the_number_of_workers(catalog, files, group, workers, batch, block, world) -> None:
+@given(
+    files=file_rows,
+    group=row_group_rows,
+    workers=st.integers(1, 3),
+    batch=st.integers(1, 13),
+    block=st.integers(1, 30),
+    world=st.integers(1, 2),
+)
+def test_the_order_does_not_depend_on_the_number_of_workers(
+    catalog, files, group, workers, batch, block, world
+) -> None:
     table = table_of_shape(catalog, files, group)
     for rank in range(world):
         common = dict(batch_size=batch, block_rows=block, seed=7, rank=rank, world_size=world)
@@ -141,8 +160,8 @@ def test_resume_in_a_new_process_through_statefuldataloader(catalog, tmp_path) -
         from pipeline.snapshots import resolve_snapshot
 
         catalog = SqlCatalog("icetrain", **{dict(catalog.properties)!r})
-        table = catalog.load_table("{'.'.join(table.name())}")
-        pinned = resolve_snapshot(table, SnapshotRequest("{'.'.join(table.name())}"), "icetrain")
+        table = catalog.load_table("{".".join(table.name())}")
+        pinned = resolve_snapshot(table, SnapshotRequest("{".".join(table.name())}"), "icetrain")
         loader = open_loader(table, pinned, ReadSpec(features=("id",)), LoaderConfig(batch_size=8, block_rows=20, seed=5))
         outer = StatefulDataLoader(loader, batch_size=None, num_workers=0)
         mode, path = sys.argv[1], sys.argv[2]
@@ -225,14 +244,18 @@ def test_renamed_widened_and_added_columns_are_matched_by_field_id(catalog) -> N
         list(loader_for(table, ReadSpec(features=("extra",))))
 
     old = resolve_snapshot(table, SnapshotRequest(".".join(table.name()), snapshot_id=old_snapshot), "icetrain")
-    old_rows = torch.cat([f for f, _ in open_loader(table, old, ReadSpec(features=("id", "x1")), LoaderConfig(shuffle=False))])
+    old_rows = torch.cat(
+        [f for f, _ in open_loader(table, old, ReadSpec(features=("id", "x1")), LoaderConfig(shuffle=False))]
+    )
     assert sorted(old_rows[:, 0].tolist()) == list(range(10))
 
 
 def test_the_sql_transform_runs_per_row_group_in_the_sandbox(catalog) -> None:
     table = table_of_shape(catalog, [20, 20], 7)
     spec = ReadSpec(features=("twice",), sql="select id * 2 as twice, label from snapshot where id % 4 = 0")
-    rows = sorted(int(v) for features, _ in loader_for(table, spec, shuffle=False, num_workers=0) for v in features[:, 0])
+    rows = sorted(
+        int(v) for features, _ in loader_for(table, spec, shuffle=False, num_workers=0) for v in features[:, 0]
+    )
     assert rows == [i * 2 for i in range(40) if i % 4 == 0]
     assert sum(len(l) for _, l in loader_for(table, spec, rank=1, world_size=2)) == 5
 
@@ -249,7 +272,9 @@ def test_string_labels_map_through_a_sorted_vocabulary(catalog) -> None:
 
     names = ["owl", "cat", "emu"]
     rows = tabular_rows(0, 30)
-    rows = rows.set_column(3, "label", pa.array([names[i % 3] for i in range(30)]).dictionary_encode().cast(pa.string()))
+    rows = rows.set_column(
+        3, "label", pa.array([names[i % 3] for i in range(30)]).dictionary_encode().cast(pa.string())
+    )
     append_arrow(catalog, "shapes.strings", rows, source="test")
     loader = loader_for(catalog.load_table("shapes.strings"), shuffle=False)
     assert loader.vocabulary.classes == ("cat", "emu", "owl")

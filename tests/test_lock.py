@@ -25,7 +25,9 @@ def test_every_installed_dependency_is_the_locked_version() -> None:
         installed = metadata.version(name)
         if installed.split("+")[0] != version:
             wrong[name] = (installed, version)
-    assert not wrong, f"installed versions differ from requirements.lock (run make install, or make lock to move): {wrong}"
+    assert not wrong, (
+        f"installed versions differ from requirements.lock (run make install, or make lock to move): {wrong}"
+    )
 
 
 def test_the_lock_covers_every_requirement_of_icetrain_and_its_extras() -> None:
@@ -38,5 +40,9 @@ def test_the_main_dependencies_have_upper_bounds() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = [Requirement(text) for text in [*project["dependencies"], *project["optional-dependencies"]["postgres"]]]
     main = {"pyiceberg", "duckdb", "mlflow", "dagster", "dagster-webserver", "dagster-postgres", "pyarrow"}
-    unbounded = [str(r) for r in declared if canonicalize_name(r.name) in main and not any(re.match("<", s.operator) for s in r.specifier)]
+    unbounded = [
+        str(r)
+        for r in declared
+        if canonicalize_name(r.name) in main and not any(re.match("<", s.operator) for s in r.specifier)
+    ]
     assert not unbounded, f"give these an upper bound: {unbounded}"

@@ -13,7 +13,22 @@ from pipeline.names import check_ref_name, check_table_name
 from tests.conftest import tabular_rows
 
 ICETRAIN = str(Path(sys.executable).parent / "icetrain")
-HOSTILE_TABLES = ["zz.t\t", "zz.t\n", " demo.digits", "demo.digits ", "demo.t?x", "demo.t#1", "../../etc", "demo..digits", "a/b.c", "demo.", "digits", "x" * 300 + ".t", "demo.t\u200b", "demo.tä"]
+HOSTILE_TABLES = [
+    "zz.t\t",
+    "zz.t\n",
+    " demo.digits",
+    "demo.digits ",
+    "demo.t?x",
+    "demo.t#1",
+    "../../etc",
+    "demo..digits",
+    "a/b.c",
+    "demo.",
+    "digits",
+    "x" * 300 + ".t",
+    "demo.t\u200b",
+    "demo.tä",
+]
 
 
 @pytest.mark.parametrize("name", HOSTILE_TABLES)

@@ -40,7 +40,9 @@ def test_each_snapshot_reads_exactly_its_own_rows_after_later_commits(catalog) -
     assert read_ids(catalog, ids[0]) == list(range(10))
     assert read_ids(catalog, ids[1]) == list(range(30))
     assert read_ids(catalog, ids[2]) == list(range(60))
-    assert read_ids(catalog, load_table(catalog, "demo.rows").current_snapshot().snapshot_id) == [i for i in range(60) if i != 3]
+    assert read_ids(catalog, load_table(catalog, "demo.rows").current_snapshot().snapshot_id) == [
+        i for i in range(60) if i != 3
+    ]
 
 
 def test_old_snapshots_keep_their_schema_after_a_column_is_added(catalog) -> None:
@@ -157,10 +159,20 @@ def test_a_feature_with_nulls_is_refused_with_the_count_of_the_whole_selection(c
         x1 = rows.column("x1").to_pylist()
         for hole in holes:
             x1[hole - start] = None
-        append_arrow(catalog, "demo.rows", rows.set_column(1, "x1", pa.array(x1, pa.float32())), source="test", identifier_fields=("id",) if start == 0 else (), check=False)
+        append_arrow(
+            catalog,
+            "demo.rows",
+            rows.set_column(1, "x1", pa.array(x1, pa.float32())),
+            source="test",
+            identifier_fields=("id",) if start == 0 else (),
+            check=False,
+        )
     table, pinned = pin(catalog)
     with pytest.raises(NullFeatureError) as raised:
         read_all(table, pinned, ReadSpec())
-    assert f"feature column 'x1' has 7 null values in the rows selected from snapshot {pinned.snapshot_id} of 'demo.rows'" in str(raised.value)
+    assert (
+        f"feature column 'x1' has 7 null values in the rows selected from snapshot {pinned.snapshot_id} of 'demo.rows'"
+        in str(raised.value)
+    )
     with pytest.raises(NullFeatureError, match="has 4 null values"):
         read_all(table, pinned, ReadSpec(row_filter="id >= 50"))

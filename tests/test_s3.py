@@ -18,7 +18,11 @@ from pipeline.snapshots import resolve_snapshot
 from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
 from tests.conftest import config_for, write_appends
 
-KEYS = {"aws_access_key_id": "icetrain-test", "aws_secret_access_key": "icetrain-test-secret", "region_name": "us-east-1"}
+KEYS = {
+    "aws_access_key_id": "icetrain-test",
+    "aws_secret_access_key": "icetrain-test-secret",
+    "region_name": "us-east-1",
+}
 
 
 @pytest.fixture
@@ -57,7 +61,9 @@ def test_a_warehouse_on_s3_time_travels_streams_trains_and_is_checked(on_s3, s3_
 
     pinned = resolve_snapshot(table, SnapshotRequest("shop.rows", snapshot_id=first), on_s3.catalog_name)
     spec, loader_config = ReadSpec(features=("id",)), LoaderConfig(batch_size=32, num_workers=2, val_fraction=0.0)
-    seen = [int(v) for features, _ in open_loader(table, pinned, spec, loader_config) for v in features.flatten().tolist()]
+    seen = [
+        int(v) for features, _ in open_loader(table, pinned, spec, loader_config) for v in features.flatten().tolist()
+    ]
     assert sorted(seen) == list(range(300)), "the first snapshot's rows, each once, read from S3 in worker processes"
 
     from training.train import train

@@ -13,7 +13,12 @@ from tests.conftest import tabular_rows
 from tests.postgres import postgres_cluster
 
 BIN = Path(sys.executable).parent
-SECRETS = {"catalog": "pg-SECRET-7d1c", "s3_key": "AKIA-SECRET-4f2a", "s3_secret": "s3-SECRET-9b8e", "mlflow": "mlflow-SECRET-3e5f"}
+SECRETS = {
+    "catalog": "pg-SECRET-7d1c",
+    "s3_key": "AKIA-SECRET-4f2a",
+    "s3_secret": "s3-SECRET-9b8e",
+    "mlflow": "mlflow-SECRET-3e5f",
+}
 
 
 @pytest.fixture
@@ -25,7 +30,9 @@ def mlflow_server(tmp_path: Path):
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with (folder / "log").open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=folder)
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=folder
+        )
     server = Server("mlflow", f"http://127.0.0.1:{port}", process)
     try:
         wait_until_up(server, "/health")
@@ -34,7 +41,9 @@ def mlflow_server(tmp_path: Path):
         server.stop()
 
 
-def test_no_secret_appears_in_output_errors_logs_runs_metadata_or_summaries(settings, tmp_path, monkeypatch, mlflow_server) -> None:
+def test_no_secret_appears_in_output_errors_logs_runs_metadata_or_summaries(
+    settings, tmp_path, monkeypatch, mlflow_server
+) -> None:
     with postgres_cluster() as uri:
         monkeypatch.setenv("PYICEBERG_CATALOG__LAKE__TYPE", "sql")
         monkeypatch.setenv("PYICEBERG_CATALOG__LAKE__URI", uri.replace("icetrain@", f"icetrain:{SECRETS['catalog']}@"))
@@ -55,13 +64,21 @@ def test_no_secret_appears_in_output_errors_logs_runs_metadata_or_summaries(sett
             run("train", "--table", "shop.rows", "--lr", "-1", expect=1),
             run("demo"),
         ]
-        monkeypatch.setenv("PYICEBERG_CATALOG__LAKE__URI", uri.replace("icetrain@", f"icetrain:{SECRETS['catalog']}@").replace("127.0.0.1", "127.0.0.2"))
+        monkeypatch.setenv(
+            "PYICEBERG_CATALOG__LAKE__URI",
+            uri.replace("icetrain@", f"icetrain:{SECRETS['catalog']}@").replace("127.0.0.1", "127.0.0.2"),
+        )
         outputs.append(run("snapshots", "shop.rows", expect=1))
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://trainer:{SECRETS['mlflow']}@127.0.0.1:{free_port()}")
         outputs.append(run("train", "--table", "shop.rows", expect=1))
 
     assert "trainer:***@127.0.0.1" in outputs[-1], "the unreachable server is named, without its password"
-    leaks = [f"{where}: ...{text[max(0, text.index(secret) - 80) : text.index(secret) + 20]}..." for secret in SECRETS.values() for where, text in outputs_and_files(outputs, tmp_path) if secret in text]
+    leaks = [
+        f"{where}: ...{text[max(0, text.index(secret) - 80) : text.index(secret) + 20]}..."
+        for secret in SECRETS.values()
+        for where, text in outputs_and_files(outputs, tmp_path)
+        if secret in text
+    ]
     assert leaks == [], "\n".join(leaks)
 
 

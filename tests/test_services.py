@@ -39,12 +39,19 @@ def test_ingest_train_and_dagster_runs_land_in_the_shared_services(settings, tmp
         trained = icetrain("train", "--table", "shop.rows", "--epochs", "1", "--no-progress")
         icetrain("demo")
 
-        catalog = sqlalchemy.create_engine(f"postgresql+psycopg2://icetrain@127.0.0.1:{record['postgres_port']}/iceberg")
+        catalog = sqlalchemy.create_engine(
+            f"postgresql+psycopg2://icetrain@127.0.0.1:{record['postgres_port']}/iceberg"
+        )
         with catalog.connect() as connection:
-            tables = {tuple(row) for row in connection.execute(sqlalchemy.text("select table_namespace, table_name from iceberg_tables"))}
+            tables = {
+                tuple(row)
+                for row in connection.execute(sqlalchemy.text("select table_namespace, table_name from iceberg_tables"))
+            }
         assert tables == {("shop", "rows"), ("demo", "digits")}
         run_id = trained.split("MLflow run ")[1].split()[0]
-        with urllib.request.urlopen(f"http://127.0.0.1:{record['mlflow_port']}/api/2.0/mlflow/runs/get?run_id={run_id}", timeout=30) as response:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{record['mlflow_port']}/api/2.0/mlflow/runs/get?run_id={run_id}", timeout=30
+        ) as response:
             assert json.loads(response.read())["run"]["info"]["status"] == "FINISHED"
         monkeypatch.setenv("DAGSTER_HOME", str(settings.home / "services" / "dagster_home"))
         with DagsterInstance.get() as instance:
@@ -52,7 +59,9 @@ def test_ingest_train_and_dagster_runs_land_in_the_shared_services(settings, tmp
             assert [(run.job_name, run.status.value) for run in instance.get_runs()] == [("demo_job", "SUCCESS")]
     finally:
         monkeypatch.delenv("ICETRAIN_PROFILE", raising=False)
-        stopped = subprocess.run([str(BIN / "icetrain"), "services", "stop"], capture_output=True, text=True, timeout=120)
+        stopped = subprocess.run(
+            [str(BIN / "icetrain"), "services", "stop"], capture_output=True, text=True, timeout=120
+        )
         if record["postgres_dir"].startswith("/var/lib/icetrain/"):  # root's fallback outside the test folder
             shutil.rmtree(Path(record["postgres_dir"]).parent, ignore_errors=True)
     assert stopped.stdout.strip() == "stopped"
@@ -64,4 +73,7 @@ def test_the_services_profile_without_running_services_is_one_line(settings, mon
     monkeypatch.setenv("ICETRAIN_PROFILE", "services")
     out = subprocess.run([str(BIN / "icetrain"), "pipelines"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
-    assert out.stderr.startswith("icetrain: error: ICETRAIN_PROFILE=services but no services run for ") and "make services" in out.stderr
+    assert (
+        out.stderr.startswith("icetrain: error: ICETRAIN_PROFILE=services but no services run for ")
+        and "make services" in out.stderr
+    )

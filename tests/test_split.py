@@ -22,7 +22,9 @@ def side_of_each_row(catalog, table_name: str, snapshot_id: int, split_by: str =
     spec = ReadSpec(features=("id",), split_by=split_by)
     sides = {}
     for split in ("train", "val"):
-        loader = open_loader(table, pinned, spec, LoaderConfig(split=split, val_fraction=0.3, shuffle=False, batch_size=512))
+        loader = open_loader(
+            table, pinned, spec, LoaderConfig(split=split, val_fraction=0.3, shuffle=False, batch_size=512)
+        )
         sides[split] = {int(v) for features, _ in loader for v in features[:, 0]}
     return sides
 
@@ -51,7 +53,10 @@ def test_without_identifier_fields_a_rewrite_redraws_rows_as_the_docs_warn(catal
     load_table(catalog, "demo.rows").delete(In("id", list(range(0, 2000, 7))))
     after = load_table(catalog, "demo.rows").current_snapshot().snapshot_id
 
-    old, new = side_of_each_row(catalog, "demo.rows", before, "position"), side_of_each_row(catalog, "demo.rows", after, "position")
+    old, new = (
+        side_of_each_row(catalog, "demo.rows", before, "position"),
+        side_of_each_row(catalog, "demo.rows", after, "position"),
+    )
 
     assert new["val"] != old["val"] & (new["train"] | new["val"])
 

@@ -19,7 +19,10 @@ from pipeline.transform import check_transform, sandboxed_connection, transform_
         ("select *, now() as t from snapshot", "now() gives a different result each run"),
         ("select *, current_timestamp as t from snapshot", "current_timestamp gives a different result each run"),
         ("select *, today() as t from snapshot", "today() gives a different result each run"),
-        ("select *, current_setting('TimeZone') as t from snapshot", "current_setting() gives a different result each run"),
+        (
+            "select *, current_setting('TimeZone') as t from snapshot",
+            "current_setting() gives a different result each run",
+        ),
         ("select *, setseed(0.5) as s from snapshot", "setseed() gives a different result each run"),
         ("select * from snapshot, range(1000)", "it must read FROM snapshot only"),
         ("select * from snapshot join snapshot s2 using (id)", "it must read FROM snapshot only"),

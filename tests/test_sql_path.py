@@ -63,7 +63,9 @@ def test_plain_columns_bypass_duckdb_and_only_computed_ones_go_in() -> None:
 
 
 def test_counting_needs_only_the_where_and_the_label() -> None:
-    split = row_local_query("select score, id * 2 as twice, name, label from snapshot where small < 3", ROWS.schema, only="label")
+    split = row_local_query(
+        "select score, id * 2 as twice, name, label from snapshot where small < 3", ROWS.schema, only="label"
+    )
     assert split.outputs == (("label", "label"),)
     assert set(split.sources) == {"small", "label"}
 
@@ -106,7 +108,9 @@ def batches(loader) -> list[tuple[list[int], list[int]]]:
     modulus=st.integers(2, 5),
     drop_last=st.booleans(),
 )
-def test_a_first_epoch_streams_without_counting_in_the_counted_order(catalog, files, group, batch, block, seed, shuffle, modulus, drop_last) -> None:
+def test_a_first_epoch_streams_without_counting_in_the_counted_order(
+    catalog, files, group, batch, block, seed, shuffle, modulus, drop_last
+) -> None:
     table = table_of_shape(catalog, files, group)
     sql = f"select id, label from snapshot where id % {modulus} <> 1"
     options = dict(batch_size=batch, block_rows=block, seed=seed, shuffle=shuffle, drop_last=drop_last)

@@ -95,14 +95,19 @@ def test_two_ddp_processes_together_see_every_row_exactly_once(settings, numbere
 def test_a_ddp_mistake_is_one_line_before_any_worker_starts(settings, numbered) -> None:
     out = icetrain("train", "--table", numbered, "--nproc", "2", "--filter", "row > 1000")
     assert out.returncode == 1
-    assert out.stderr.strip().startswith("icetrain: error: snapshot ") and "has no rows matching filter 'row > 1000'" in out.stderr
+    assert (
+        out.stderr.strip().startswith("icetrain: error: snapshot ")
+        and "has no rows matching filter 'row > 1000'" in out.stderr
+    )
     assert all_runs(settings) == []
 
 
 def wait_for_mid_epoch_checkpoint(home: Path, process: subprocess.Popen, timeout: float = 120) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read() if process.stderr else "training ended before its first checkpoint"
+        assert process.poll() is None, (
+            process.stderr.read() if process.stderr else "training ended before its first checkpoint"
+        )
         found = list(home.glob("checkpoints/*/last.pt"))
         if found:
             return found[0]
@@ -113,7 +118,12 @@ def wait_for_mid_epoch_checkpoint(home: Path, process: subprocess.Popen, timeout
 def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(settings, numbered) -> None:
     args = ["train", "--table", numbered, "--epochs", "2", "--batch-size", "10", "--features", "row,x", "--no-progress",
             "--set", "model.factory=test_models:with_dropout", "--set", "checkpoint.every_steps=3"]  # fmt: skip
-    killed = subprocess.Popen([ICETRAIN, *args, "--set", "model.kwargs={delay: 0.15}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = subprocess.Popen(
+        [ICETRAIN, *args, "--set", "model.kwargs={delay: 0.15}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     path = wait_for_mid_epoch_checkpoint(settings.home, killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=30)
@@ -126,7 +136,10 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(settings, numbered) 
     assert reference.returncode == 0, reference.stderr
     found_dead = MlflowClient(settings.tracking_uri).get_run(run.info.run_id)
     assert found_dead.info.status == "KILLED", "the next run in the experiment ends a run whose process is gone"
-    assert found_dead.data.tags["icetrain.ended_by"] == f"process {killed.pid} on {socket.gethostname()} is gone (found by a later icetrain run)"
+    assert (
+        found_dead.data.tags["icetrain.ended_by"]
+        == f"process {killed.pid} on {socket.gethostname()} is gone (found by a later icetrain run)"
+    )
 
     resumed = icetrain("train", "--resume", run.info.run_id, "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
@@ -141,7 +154,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(settings, numbered) 
     for name, tensor in uninterrupted["model"].items():
         assert torch.equal(finished["model"][name], tensor), name
     client = MlflowClient(settings.tracking_uri)
-    assert [m.value for m in client.get_metric_history(run.info.run_id, "train_loss")] == [m.value for m in client.get_metric_history(other, "train_loss")]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "train_loss")] == [
+        m.value for m in client.get_metric_history(other, "train_loss")
+    ]
 
 
 def test_resuming_a_finished_run_says_there_is_nothing_to_resume(settings, numbered) -> None:
@@ -153,16 +168,26 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_resume(settings, numbe
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_on_cpu(settings, numbered, precision: str) -> None:
-    result = train(settings, config_for(numbered, f"compute.precision={precision}", "compute.device=cpu", "model.factory=mlp"), progress_bar=False)
+    result = train(
+        settings,
+        config_for(numbered, f"compute.precision={precision}", "compute.device=cpu", "model.factory=mlp"),
+        progress_bar=False,
+    )
     run = MlflowClient(settings.tracking_uri).get_run(result.run_id)
     assert run.data.params["compute.precision"] == precision
     assert np.isfinite(result.final_metrics["train_loss"])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine; the CUDA path runs where one exists")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine; the CUDA path runs where one exists"
+)
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_training_on_cuda_with_each_precision(settings, numbered, precision: str) -> None:
-    result = train(settings, config_for(numbered, "compute.device=cuda", f"compute.precision={precision}", "model.factory=mlp"), progress_bar=False)
+    result = train(
+        settings,
+        config_for(numbered, "compute.device=cuda", f"compute.precision={precision}", "model.factory=mlp"),
+        progress_bar=False,
+    )
     run = MlflowClient(settings.tracking_uri).get_run(result.run_id)
     assert run.data.params["resolved.device"].startswith("cuda")
     assert np.isfinite(result.final_metrics["train_loss"])
@@ -174,7 +199,18 @@ def test_regression_on_a_numeric_label(settings, catalog) -> None:
     table = pa.table({"a": x[:, 0], "b": x[:, 1], "price": 3 * x[:, 0] - x[:, 1] + 10})
     append_arrow(catalog, "demo.prices", table, source="test")
 
-    result = train(settings, config_for("demo.prices", "data.label=price", "data.task=regression", "model.factory=linear", "optim.epochs=30", "optim.lr=0.1"), progress_bar=False)
+    result = train(
+        settings,
+        config_for(
+            "demo.prices",
+            "data.label=price",
+            "data.task=regression",
+            "model.factory=linear",
+            "optim.epochs=30",
+            "optim.lr=0.1",
+        ),
+        progress_bar=False,
+    )
 
     assert set(result.final_metrics) == {"train_loss", "train_mae", "val_loss", "val_mae"}
     assert result.final_metrics["val_mae"] < 1.0
@@ -190,7 +226,11 @@ def test_balanced_class_weights_lift_recall_of_a_rare_class(settings, catalog) -
     append_arrow(catalog, "demo.rare", pa.table({"a": x[:, 0], "b": x[:, 1], "label": rare}), source="test")
 
     plain = train(settings, config_for("demo.rare", "model.factory=linear", "optim.epochs=3"), progress_bar=False)
-    weighted = train(settings, config_for("demo.rare", "model.factory=linear", "optim.epochs=3", "optim.class_weights=balanced"), progress_bar=False)
+    weighted = train(
+        settings,
+        config_for("demo.rare", "model.factory=linear", "optim.epochs=3", "optim.class_weights=balanced"),
+        progress_bar=False,
+    )
 
     assert weighted.final_metrics["val_recall"] > plain.final_metrics["val_recall"]
 

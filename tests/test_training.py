@@ -57,14 +57,23 @@ def test_a_run_is_tagged_with_the_resolved_snapshot_and_logs_its_dataset(setting
     assert training.dataset.digest == result.digest
     assert training.dataset.source_type == validation.dataset.source_type == "iceberg"
     source = IcebergDatasetSource.from_json(training.dataset.source)
-    assert (source.table, source.snapshot_id, source.row_filter, source.split) == ("demo.digits", digits[0], "label < 9", "train")
+    assert (source.table, source.snapshot_id, source.row_filter, source.split) == (
+        "demo.digits",
+        digits[0],
+        "label < 9",
+        "train",
+    )
     assert [tag.value for tag in training.tags if tag.key == "mlflow.data.context"] == ["training"]
     assert [tag.value for tag in validation.tags if tag.key == "mlflow.data.context"] == ["validation"]
 
     history = MlflowClient(settings.tracking_uri).get_metric_history(result.run_id, "val_accuracy")
     assert [m.step for m in history] == [1, 2]
     assert str(json.loads(run.data.params["data.snapshot_id"])) == str(digits[0])
-    assert (run.data.params["seed"], run.data.params["data.ref"], run.data.params["data.classes"]) == ("0", "", json.dumps([str(c) for c in range(10)]))
+    assert (run.data.params["seed"], run.data.params["data.ref"], run.data.params["data.classes"]) == (
+        "0",
+        "",
+        json.dumps([str(c) for c in range(10)]),
+    )
     assert run.data.params["icetrain.config_version"] == "2"
 
 
@@ -111,7 +120,9 @@ def empty_current_snapshot(catalog) -> None:
 
 def null_labels(catalog) -> None:
     rows = tabular_rows(0, 6)
-    append_arrow(catalog, "demo.rows", rows.set_column(3, "label", pa.array([0, 1, None, 2, 0, 1], pa.int64())), source="test")
+    append_arrow(
+        catalog, "demo.rows", rows.set_column(3, "label", pa.array([0, 1, None, 2, 0, 1], pa.int64())), source="test"
+    )
 
 
 def plain_table(catalog) -> None:
@@ -185,11 +196,16 @@ def test_replaying_an_unknown_run_is_a_clear_error(settings) -> None:
 
 def test_a_run_can_register_its_model(settings, catalog) -> None:
     write_appends(catalog, "demo.rows", [60])
-    result = train_quickly(settings, "demo.rows", "tracking.registered_model=rows-classifier", "tracking.experiment=registry")
+    result = train_quickly(
+        settings, "demo.rows", "tracking.registered_model=rows-classifier", "tracking.experiment=registry"
+    )
 
     (version,) = MlflowClient(settings.tracking_uri).search_model_versions("name = 'rows-classifier'")
     assert (str(version.version), version.run_id, result.model_version) == ("1", result.run_id, "1")
-    assert MlflowClient(settings.tracking_uri).get_run(result.run_id).info.experiment_id == MlflowClient(settings.tracking_uri).get_experiment_by_name("registry").experiment_id
+    assert (
+        MlflowClient(settings.tracking_uri).get_run(result.run_id).info.experiment_id
+        == MlflowClient(settings.tracking_uri).get_experiment_by_name("registry").experiment_id
+    )
 
 
 def nan_rows(count: int = 60, *, bad: tuple[int, ...] = (5, 17)) -> pa.Table:
@@ -206,7 +222,9 @@ def test_a_loss_that_is_not_finite_ends_the_run_failed_naming_the_step_and_the_f
     with pytest.raises(DivergedError) as raised:
         train_quickly(settings, "demo.rows", "data.val_fraction=0", "loader.batch_size=8", "loader.shuffle=false")
     message = str(raised.value)
-    assert "train_loss is nan at step 1 (epoch 1)" in message and "features holding NaN or infinite values: x2" in message, message
+    assert (
+        "train_loss is nan at step 1 (epoch 1)" in message and "features holding NaN or infinite values: x2" in message
+    ), message
     assert "x1" not in message and "\n" not in message
     (run,) = all_runs(settings)
     assert run.info.status == "FAILED"
@@ -231,4 +249,6 @@ def test_registering_a_run_twice_answers_with_the_version_it_already_is(settings
     assert (first.version, first.already) == ("1", False)
     assert (again.version, again.already, again.iceberg_tag) == ("1", True, first.iceberg_tag)
     assert len(MlflowClient(settings.tracking_uri).search_model_versions("name = 'rows-model'")) == 1
-    assert [ref for ref in load_table(catalog, "demo.rows").metadata.refs if ref.startswith("icetrain/")] == ["icetrain/rows-model/v1"]
+    assert [ref for ref in load_table(catalog, "demo.rows").metadata.refs if ref.startswith("icetrain/")] == [
+        "icetrain/rows-model/v1"
+    ]

@@ -61,9 +61,21 @@ pipelines:
 def customers(start: int, count: int) -> pa.Table:
     """Synthetic customers: churn is rare and more likely with low tenure and few visits."""
     rng = np.random.default_rng(start)
-    tenure, spend, visits = rng.gamma(2.0, 12.0, count), rng.normal(50, 15, count), rng.poisson(4, count).astype(np.float64)
+    tenure, spend, visits = (
+        rng.gamma(2.0, 12.0, count),
+        rng.normal(50, 15, count),
+        rng.poisson(4, count).astype(np.float64),
+    )
     churned = ((tenure < 8) & (visits < 3)).astype(np.int64)
-    schema = pa.schema([pa.field("customer_id", pa.int64(), nullable=False), ("tenure", pa.float64()), ("spend", pa.float64()), ("visits", pa.float64()), ("churned", pa.int64())])
+    schema = pa.schema(
+        [
+            pa.field("customer_id", pa.int64(), nullable=False),
+            ("tenure", pa.float64()),
+            ("spend", pa.float64()),
+            ("visits", pa.float64()),
+            ("churned", pa.int64()),
+        ]
+    )
     return pa.table([np.arange(start, start + count), tenure, spend, visits, churned], schema=schema)
 
 
@@ -81,28 +93,48 @@ def test_the_cli_trains_a_declared_pipeline_with_the_users_model(settings, catal
     assert out.returncode == 0, out.stderr
     (run,) = all_runs(settings)
     params, tags = run.data.params, run.data.tags
-    assert (params["model.factory"], params["model.kwargs"], params["optim.epochs"]) == ("shop_models:tiny_net", '{"hidden": 16}', "2")
+    assert (params["model.factory"], params["model.kwargs"], params["optim.epochs"]) == (
+        "shop_models:tiny_net",
+        '{"hidden": 16}',
+        "2",
+    )
     assert (params["data.classes"], params["resolved.model_class"]) == ('["0", "1"]', "Sequential")
     assert tags["icetrain.pipeline"] == "churn" and tags["icetrain.table"] == "shop.customers"
     assert {"val_precision", "val_recall", "val_accuracy"} <= set(run.data.metrics)
 
 
 def test_a_factory_that_returns_no_module_is_one_line_before_any_run(settings, project) -> None:
-    out = icetrain("train", "--pipeline", "churn", "--set", "model.factory=shop_models:not_a_model", "--set", "model.kwargs={}")
+    out = icetrain(
+        "train", "--pipeline", "churn", "--set", "model.factory=shop_models:not_a_model", "--set", "model.kwargs={}"
+    )
     assert out.returncode == 1
-    assert out.stderr.strip() == "icetrain: error: model.factory 'shop_models:not_a_model' returned str, not a torch.nn.Module"
+    assert (
+        out.stderr.strip()
+        == "icetrain: error: model.factory 'shop_models:not_a_model' returned str, not a torch.nn.Module"
+    )
     assert all_runs(settings) == []
 
 
 def test_dagster_definitions_hold_the_pipeline_and_nothing_of_the_demo(project) -> None:
     defs = project_definitions(load_project(project))
 
-    assert {key.to_user_string() for key in defs.resolve_all_asset_keys()} == {"shop/customers", "churn/training_data", "churn/trained_model"}
-    assert {check.name for check in defs.resolve_asset_graph().asset_check_keys} == {"is_trainable", "schema_contract", "features_complete", "no_drift"}
+    assert {key.to_user_string() for key in defs.resolve_all_asset_keys()} == {
+        "shop/customers",
+        "churn/training_data",
+        "churn/trained_model",
+    }
+    assert {check.name for check in defs.resolve_asset_graph().asset_check_keys} == {
+        "is_trainable",
+        "schema_contract",
+        "features_complete",
+        "no_drift",
+    }
     assert {job.name for job in defs.resolve_all_job_defs()} - {"__ASSET_JOB"} == {"churn_train"}
     assert defs.resolve_schedule_def("churn_schedule").job_name == "churn_train"
     assert defs.resolve_sensor_def("churn_new_snapshot").job_name == "churn_train"
-    assert "digits" not in repr(sorted(defs.resolve_all_asset_keys())) + repr([j.name for j in defs.resolve_all_job_defs()])
+    assert "digits" not in repr(sorted(defs.resolve_all_asset_keys())) + repr(
+        [j.name for j in defs.resolve_all_job_defs()]
+    )
 
 
 def test_a_materialization_trains_on_the_snapshot_it_pinned(settings, catalog, project) -> None:
@@ -114,7 +146,9 @@ def test_a_materialization_trains_on_the_snapshot_it_pinned(settings, catalog, p
     with instance_for_test() as instance:
         pinned = materialize([data_asset, check], instance=instance, resources=resources)
         append_arrow(catalog, "shop.customers", customers(600, 400), source="test")
-        trained = materialize([data_asset, model_asset], instance=instance, resources=resources, selection=[model_asset.key])
+        trained = materialize(
+            [data_asset, model_asset], instance=instance, resources=resources, selection=[model_asset.key]
+        )
 
     assert pinned.success and trained.success
     assert [e.passed for e in pinned.get_asset_check_evaluations()] == [True]

@@ -23,7 +23,14 @@ def write(catalog_properties: dict[str, str], table: str, writer: int, appends: 
     """Append ``appends`` times with append ids ``w<writer>-<n>``; returns the snapshot ids."""
     catalog = _catalog(catalog_properties)
     return [
-        append_arrow(catalog, table, rows(writer, n), source=f"writer {writer}", append_id=f"w{writer}-{n}", identifier_fields=("id",))
+        append_arrow(
+            catalog,
+            table,
+            rows(writer, n),
+            source=f"writer {writer}",
+            append_id=f"w{writer}-{n}",
+            identifier_fields=("id",),
+        )
         for n in range(appends)
     ]
 
@@ -42,7 +49,10 @@ def churn(catalog_properties: dict[str, str], table: str, writer: int, rounds: i
                 catalog.load_table(table).delete(f"id < {(n + 1) * 7}")
                 commits += 1
                 break
-            except (CommitFailedException, ValidationException):  # a concurrent delete of the same rows: try again on the new state
+            except (
+                CommitFailedException,
+                ValidationException,
+            ):  # a concurrent delete of the same rows: try again on the new state
                 continue
     return commits
 

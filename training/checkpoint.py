@@ -53,7 +53,9 @@ def load(path: Path, run_id: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a truncated or foreign file: torch raises several types
-        raise CheckpointError(f"checkpoint of run {run_id} at {path} cannot be read ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(
+            f"checkpoint of run {run_id} at {path} cannot be read ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint of run {run_id} at {path} is not an icetrain checkpoint of format {FORMAT}")
     return state

@@ -80,7 +80,18 @@ def compare_runs(settings: Settings, run_ids: list[str], *, log_to_mlflow: bool 
                 else:
                     change = diff_snapshots(table, table_name, previous.snapshot_id, snapshot_id)
         metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith("system/")}
-        compared.append(ComparedRun(run.info.run_id, run.info.run_name or "", table_name, snapshot_id, int(run.data.tags.get("icetrain.row_count", 0)), metrics, change, note))
+        compared.append(
+            ComparedRun(
+                run.info.run_id,
+                run.info.run_name or "",
+                table_name,
+                snapshot_id,
+                int(run.data.tags.get("icetrain.row_count", 0)),
+                metrics,
+                change,
+                note,
+            )
+        )
     png = _draw(compared)
     if log_to_mlflow and compared:
         with tempfile.TemporaryDirectory() as folder:

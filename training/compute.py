@@ -126,10 +126,14 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     if requested == "cpu":
         return torch.device("cpu")
     if not available:
-        raise ConfigError(f"compute.device: {requested!r} was requested but no CUDA device is available; use cpu or auto")
+        raise ConfigError(
+            f"compute.device: {requested!r} was requested but no CUDA device is available; use cpu or auto"
+        )
     index = int(requested.partition(":")[2] or local_rank % torch.cuda.device_count())
     if index >= torch.cuda.device_count():
-        raise ConfigError(f"compute.device: {requested!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise ConfigError(
+            f"compute.device: {requested!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
     return torch.device(f"cuda:{index}")
 
 
@@ -140,7 +144,9 @@ def check_precision(precision: str, device: torch.device) -> None:
         ConfigError: bf16 on a GPU without bf16 support.
     """
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"compute.precision: bf16 is not supported on {torch.cuda.get_device_name(device)}; use fp16 or fp32")
+        raise ConfigError(
+            f"compute.precision: bf16 is not supported on {torch.cuda.get_device_name(device)}; use fp16 or fp32"
+        )
 
 
 __all__ = ["Compute", "close_compute", "init_compute", "pick_device"]

@@ -64,7 +64,9 @@ def pin(settings: Settings, config: PipelineConfig, pinned: PinnedSnapshot | Non
     if pinned is None:
         return resolve_snapshot(table, config.data.request(), settings.catalog_name)
     if table.snapshot_by_id(pinned.snapshot_id) is None:
-        raise SnapshotNotFoundError(f"pinned snapshot {pinned.snapshot_id} of {pinned.table!r} no longer exists (expired?)")
+        raise SnapshotNotFoundError(
+            f"pinned snapshot {pinned.snapshot_id} of {pinned.table!r} no longer exists (expired?)"
+        )
     return pinned
 
 
@@ -83,13 +85,17 @@ def open_training_data(settings: Settings, config: PipelineConfig, pinned: Pinne
             "a later rewrite of a file (delete, overwrite, compaction) re-draws its rows' split. Declare identifier fields to keep splits stable.",
             pinned.table,
         )
-    report, _ = inspect_data(read, min_rows=config.data.min_rows, count_classes=config.optim.class_weights == "balanced")
+    report, _ = inspect_data(
+        read, min_rows=config.data.min_rows, count_classes=config.optim.class_weights == "balanced"
+    )
     report.raise_if_failed()
     split = config.data.val_fraction > 0
     train = open_loader(table, pinned, read.spec, config.loader_config("train" if split else "all"), prepared=read)
     val = None
     if split:
-        val_config = config.loader_config("val", shuffle=False, batch_size=max(config.loader.batch_size, VAL_BATCH_ROWS))
+        val_config = config.loader_config(
+            "val", shuffle=False, batch_size=max(config.loader.batch_size, VAL_BATCH_ROWS)
+        )
         val = open_loader(table, pinned, read.spec, val_config, prepared=read)
     return TrainingData(read, report, train, val)
 

@@ -61,7 +61,9 @@ def champion_challenger(settings: Settings, run_id: str, model_name: str, metric
     task = make_task(config, data)
     name = metric.removeprefix("val_")
     if name not in (*task.metric_names, *task.ranking_metric_names):
-        raise ConfigError(f"retrain.champion_metric: {metric!r} is not reported; choose from {', '.join('val_' + n for n in (*task.metric_names, *task.ranking_metric_names))}")
+        raise ConfigError(
+            f"retrain.champion_metric: {metric!r} is not reported; choose from {', '.join('val_' + n for n in (*task.metric_names, *task.ranking_metric_names))}"
+        )
     client = MlflowClient(settings.tracking_uri)
     challenger = register(settings, run_id, model_name).version  # the version it already is, when registered
     compute = Compute(torch.device("cpu"), "fp32")
@@ -78,7 +80,9 @@ def champion_challenger(settings: Settings, run_id: str, model_name: str, metric
     if promoted:
         client.set_registered_model_alias(model_name, ALIAS, str(challenger))
     snapshot = str(data.pinned.snapshot_id)
-    verdict = Verdict(model_name, metric, str(challenger), challenger_score, champion_version, champion_score, promoted, reason)
+    verdict = Verdict(
+        model_name, metric, str(challenger), challenger_score, champion_version, champion_score, promoted, reason
+    )
     for version, tags in version_tags(verdict, snapshot).items():
         for key, value in tags.items():
             client.set_model_version_tag(model_name, version, key, value)
@@ -94,15 +98,43 @@ def version_tags(verdict: Verdict, snapshot: str) -> dict[str, dict[str, str]]:
     scored = {challenger: verdict.challenger_score}
     if champion is not None and verdict.champion_score is not None:
         scored[champion] = verdict.champion_score
-    tags = {version: {f"icetrain.eval.{metric}": f"{score:.6g}", "icetrain.eval.snapshot_id": snapshot} for version, score in scored.items()}
+    tags = {
+        version: {f"icetrain.eval.{metric}": f"{score:.6g}", "icetrain.eval.snapshot_id": snapshot}
+        for version, score in scored.items()
+    }
     if champion is None:
-        tags[challenger].update({"icetrain.eval.role": "champion", "icetrain.eval.decision": f"champion since snapshot {snapshot}: no champion before"})
+        tags[challenger].update(
+            {
+                "icetrain.eval.role": "champion",
+                "icetrain.eval.decision": f"champion since snapshot {snapshot}: no champion before",
+            }
+        )
     elif verdict.promoted:
-        tags[challenger].update({"icetrain.eval.role": "champion", "icetrain.eval.decision": f"champion since snapshot {snapshot}, replacing version {champion}: {verdict.reason}"})
-        tags[champion].update({"icetrain.eval.role": "former champion", "icetrain.eval.decision": f"replaced by version {challenger} on snapshot {snapshot}: {verdict.reason}"})
+        tags[challenger].update(
+            {
+                "icetrain.eval.role": "champion",
+                "icetrain.eval.decision": f"champion since snapshot {snapshot}, replacing version {champion}: {verdict.reason}",
+            }
+        )
+        tags[champion].update(
+            {
+                "icetrain.eval.role": "former champion",
+                "icetrain.eval.decision": f"replaced by version {challenger} on snapshot {snapshot}: {verdict.reason}",
+            }
+        )
     else:
-        tags[challenger].update({"icetrain.eval.role": "challenger", "icetrain.eval.decision": f"not promoted on snapshot {snapshot}; version {champion} stays champion: {verdict.reason}"})
-        tags[champion].update({"icetrain.eval.role": "champion", "icetrain.eval.decision": f"champion; kept against version {challenger} on snapshot {snapshot}: {verdict.reason}"})
+        tags[challenger].update(
+            {
+                "icetrain.eval.role": "challenger",
+                "icetrain.eval.decision": f"not promoted on snapshot {snapshot}; version {champion} stays champion: {verdict.reason}",
+            }
+        )
+        tags[champion].update(
+            {
+                "icetrain.eval.role": "champion",
+                "icetrain.eval.decision": f"champion; kept against version {challenger} on snapshot {snapshot}: {verdict.reason}",
+            }
+        )
     return tags
 
 
@@ -117,7 +149,9 @@ def _champion(client: MlflowClient, model_name: str) -> object | None:
     except MlflowException as exc:
         if exc.error_code in NOT_FOUND_CODES:
             return None
-        raise TrackingError(f"cannot look up the champion of registered model {model_name!r}: {' '.join(str(exc).split())[:200]}") from exc
+        raise TrackingError(
+            f"cannot look up the champion of registered model {model_name!r}: {' '.join(str(exc).split())[:200]}"
+        ) from exc
 
 
 def _load(client: MlflowClient, run_id: str) -> torch.nn.Module:

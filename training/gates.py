@@ -30,13 +30,21 @@ def check_gates(settings: Settings, config: PipelineConfig, pipeline: str, pinne
     """
     table = load_table(open_catalog(settings), pinned.table)
     client = MlflowClient(settings.tracking_uri)
-    reference = reference_snapshot(client, settings.catalog_name, table, pinned.table, pipeline, config.tracking.registered_model)
+    reference = reference_snapshot(
+        client, settings.catalog_name, table, pinned.table, pipeline, config.tracking.registered_model
+    )
     quality, _ = assess_snapshot(table, pinned, config.data.read_spec(), reference)
     failed = [gate for gate in judge(quality, config.gates.max_psi, config.gates.max_null_fraction) if not gate.passed]
     if failed:
         gate = failed[0]
-        against = f" against reference snapshot {quality.reference_snapshot}" if quality.reference_snapshot is not None else ""
-        raise GateError(f"gate {gate.name} failed for snapshot {pinned.snapshot_id} of {pinned.table!r}{against}: {gate.description}; --skip-gates trains anyway")
+        against = (
+            f" against reference snapshot {quality.reference_snapshot}"
+            if quality.reference_snapshot is not None
+            else ""
+        )
+        raise GateError(
+            f"gate {gate.name} failed for snapshot {pinned.snapshot_id} of {pinned.table!r}{against}: {gate.description}; --skip-gates trains anyway"
+        )
     return quality
 
 

@@ -39,8 +39,15 @@ def launch(
     """
     with tempfile.TemporaryDirectory(prefix="icetrain-launch-") as folder:
         spec = Path(folder) / "spec.json"
-        payload = {"config": config.model_dump(mode="json"), "pinned": {**pinned, "snapshot_id": str(pinned["snapshot_id"])}, "pipeline": pipeline, "resume": resume_run_id, "dagster_run_id": dagster_run_id,
-                   "launched_by": launched_by, "tags": tags or {}}
+        payload = {
+            "config": config.model_dump(mode="json"),
+            "pinned": {**pinned, "snapshot_id": str(pinned["snapshot_id"])},
+            "pipeline": pipeline,
+            "resume": resume_run_id,
+            "dagster_run_id": dagster_run_id,
+            "launched_by": launched_by,
+            "tags": tags or {},
+        }
         spec.write_text(json.dumps(payload))
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(config.compute.nproc),
@@ -49,7 +56,10 @@ def launch(
         log = settings.home / "logs" / "torchrun.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as stderr:
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
+            }
             finished = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=None if debug else stderr, env=env)
         error, result = spec.with_suffix(".error"), spec.with_suffix(".result.json")
         if finished.returncode != 0:

@@ -105,7 +105,9 @@ def check_tracking(settings: Settings, timeout: float = 5.0) -> None:
         return  # it answered (a server without /health, or one that wants credentials there): reachable
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise TrackingError(f"MLflow tracking server {redact(uri)} does not answer ({reason}); nothing was read or recorded") from None
+        raise TrackingError(
+            f"MLflow tracking server {redact(uri)} does not answer ({reason}); nothing was read or recorded"
+        ) from None
 
 
 def _why_dead(tags: Mapping[str, str], now: float) -> str:

@@ -115,10 +115,16 @@ class Health:
     def watch(self, step: int, loss: torch.Tensor, features: torch.Tensor) -> None:
         unseen = self.first_bad_step < 0
         self.first_bad_step = torch.where(unseen & ~torch.isfinite(loss.detach()), step, self.first_bad_step)
-        flat = features.detach().reshape(features.shape[0], -1) if features.is_floating_point() and features.shape[0] else None
+        flat = (
+            features.detach().reshape(features.shape[0], -1)
+            if features.is_floating_point() and features.shape[0]
+            else None
+        )
         if flat is not None:
             bad = (~torch.isfinite(flat)).any(dim=0)
-            self.bad_columns = bad if self.bad_columns is None or self.bad_columns.shape != bad.shape else self.bad_columns | bad
+            self.bad_columns = (
+                bad if self.bad_columns is None or self.bad_columns.shape != bad.shape else self.bad_columns | bad
+            )
 
     def check(self, metrics: EpochMetrics, feature_names: tuple[str, ...]) -> None:
         """Raise when this epoch's losses are not finite.
@@ -126,7 +132,9 @@ class Health:
         Raises:
             DivergedError: the step and the features that held NaN or infinities.
         """
-        losses = {name: value for name, value in metrics.values.items() if name.endswith("_loss") and not math.isfinite(value)}
+        losses = {
+            name: value for name, value in metrics.values.items() if name.endswith("_loss") and not math.isfinite(value)
+        }
         if not losses:
             return
         name, value = next(iter(losses.items()))
@@ -147,7 +155,11 @@ class Health:
         flags = self.bad_columns.cpu().tolist()
         if len(names) == len(flags):
             return [n for n, bad in zip(names, flags) if bad]
-        return [f"{names[0]} ({sum(flags)} of {len(flags)} values)" if len(names) == 1 else f"{sum(flags)} of {len(flags)} feature values"]
+        return [
+            f"{names[0]} ({sum(flags)} of {len(flags)} values)"
+            if len(names) == 1
+            else f"{sum(flags)} of {len(flags)} feature values"
+        ]
 
 
 def fit(
@@ -170,7 +182,13 @@ def fit(
         model.train()
         train.set_epoch(progress.epoch)
         sums = progress.sums.to(compute.device) if progress.sums is not None else None
-        batches = tqdm(train, total=len(train), desc=f"epoch {progress.epoch + 1}/{run.epochs}", leave=False, disable=None if run.show_progress and compute.is_main else True)
+        batches = tqdm(
+            train,
+            total=len(train),
+            desc=f"epoch {progress.epoch + 1}/{run.epochs}",
+            leave=False,
+            disable=None if run.show_progress and compute.is_main else True,
+        )
         for features, targets in batches:
             features = features.to(compute.device, non_blocking=True)
             targets = targets.to(compute.device, non_blocking=True)
@@ -210,7 +228,10 @@ def evaluate(model: nn.Module, task: Task, data: EpochLoader, compute: Compute) 
     scores: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     for features, targets in data:
-        features, targets = features.to(compute.device, non_blocking=True), targets.to(compute.device, non_blocking=True)
+        features, targets = (
+            features.to(compute.device, non_blocking=True),
+            targets.to(compute.device, non_blocking=True),
+        )
         with compute.autocast():
             outputs = model(features)
         batch_sums = task.sums(outputs, targets)
@@ -220,7 +241,10 @@ def evaluate(model: nn.Module, task: Task, data: EpochLoader, compute: Compute) 
             labels.append(targets.cpu())
     values = task.metrics(compute.all_sum(_or_zeros(sums, task, compute)))
     if task.ranking_metric_names:
-        all_scores, all_labels = compute.gather(torch.cat(scores) if scores else torch.empty(0)), compute.gather(torch.cat(labels) if labels else torch.empty(0))
+        all_scores, all_labels = (
+            compute.gather(torch.cat(scores) if scores else torch.empty(0)),
+            compute.gather(torch.cat(labels) if labels else torch.empty(0)),
+        )
         values.update(ranking_metrics(all_scores.numpy(), all_labels.numpy()))
     return values
 

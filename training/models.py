@@ -97,7 +97,9 @@ def small_cnn(feature_shape: tuple[int, ...], num_classes: int, width: int = 32)
     return SmallCNN(feature_shape[0], num_classes, width)
 
 
-def tabular_mlp(feature_shape: tuple[int, ...], num_classes: int, hidden: int = 128, sample: torch.Tensor | None = None) -> nn.Module:
+def tabular_mlp(
+    feature_shape: tuple[int, ...], num_classes: int, hidden: int = 128, sample: torch.Tensor | None = None
+) -> nn.Module:
     """An MLP over the flattened features, standardised with the training sample's statistics."""
     return TabularMLP(math.prod(feature_shape), num_classes, hidden, sample)
 
@@ -124,19 +126,25 @@ def resolve_factory(name: str) -> ModelFactory:
     target = BUILTIN_FACTORIES.get(name, name)
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:
-        raise ModelError(f"model.factory {name!r} is neither a built-in ({', '.join(BUILTIN_FACTORIES)}) nor 'package.module:function'")
+        raise ModelError(
+            f"model.factory {name!r} is neither a built-in ({', '.join(BUILTIN_FACTORIES)}) nor 'package.module:function'"
+        )
     _importable_from_project()
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure of user code means the same to the user
-        raise ModelError(f"model.factory {name!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from exc
+        raise ModelError(
+            f"model.factory {name!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})"
+        ) from exc
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise ModelError(f"model.factory {name!r}: module {module_name!r} has no function {attribute!r}")
     return factory
 
 
-def build_model(section: ModelSection, feature_shape: tuple[int, ...], num_classes: int, sample: torch.Tensor | None = None) -> nn.Module:
+def build_model(
+    section: ModelSection, feature_shape: tuple[int, ...], num_classes: int, sample: torch.Tensor | None = None
+) -> nn.Module:
     """Call the configured factory and check that it returned a module.
 
     Raises:
@@ -152,7 +160,9 @@ def build_model(section: ModelSection, feature_shape: tuple[int, ...], num_class
     except ModelError:
         raise
     except TypeError as exc:
-        raise ModelError(f"model.factory {section.factory!r} rejected its arguments (feature_shape, num_classes, **model.kwargs {sorted(section.kwargs)}): {exc}") from exc
+        raise ModelError(
+            f"model.factory {section.factory!r} rejected its arguments (feature_shape, num_classes, **model.kwargs {sorted(section.kwargs)}): {exc}"
+        ) from exc
     except Exception as exc:
         raise ModelError(f"model.factory {section.factory!r} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):

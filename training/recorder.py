@@ -58,9 +58,13 @@ class MlflowRecorder:
         """
         run = self.client.get_run(run_id)
         if run.info.status == "FINISHED":
-            raise CheckpointError(f"run {run_id} already finished; there is nothing to resume (train again with --from-run {run_id})")
+            raise CheckpointError(
+                f"run {run_id} already finished; there is nothing to resume (train again with --from-run {run_id})"
+            )
         self.run_id, self.experiment_id = run_id, run.info.experiment_id
-        models = self.client.search_logged_models(experiment_ids=[self.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        models = self.client.search_logged_models(
+            experiment_ids=[self.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        )
         self.model_id = models[0].model_id if models else ""
         self.datasets = {
             tag.value: (entry.dataset.name, entry.dataset.digest)
@@ -100,7 +104,9 @@ class MlflowRecorder:
         Args:
             datasets: ``training`` and ``validation`` (when there is one): each dataset's name and digest.
         """
-        logged = self.client.create_logged_model(self.experiment_id, name=_model_name(name), source_run_id=self.run_id, model_type="pytorch")
+        logged = self.client.create_logged_model(
+            self.experiment_id, name=_model_name(name), source_run_id=self.run_id, model_type="pytorch"
+        )
         self.model_id, self.datasets = logged.model_id, dict(datasets)
         return logged.model_id
 
@@ -110,7 +116,17 @@ class MlflowRecorder:
         entries = []
         for key, value in metrics.items():
             name, digest = self.datasets.get("validation" if key.startswith("val_") else "training", ("", ""))
-            entries.append(Metric(key, value, now, step, model_id=self.model_id or None, dataset_name=name or None, dataset_digest=digest or None))
+            entries.append(
+                Metric(
+                    key,
+                    value,
+                    now,
+                    step,
+                    model_id=self.model_id or None,
+                    dataset_name=name or None,
+                    dataset_digest=digest or None,
+                )
+            )
         self.client.log_batch(self.run_id, metrics=entries)
 
     def log_model(self, model: torch.nn.Module, example: torch.Tensor, step: int) -> str:

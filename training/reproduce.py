@@ -72,7 +72,9 @@ def reproduce(settings: Settings, run_id: str, *, progress_bar: bool = True) -> 
     original = get_run(settings, run_id)
     table_name, snapshot_id = original.data.tags[TABLE_TAG], int(original.data.tags[SNAPSHOT_ID_TAG])
     if load_table(open_catalog(settings), table_name).snapshot_by_id(snapshot_id) is None:
-        raise SnapshotNotFoundError(f"run {run_id} trained on snapshot {snapshot_id} of {table_name!r}, which no longer exists (expired); it cannot be reproduced")
+        raise SnapshotNotFoundError(
+            f"run {run_id} trained on snapshot {snapshot_id} of {table_name!r}, which no longer exists (expired); it cannot be reproduced"
+        )
     config = replay_config(settings, run_id)
     pipeline = original.data.tags.get(PIPELINE_TAG)
     tags = {REPRODUCES_TAG: run_id}
@@ -81,14 +83,23 @@ def reproduce(settings: Settings, run_id: str, *, progress_bar: bool = True) -> 
 
         summary = launch(settings, config, asdict(pin(settings, config)), pipeline, launched_by="reproduce", tags=tags)
     else:
-        summary = result_summary(train(settings, config, pipeline=pipeline, tags=tags, launched_by="reproduce", progress_bar=progress_bar))
+        summary = result_summary(
+            train(settings, config, pipeline=pipeline, tags=tags, launched_by="reproduce", progress_bar=progress_bar)
+        )
     new_run = summary["run_id"]
     client = MlflowClient(settings.tracking_uri)
     repeated = client.get_run(new_run)
     before, after = original.data.metrics, repeated.data.metrics
     metrics = {name: (before[name], after[name]) for name in sorted(before) if name in after}
     difference, problem = _weight_difference(settings, client, run_id, new_run)
-    return Reproduction(run_id, new_run, (original.data.tags.get(DIGEST_TAG, ""), repeated.data.tags.get(DIGEST_TAG, "")), metrics, difference, problem)
+    return Reproduction(
+        run_id,
+        new_run,
+        (original.data.tags.get(DIGEST_TAG, ""), repeated.data.tags.get(DIGEST_TAG, "")),
+        metrics,
+        difference,
+        problem,
+    )
 
 
 def final_weights(settings: Settings, client: MlflowClient, run_id: str) -> dict[str, torch.Tensor] | None:
@@ -96,7 +107,10 @@ def final_weights(settings: Settings, client: MlflowClient, run_id: str) -> dict
     local = checkpoint.local_path(settings, run_id)
     if local.is_file():
         return checkpoint.load(local, run_id)["model"]
-    for artifact, key in ((f"{checkpoint.ARTIFACT_DIR}/{checkpoint.ARTIFACT_NAME}", "model"), (LEGACY_CHECKPOINT, "model_state")):
+    for artifact, key in (
+        (f"{checkpoint.ARTIFACT_DIR}/{checkpoint.ARTIFACT_NAME}", "model"),
+        (LEGACY_CHECKPOINT, "model_state"),
+    ):
         try:
             path = client.download_artifacts(run_id, artifact, tempfile.mkdtemp(prefix="icetrain-reproduce-"))
         except (MlflowException, OSError):  # the artifact is missing: try the next layout

@@ -167,7 +167,11 @@ def _train(
     progress = Progress()
     if resume is not None:
         progress = restore(resume.state, model, optimizer, scheduler, scaler, data, compute)
-    wrapped = DistributedDataParallel(model, device_ids=[compute.device.index] if compute.device.type == "cuda" else None) if compute.distributed else model
+    wrapped = (
+        DistributedDataParallel(model, device_ids=[compute.device.index] if compute.device.type == "cuda" else None)
+        if compute.distributed
+        else model
+    )
 
     # 3. The record: only now, with every check passed, does an MLflow run start (rank 0);
     # from here on any failure ends it FAILED (KILLED on Ctrl-C), never left RUNNING.
@@ -188,8 +192,22 @@ def _train(
 
         # 4. Fit, then record the model.
         log.info("training %d epochs on %d rows (MLflow run %s)", config.optim.epochs, data.row_count, run_id)
-        run = Fit(wrapped, optimizer, scheduler, scaler, task, compute, config.optim.epochs, config.optim.early_stopping, config.checkpoint.every_steps, progress_bar, data.layout.features)
-        progress = fit(run, data.train, data.val, progress, lambda m: recorder.log_metrics(m.as_dict(), m.epoch), save_checkpoint)
+        run = Fit(
+            wrapped,
+            optimizer,
+            scheduler,
+            scaler,
+            task,
+            compute,
+            config.optim.epochs,
+            config.optim.early_stopping,
+            config.checkpoint.every_steps,
+            progress_bar,
+            data.layout.features,
+        )
+        progress = fit(
+            run, data.train, data.val, progress, lambda m: recorder.log_metrics(m.as_dict(), m.epoch), save_checkpoint
+        )
         model.to("cpu").eval()
         recorder.log_model(model, sample[:4], progress.epoch)
         recorder.finish("FINISHED")
@@ -251,15 +269,21 @@ def check_early_stopping(config: PipelineConfig, task: Task, data: TrainingData)
     metric = config.optim.early_stopping.metric
     if metric is None:
         return
-    known = [f"train_{name}" for name in task.metric_names] + ([f"val_{name}" for name in (*task.metric_names, *task.ranking_metric_names)] if data.val else [])
+    known = [f"train_{name}" for name in task.metric_names] + (
+        [f"val_{name}" for name in (*task.metric_names, *task.ranking_metric_names)] if data.val else []
+    )
     if metric not in known:
-        raise ConfigError(f"optim.early_stopping.metric: {metric!r} is not a metric of this run; choose from {', '.join(known)}")
+        raise ConfigError(
+            f"optim.early_stopping.metric: {metric!r} is not a metric of this run; choose from {', '.join(known)}"
+        )
 
 
 def make_optimizer(config: PipelineConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     optim = config.optim
     if optim.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+        )
     kind = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
     return kind(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
 
@@ -286,9 +310,20 @@ def start_record(
     """Create the MLflow run: lineage and source tags, a description, the full config as params, the datasets."""
     spec, pinned = data.read.spec, data.pinned
     tags = {
-        **lineage_tags(pinned, spec, data.layout, row_count=data.row_count, digest=data.digest, dagster_run_id=context.dagster_run_id, pipeline=context.pipeline, split_key=data.read.plan.split_key),
+        **lineage_tags(
+            pinned,
+            spec,
+            data.layout,
+            row_count=data.row_count,
+            digest=data.digest,
+            dagster_run_id=context.dagster_run_id,
+            pipeline=context.pipeline,
+            split_key=data.read.plan.split_key,
+        ),
         **source_tags(context.launched_by),
-        NOTE_TAG: run_description(pinned, context.pipeline, context.dagster_run_id, settings.dagster_ui_address, data.row_count),
+        NOTE_TAG: run_description(
+            pinned, context.pipeline, context.dagster_run_id, settings.dagster_ui_address, data.row_count
+        ),
         **context.tags,
     }
     recorder.start(tags, config.tracking.run_name or run_name(pinned, context.pipeline))
@@ -308,7 +343,11 @@ def start_record(
             "resolved.parameters": str(sum(p.numel() for p in model.parameters())),
         }
     )
-    datasets = {name: _dataset(data, config, loader) for loader, name in ((data.train, "training"), (data.val, "validation")) if loader is not None}
+    datasets = {
+        name: _dataset(data, config, loader)
+        for loader, name in ((data.train, "training"), (data.val, "validation"))
+        if loader is not None
+    }
     for name, dataset in datasets.items():
         recorder.log_dataset(dataset, name)
     identities = {"training": (datasets["training"].name, data.digest)}
@@ -321,9 +360,19 @@ def _dataset(data: TrainingData, config: PipelineConfig, loader: IcebergLoader) 
     """One split of the run's rows as an MLflow dataset whose source can load exactly those rows."""
     spec, pinned = data.read.spec, data.pinned
     split = loader.config.split
-    source = IcebergDatasetSource(pinned.catalog, pinned.table, pinned.snapshot_id, spec.row_filter or "", spec.sql or "", config.data.model_dump(mode="json"), split)
+    source = IcebergDatasetSource(
+        pinned.catalog,
+        pinned.table,
+        pinned.snapshot_id,
+        spec.row_filter or "",
+        spec.sql or "",
+        config.data.model_dump(mode="json"),
+        split,
+    )
     name = f"{pinned.table}@{pinned.snapshot_id}" + (f" ({split})" if split != "all" else "")
-    return IcebergSnapshotDataset(source, name=name, digest=loader.plan_digest, schema=data.read.output_schema, num_rows=loader.profile.total_rows)
+    return IcebergSnapshotDataset(
+        source, name=name, digest=loader.plan_digest, schema=data.read.output_schema, num_rows=loader.profile.total_rows
+    )
 
 
 def checkpoint_state(
@@ -380,15 +429,22 @@ def resume_from(settings: Settings, run_id: str) -> tuple[PipelineConfig, Pinned
     """
     run = get_run(settings, run_id)
     if run.info.status == "FINISHED":
-        raise CheckpointError(f"run {run_id} already finished; there is nothing to resume (train again with --from-run {run_id})")
+        raise CheckpointError(
+            f"run {run_id} already finished; there is nothing to resume (train again with --from-run {run_id})"
+        )
     path = checkpoint.local_path(settings, run_id)
     if not path.is_file():
         recorder = MlflowRecorder(settings)
         recorder.run_id = run_id
         try:
-            path = recorder.download(f"{checkpoint.ARTIFACT_DIR}/{checkpoint.ARTIFACT_NAME}", Path(tempfile.mkdtemp(prefix="icetrain-resume-")))
+            path = recorder.download(
+                f"{checkpoint.ARTIFACT_DIR}/{checkpoint.ARTIFACT_NAME}",
+                Path(tempfile.mkdtemp(prefix="icetrain-resume-")),
+            )
         except (MlflowException, OSError) as exc:  # no such artifact
-            raise CheckpointError(f"run {run_id} has no checkpoint to resume from (it stopped before its first one)") from exc
+            raise CheckpointError(
+                f"run {run_id} has no checkpoint to resume from (it stopped before its first one)"
+            ) from exc
     state = checkpoint.load(path, run_id)
     pinned = PinnedSnapshot(**{**state["pinned"], "snapshot_id": int(state["pinned"]["snapshot_id"])})
     return parse_config(state["config"]), pinned, Resume(run_id, state), state.get("pipeline")
@@ -412,7 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _write_error(args, exc)
         return 1
     if rank == 0:
-        print(f"trained on {result.pinned.table} snapshot {result.pinned.snapshot_id} with {result.world_size} process(es); MLflow run {result.run_id}")
+        print(
+            f"trained on {result.pinned.table} snapshot {result.pinned.snapshot_id} with {result.world_size} process(es); MLflow run {result.run_id}"
+        )
         if args.launch_spec:
             Path(args.launch_spec).with_suffix(".result.json").write_text(json.dumps(result_summary(result)))
     return 0
@@ -455,7 +513,13 @@ def _run_from_args(args: argparse.Namespace) -> TrainResult:
     if not args.pipeline:
         raise ConfigError("give --pipeline NAME (declared in the pipelines file)")
     pipeline = load_project(args.config).pipeline(args.pipeline)
-    return train(settings, pipeline.with_overrides(args.overrides), pipeline=pipeline.name, progress_bar=not args.no_progress, launched_by="torchrun")
+    return train(
+        settings,
+        pipeline.with_overrides(args.overrides),
+        pipeline=pipeline.name,
+        progress_bar=not args.no_progress,
+        launched_by="torchrun",
+    )
 
 
 def _write_error(args: argparse.Namespace, exc: IcetrainError) -> None:
