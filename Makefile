@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install lock system-deps demo test ui bench soak clean services services-stop
+.PHONY: install lock lint format system-deps demo test ui bench soak clean services services-stop
 
 install: $(VENV)/.installed
 
@@ -42,7 +42,16 @@ lock:
 demo: install
 	$(BIN)/icetrain demo
 
-test: install system-deps
+# Lint and format are part of the test: CI fails on either (make format rewrites the files).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: install system-deps lint
 	$(BIN)/python -m pytest -q
 
 ui: install

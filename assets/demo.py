@@ -23,8 +23,8 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.keys import table_key
 from assets.failures import user_errors_as_failures
+from assets.keys import table_key
 from assets.resources import IcebergResource
 from pipeline.catalog import load_table
 from pipeline.demo_data import DIGITS_TABLE, ingest_digits

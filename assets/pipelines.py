@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dagster import AssetKey, AssetsDefinition, AssetSpec, Definitions
 
 from assets.assets import evaluation_asset, trained_model_asset, training_data_asset
-from assets.keys import table_key
 from assets.checks import quality_checks, trainable_check
 from assets.jobs import train_job
+from assets.keys import table_key
 from assets.resources import IcebergResource, MlflowResource
 from assets.schedules import retrain_schedule
 from assets.sensors import new_snapshot_sensor

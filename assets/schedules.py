@@ -11,10 +11,10 @@ from dagster import (
 )
 
 from assets.assets import code_version
-from assets.keys import training_data_key
 from assets.config import PinConfig
 from assets.history import last_training
 from assets.jobs import UnresolvedAssetJobDefinition
+from assets.keys import training_data_key
 from assets.resources import IcebergResource
 from pipeline.project import Pipeline
 

@@ -1,5 +1,8 @@
 """Retrain a pipeline when its table gets a new snapshot with enough new rows, pinned to that snapshot's id."""
 
+import json
+from dataclasses import dataclass
+
 from dagster import (
     DefaultSensorStatus,
     RunConfig,
@@ -9,17 +12,13 @@ from dagster import (
     SkipReason,
     sensor,
 )
-
-import json
-from dataclasses import dataclass
-
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
-from assets.history import last_training
-from assets.keys import training_data_key
 from assets.config import PinConfig
+from assets.history import last_training
 from assets.jobs import UnresolvedAssetJobDefinition
+from assets.keys import training_data_key
 from assets.resources import IcebergResource
 from pipeline.project import Pipeline
 from pipeline.snapshots import total_rows

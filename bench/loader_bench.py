@@ -57,7 +57,7 @@ def build_tables(warehouse: Path, rows: int) -> None:
     layout = {"write.parquet.row-group-limit": str(ROW_GROUP_ROWS)}
     images = max(rows // 20, 8)
     per_image_append = images // 8
-    for part in range(8):
+    for _ in range(8):
         pixels = rng.integers(0, 256, (per_image_append, 784), dtype=np.uint8)
         labels = pa.array(rng.integers(0, 10, per_image_append), pa.int64())
         raw = pa.FixedSizeBinaryArray.from_buffers(
@@ -114,8 +114,8 @@ def _table(warehouse: Path, kind: str):
 
 
 def _pinned(table):
-    from pipeline.specs import SnapshotRequest
     from pipeline.snapshots import resolve_snapshot
+    from pipeline.specs import SnapshotRequest
 
     return resolve_snapshot(table, SnapshotRequest(".".join(table.name())), "bench")
 
@@ -226,8 +226,8 @@ def _loader(
     threads: int = 2,
     cache: str | None = None,
 ):
-    from pipeline.specs import LoaderConfig
     from pipeline.reading import open_loader
+    from pipeline.specs import LoaderConfig
 
     spec = _spec(kind, sql=sql, row_filter=row_filter, classes=classes)
     caching = (
@@ -424,7 +424,7 @@ def measure(name: str, warehouse: Path, rows: int, sample_memory: bool = False) 
         result["rss_budget_mb"] = rss_after_imports + BLOCK_ROWS * (32 * 4 + 8) / 2**20 + 300
     if name == "icetrain_filtered" or name == "icetrain":
         result["bytes_planned"] = _bytes_planned(
-            warehouse, "id < {}".format(rows // 4) if name == "icetrain_filtered" else None
+            warehouse, f"id < {rows // 4}" if name == "icetrain_filtered" else None
         )
     return result
 

@@ -13,14 +13,14 @@ import time
 from collections.abc import Mapping
 
 from pyiceberg.catalog import Catalog, load_catalog
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.table import Table
 from pyiceberg.utils.config import Config
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from pipeline.settings import Settings
 from pipeline.errors import CatalogError, TableNotFoundError
 from pipeline.names import check_table_name
+from pipeline.settings import Settings
 
 
 def external_catalog_config(settings: Settings) -> dict[str, str] | None:

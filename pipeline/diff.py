@@ -78,8 +78,8 @@ def diff_snapshots(table: Table, table_name: str, from_id: int, to_id: int) -> S
         keys_from = _identifier_keys(table, table_name, from_id, schema_to)
         keys_to = _identifier_keys(table, table_name, to_id, schema_to)
         rows_added, rows_deleted = (
-            int(len(np.setdiff1d(keys_to, keys_from))),
-            int(len(np.setdiff1d(keys_from, keys_to))),
+            len(np.setdiff1d(keys_to, keys_from)),
+            len(np.setdiff1d(keys_from, keys_to)),
         )
         names = ", ".join(schema_to.find_column_name(i) for i in schema_to.identifier_field_ids)
         method = f"read by identifier field(s) {names}"

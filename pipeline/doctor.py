@@ -11,7 +11,7 @@ files; and is older than a safety window, so a writer that is still working keep
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from pyarrow import fs
 from pyiceberg.io.pyarrow import PyArrowFileIO
@@ -57,7 +57,7 @@ def inspect_files(table: Table, older_than: timedelta, now: datetime | None = No
     Raises:
         IngestError: the table's location cannot be listed.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     filesystem, root, prefix = _filesystem(table)
     refs = {_normal(path) for path in referenced_files(table)}
     try:
@@ -73,7 +73,7 @@ def inspect_files(table: Table, older_than: timedelta, now: datetime | None = No
             continue
         modified = info.mtime if info.mtime is not None else now
         if modified.tzinfo is None:
-            modified = modified.replace(tzinfo=timezone.utc)
+            modified = modified.replace(tzinfo=UTC)
         stray = StrayFile(uri, info.size or 0, modified)
         (orphans if now - modified >= older_than else young).append(stray)
     return Checkup(tuple(sorted(orphans, key=lambda f: f.path)), tuple(sorted(young, key=lambda f: f.path)), len(refs))

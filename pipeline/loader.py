@@ -27,12 +27,13 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline.specs import LoaderConfig
+from pipeline.cache import FORMAT_VERSION as CACHE_FORMAT
+from pipeline.cache import DecodedCache, default_cache_dir
 from pipeline.errors import ConfigError, EmptyDataError, NullFeatureError, ResumeError
 from pipeline.order import Block, EpochPlan, block_permutation, locate, plan_epoch, unit_order
 from pipeline.rows import RowProfile, RowSource, count_nulls, piece_tensors
+from pipeline.specs import LoaderConfig
 from pipeline.tensors import LabelVocabulary, NumericTarget, TensorLayout
-from pipeline.cache import FORMAT_VERSION as CACHE_FORMAT, DecodedCache, default_cache_dir
 from pipeline.workers import SlotLayout, decode_in_workers
 
 STATE_VERSION = 1

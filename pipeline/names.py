@@ -63,7 +63,7 @@ def check_ref_name(name: str, kind: str = "tag") -> str:
         raise InvalidNameError(f"{kind} name {shown} is {len(name)} characters long; at most {MAX_REF}")
     if name != name.strip():
         raise InvalidNameError(f"{kind} name {shown} has surrounding spaces")
-    bad = next((c for c in name if not c.isprintable() or unicodedata.category(c).startswith("Z") and c != " "), None)
+    bad = next((c for c in name if not c.isprintable() or (unicodedata.category(c).startswith("Z") and c != " ")), None)
     if bad is not None:
         raise InvalidNameError(f"{kind} name {shown} holds the unprintable character {bad!r}")
     return name

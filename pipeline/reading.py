@@ -10,21 +10,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+from pyiceberg.conversions import from_bytes
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 from pyiceberg.expressions.parser import parse
-from pyiceberg.conversions import from_bytes
 from pyiceberg.expressions.visitors import bind
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.types import IntegerType, LongType
 from pyparsing import ParseException
 
-from pipeline.specs import LoaderConfig, ReadSpec
 from pipeline.errors import ConfigError, FilterError
 from pipeline.loader import IcebergLoader
 from pipeline.rows import RowProfile, RowSource, profile_from_metadata, profile_rows
 from pipeline.scan import ScanPlan, plan_scan
 from pipeline.snapshots import PinnedSnapshot, schema_at
+from pipeline.specs import LoaderConfig, ReadSpec
 from pipeline.tensors import LabelVocabulary, NumericTarget, TensorLayout, declared_classes, layout_for
 from pipeline.transform import check_transform, referenced_columns, sandboxed_connection, transform_batch
 

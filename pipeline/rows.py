@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.conversions import from_bytes
+from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.schema import Schema
 from pyiceberg.types import IntegerType, LongType
 

@@ -7,15 +7,15 @@ Resolution happens once, at the top of a pipeline; everything downstream receive
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot
 
-from pipeline.specs import SnapshotRequest
 from pipeline.errors import EmptyDataError, SnapshotNotFoundError
+from pipeline.specs import SnapshotRequest
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class PinnedSnapshot:
     @property
     def committed_at(self) -> datetime:
         """The commit time as an aware UTC datetime."""
-        return datetime.fromtimestamp(self.committed_at_ms / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(self.committed_at_ms / 1000, tz=UTC)
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class SnapshotInfo:
 
     @property
     def committed_at(self) -> datetime:
-        return datetime.fromtimestamp(self.committed_at_ms / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(self.committed_at_ms / 1000, tz=UTC)
 
 
 def resolve_snapshot(table: Table, request: SnapshotRequest, catalog_name: str) -> PinnedSnapshot:
@@ -169,4 +169,4 @@ def _describe_recent(table: Table, limit: int = 5) -> str:
 
 
 def _iso(timestamp_ms: int) -> str:
-    return datetime.fromtimestamp(timestamp_ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")

@@ -7,7 +7,7 @@ frozen values it maps onto for the data library, which knows nothing of pipeline
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pipeline.errors import ConfigError
 from pipeline.names import check_ref_name, check_table_name
@@ -56,13 +56,13 @@ def parse_as_of(text: str) -> datetime:
     stripped = text.strip()
     try:
         if stripped.isdigit():
-            return datetime.fromtimestamp(int(stripped) / 1000, tz=timezone.utc)
+            return datetime.fromtimestamp(int(stripped) / 1000, tz=UTC)
         parsed = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
     except (ValueError, OverflowError, OSError) as exc:
         raise ConfigError(
             f"as-of time {text!r} is neither ISO 8601 (2026-11-21T10:00:00Z) nor epoch milliseconds"
         ) from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def parse_snapshot_id(text: str | int) -> int:

@@ -44,7 +44,7 @@ def identifier_keys(batch: pa.Table | pa.RecordBatch, columns: tuple[str, ...]) 
 
 def split_mask(split: str, keys: np.ndarray, seed: int, fraction: float) -> np.ndarray | None:
     """Rows (by identity key) that belong to ``split``; None when every row does."""
-    if split == "all" or fraction <= 0 and split == "train":
+    if split == "all" or (fraction <= 0 and split == "train"):
         return None
     in_val = validation_mask_of_keys(keys, seed, fraction)
     return in_val if split == "val" else ~in_val

@@ -27,11 +27,12 @@ IP risk shift up, and more transactions are foreign, as when a new market opens.
 from __future__ import annotations
 
 import zlib
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
+
 from pipeline.ingest import append_arrow
 from pipeline.snapshots import ancestors
 
@@ -138,7 +139,7 @@ def ingest_day(
 
 def day_of(partition_key: str) -> date:
     """A Dagster daily partition key (``2026-11-01``) as a date."""
-    return datetime.strptime(partition_key, "%Y-%m-%d").replace(tzinfo=timezone.utc).date()
+    return datetime.strptime(partition_key, "%Y-%m-%d").replace(tzinfo=UTC).date()
 
 
 __all__ = ["DAY_PROPERTY", "IDENTIFIER", "TRANSACTIONS_TABLE", "day_of", "ingest_day", "transactions_day"]

@@ -15,9 +15,9 @@ from pyiceberg.catalog import Catalog
 
 from pipeline.catalog import open_catalog
 from pipeline.config import PipelineConfig, apply_overrides, parse_config
-from pipeline.settings import Settings
 from pipeline.demo_data import ingest_digits
 from pipeline.ingest import append_arrow
+from pipeline.settings import Settings
 
 # The decoded cache is on by default; the suite (and every process it starts) keeps its own.
 _CACHE = tempfile.mkdtemp(prefix="icetrain-test-cache-")

@@ -19,11 +19,11 @@ from assets.assets import code_version, trained_model_asset, training_data_asset
 from assets.checks import trainable_check
 from assets.config import PinConfig
 from assets.demo import digits_table
+from assets.jobs import train_job
 from assets.pipelines import project_definitions
 from assets.resources import IcebergResource, MlflowResource
 from assets.schedules import retrain_schedule
 from assets.sensors import new_snapshot_sensor
-from assets.jobs import train_job
 from pipeline.catalog import load_table
 from pipeline.ingest import RUN_ID_PROPERTY, append_arrow
 from pipeline.project import parse_project

@@ -6,8 +6,8 @@ import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
 from pipeline.catalog import load_table, open_catalog
-from pipeline.settings import Settings
 from pipeline.errors import CatalogError, TableNotFoundError
+from pipeline.settings import Settings
 from tests.conftest import write_appends
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.catalog import load_table, open_catalog
-from pipeline.settings import Settings
-from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
 from pipeline.reading import open_loader
+from pipeline.settings import Settings
 from pipeline.snapshots import resolve_snapshot
+from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
 from tests.conftest import all_runs, config_for, write_appends
 from tests.postgres import postgres_cluster
 

@@ -225,7 +225,7 @@ def test_a_run_recorded_before_the_config_tree_replays(settings, digits) -> None
     assert out.returncode == 0, out.stderr
     expected = sum(1 for label in digits_arrow()["label"].to_pylist()[:900] if label < 9)
     assert f"snapshot {digits[0]} (asked by id), {expected} rows" in out.stdout
-    new = [r for r in all_runs(settings) if r.info.run_id != old][0]
+    new = next(r for r in all_runs(settings) if r.info.run_id != old)
     assert (new.data.params["model.factory"], new.data.params["data.filter"], new.data.params["optim.epochs"]) == (
         "auto",
         "label < 9",

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from pipeline.config import PipelineConfig, apply_overrides, field_annotation, parse_config
 from pipeline.errors import ConfigError
@@ -161,6 +162,6 @@ def test_asking_for_an_undeclared_pipeline_lists_the_declared_ones() -> None:
 
 def test_the_config_is_frozen_and_json_serialisable() -> None:
     config = PipelineConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         config.seed = 3  # type: ignore[misc]
     assert parse_config(json.loads(json.dumps(config.model_dump(mode="json")))) == config

@@ -9,7 +9,8 @@ import io
 
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from icetrain.cli import main

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyiceberg.types import DoubleType, LongType
 
-from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
 from pipeline.errors import ColumnError, ResumeError
 from pipeline.reading import open_loader
 from pipeline.snapshots import resolve_snapshot
+from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
 from tests.conftest import tabular_rows
 from tests.loader_tables import add_position_deletes, data_file_paths, shapes_catalog, table_of_shape
 
@@ -257,7 +257,7 @@ def test_the_sql_transform_runs_per_row_group_in_the_sandbox(catalog) -> None:
         int(v) for features, _ in loader_for(table, spec, shuffle=False, num_workers=0) for v in features[:, 0]
     )
     assert rows == [i * 2 for i in range(40) if i % 4 == 0]
-    assert sum(len(l) for _, l in loader_for(table, spec, rank=1, world_size=2)) == 5
+    assert sum(len(labels) for _, labels in loader_for(table, spec, rank=1, world_size=2)) == 5
 
 
 def test_a_filter_prunes_row_groups_by_their_parquet_statistics(catalog) -> None:

@@ -8,11 +8,11 @@ from pyiceberg.expressions import EqualTo
 from pyiceberg.types import DoubleType
 
 from pipeline.catalog import load_table
-from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
 from pipeline.errors import ColumnError, EmptyDataError, FilterError, LabelError, TransformError
 from pipeline.ingest import append_arrow
 from pipeline.reading import open_loader, prepare_read
 from pipeline.snapshots import resolve_snapshot
+from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
 from pipeline.transform import sandboxed_connection
 from tests.conftest import tabular_rows, write_appends
 

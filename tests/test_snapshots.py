@@ -1,14 +1,14 @@
 """Whatever is asked (id, tag, branch, as-of, latest), one snapshot id is resolved."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from pipeline.catalog import load_table
-from pipeline.specs import SnapshotRequest
 from pipeline.errors import ConfigError, EmptyDataError, SnapshotNotFoundError
 from pipeline.refs import create_tag
 from pipeline.snapshots import list_snapshots, resolve_snapshot
+from pipeline.specs import SnapshotRequest
 from tests.conftest import write_appends
 
 
@@ -48,7 +48,7 @@ def test_tags_and_branches_resolve_to_the_snapshot_they_point_at(rows_table) -> 
 def test_as_of_picks_the_snapshot_current_at_that_time(rows_table) -> None:
     table, ids = rows_table
     second = table.snapshot_by_id(ids[1])
-    at_second = datetime.fromtimestamp(second.timestamp_ms / 1000, tz=timezone.utc)
+    at_second = datetime.fromtimestamp(second.timestamp_ms / 1000, tz=UTC)
     assert resolve(table, as_of=at_second).snapshot_id == ids[1]
     assert resolve(table, as_of=at_second + timedelta(days=1)).snapshot_id == ids[2]
 
@@ -60,7 +60,7 @@ def test_unknown_ids_refs_and_early_times_list_what_exists(rows_table) -> None:
     with pytest.raises(SnapshotNotFoundError, match="refs: main"):
         resolve(table, ref="nope")
     with pytest.raises(SnapshotNotFoundError, match=f"first snapshot {ids[0]}"):
-        resolve(table, as_of=datetime(2000, 1, 1, tzinfo=timezone.utc))
+        resolve(table, as_of=datetime(2000, 1, 1, tzinfo=UTC))
 
 
 def test_asking_two_ways_at_once_is_refused() -> None:

@@ -12,13 +12,13 @@ from pyiceberg.expressions import AlwaysTrue
 
 from pipeline.catalog import load_table
 from pipeline.errors import (
+    ConfigError,
     DivergedError,
     EmptyDataError,
     FilterError,
     IcetrainError,
     LabelError,
     ModelError,
-    ConfigError,
     SnapshotNotFoundError,
     TableNotFoundError,
     TransformError,
@@ -27,8 +27,8 @@ from pipeline.ingest import append_arrow
 from pipeline.lineage import IcebergDatasetSource
 from pipeline.refs import create_tag
 from pipeline.tensors import label_classes_property
-from training.train import train
 from tests.conftest import all_runs, config_for, tabular_rows, write_appends
+from training.train import train
 
 
 def train_quickly(settings, table: str, *assignments: str):

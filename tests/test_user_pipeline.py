@@ -10,7 +10,6 @@ from dagster import instance_for_test, materialize
 
 from assets.assets import trained_model_asset, training_data_asset
 from assets.checks import trainable_check
-
 from assets.pipelines import project_definitions
 from pipeline.catalog import load_table
 from pipeline.ingest import append_arrow

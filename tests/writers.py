@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-from pipeline.catalog import connect_catalog
 
+from pipeline.catalog import connect_catalog
 from pipeline.ingest import append_arrow
 from tests.conftest import tabular_rows
 

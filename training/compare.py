@@ -119,4 +119,4 @@ def _draw(runs: list[ComparedRun]) -> bytes:
     return figure_png(figure)
 
 
-__all__ = ["Comparison", "ComparedRun", "compare_runs"]
+__all__ = ["ComparedRun", "Comparison", "compare_runs"]
