@@ -34,14 +34,14 @@ from assets.failures import user_errors_as_failures
 from assets.history import trained_in_run
 from assets.keys import evaluation_key, table_key, trained_model_key, training_data_key
 from assets.resources import IcebergResource, MlflowResource, combined_settings
-from pipeline.catalog import load_table
-from pipeline.config import PipelineConfig
-from pipeline.gate import DataReport, inspect_data
-from pipeline.project import Pipeline
-from pipeline.quality import QualityReport, assess_snapshot
-from pipeline.reading import snapshot_schema
-from pipeline.settings import Settings
-from pipeline.snapshots import PinnedSnapshot
+from pipeline.config.project import Pipeline
+from pipeline.config.settings import Settings
+from pipeline.config.tree import PipelineConfig
+from pipeline.data.gate import DataReport, inspect_data
+from pipeline.data.quality import QualityReport, assess_snapshot
+from pipeline.data.reading import snapshot_schema
+from pipeline.data.snapshots import PinnedSnapshot
+from pipeline.lake.catalog import load_table
 from training.data import pin
 from training.evaluate import champion_challenger
 from training.launch import launch
@@ -218,10 +218,10 @@ def _train(
 
 
 def gate_reference(settings: Settings, pipeline: Pipeline, table: Table) -> PinnedSnapshot | None:
-    """The snapshot the gates compare against, as ``icetrain train`` finds it (``pipeline.reference``)."""
+    """The snapshot the gates compare against, as ``icetrain train`` finds it (``pipeline.tracking.reference``)."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.reference import reference_snapshot
+    from pipeline.tracking.reference import reference_snapshot
 
     client = MlflowClient(settings.tracking_uri)
     return reference_snapshot(

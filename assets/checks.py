@@ -1,4 +1,4 @@
-"""The blocking data gates on a pipeline's pinned training data (``pipeline.gate``'s and ``pipeline.quality``'s rules).
+"""The blocking data gates on a pipeline's pinned training data (``pipeline.data.gate``'s and ``pipeline.data.quality``'s rules).
 
 A failed gate records its evaluation, then fails its step with ``dagster.Failure`` and the
 gate's one-line reason, so the run page shows why rather than Dagster's generic
@@ -18,8 +18,8 @@ from dagster import (
 
 from assets.assets import TrainingData
 from assets.keys import training_data_key
-from pipeline.project import Pipeline
-from pipeline.quality import GateResult, QualityReport, judge
+from pipeline.config.project import Pipeline
+from pipeline.data.quality import GateResult, QualityReport, judge
 
 
 def trainable_check(pipeline: Pipeline) -> AssetChecksDefinition:
@@ -77,7 +77,7 @@ def judged(name: str, result: AssetCheckResult) -> Iterator[AssetCheckResult]:
 
 
 def quality_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
-    """The schema contract, feature completeness and drift gates (``pipeline.quality``), all blocking."""
+    """The schema contract, feature completeness and drift gates (``pipeline.data.quality``), all blocking."""
     key, gates = training_data_key(pipeline), pipeline.config.gates
 
     def verdict(quality: QualityReport, name: str) -> GateResult:

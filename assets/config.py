@@ -7,7 +7,7 @@ Everything else comes from the pipeline's declaration; ``overrides`` takes the s
 from dagster import Config
 from pydantic import Field
 
-from pipeline.config import PipelineConfig, apply_overrides, parse_config
+from pipeline.config.tree import PipelineConfig, apply_overrides, parse_config
 
 
 class PinConfig(Config):

@@ -4,6 +4,6 @@ The file is found as ``icetrain train`` finds it: ``$ICETRAIN_CONFIG``, else ``.
 """
 
 from assets.pipelines import project_definitions
-from pipeline.project import load_project
+from pipeline.config.project import load_project
 
 defs = project_definitions(load_project())

@@ -26,10 +26,10 @@ from pydantic import Field
 from assets.failures import user_errors_as_failures
 from assets.keys import table_key
 from assets.resources import IcebergResource
-from pipeline.catalog import load_table
-from pipeline.demo_data import DIGITS_TABLE, ingest_digits
-from pipeline.snapshots import list_snapshots, total_rows
-from pipeline.transactions import TRANSACTIONS_TABLE, day_of, ingest_day
+from pipeline.data.snapshots import list_snapshots, total_rows
+from pipeline.demo.digits import DIGITS_TABLE, ingest_digits
+from pipeline.demo.transactions import TRANSACTIONS_TABLE, day_of, ingest_day
+from pipeline.lake.catalog import load_table
 
 TRANSACTIONS_START = "2026-11-01"
 daily = DailyPartitionsDefinition(start_date=TRANSACTIONS_START)
@@ -73,7 +73,7 @@ class TransactionsConfig(Config):
     backfill_policy=BackfillPolicy.single_run(),
     group_name="demo",
     kinds={"iceberg"},
-    description="Fraud-shaped card transactions, one append per day (pipeline.transactions documents the hidden label function).",
+    description="Fraud-shaped card transactions, one append per day (pipeline.demo.transactions documents the hidden label function).",
 )
 def transactions_table(
     context: AssetExecutionContext, config: TransactionsConfig, iceberg: IcebergResource

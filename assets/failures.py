@@ -5,8 +5,8 @@ from contextlib import contextmanager
 
 from dagster import Failure
 
+from pipeline.config.secrets import scrub
 from pipeline.errors import IcetrainError
-from pipeline.secrets import scrub
 
 
 @contextmanager

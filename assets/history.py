@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from dagster import AssetMaterialization, DagsterEventType, DagsterInstance
 
 from assets.keys import trained_model_key
-from pipeline.project import Pipeline
+from pipeline.config.project import Pipeline
 
 CODE_VERSION_TAG = "dagster/code_version"
 

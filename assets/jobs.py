@@ -1,17 +1,17 @@
 """A pipeline's retraining job: pin a snapshot, run the gate, train."""
 
 from dagster import AssetSelection, define_asset_job
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from assets.keys import evaluation_key, trained_model_key, training_data_key
-from pipeline.project import Pipeline
+from pipeline.config.project import Pipeline
 
 
 def job_name(pipeline: Pipeline) -> str:
     return f"{pipeline.name}_train"
 
 
-def train_job(pipeline: Pipeline) -> UnresolvedAssetJobDefinition:
+def train_job(pipeline: Pipeline):
+    """The job ``NAME_train``: the pipeline's training data, trained model and (with a registered model) evaluation."""
     return define_asset_job(
         job_name(pipeline),
         selection=AssetSelection.assets(

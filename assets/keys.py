@@ -2,7 +2,7 @@
 
 from dagster import AssetKey
 
-from pipeline.project import Pipeline
+from pipeline.config.project import Pipeline
 
 
 def table_key(table: str) -> AssetKey:

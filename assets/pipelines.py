@@ -16,8 +16,8 @@ from assets.keys import table_key
 from assets.resources import IcebergResource, MlflowResource
 from assets.schedules import retrain_schedule
 from assets.sensors import new_snapshot_sensor
+from pipeline.config.project import Pipeline, Project
 from pipeline.errors import ConfigError
-from pipeline.project import Pipeline, Project
 
 
 def pipeline_definitions(pipeline: Pipeline) -> Definitions:
@@ -28,8 +28,8 @@ def pipeline_definitions(pipeline: Pipeline) -> Definitions:
         assets=[training_data_asset(pipeline), trained_model_asset(pipeline), *evaluation],
         asset_checks=[trainable_check(pipeline), *quality_checks(pipeline)],
         jobs=[job],
-        schedules=[retrain_schedule(pipeline, job)],
-        sensors=[new_snapshot_sensor(pipeline, job)],
+        schedules=[retrain_schedule(pipeline)],
+        sensors=[new_snapshot_sensor(pipeline)],
     )
 
 

@@ -7,8 +7,8 @@ configuration, ``MLFLOW_TRACKING_URI``), read when a run starts, not at import.
 from dagster import ConfigurableResource
 from pyiceberg.catalog import Catalog
 
-from pipeline.catalog import open_catalog
-from pipeline.settings import Settings
+from pipeline.config.settings import Settings
+from pipeline.lake.catalog import open_catalog
 
 
 class IcebergResource(ConfigurableResource):

@@ -13,13 +13,13 @@ from dagster import (
 from assets.assets import code_version
 from assets.config import PinConfig
 from assets.history import last_training
-from assets.jobs import UnresolvedAssetJobDefinition
+from assets.jobs import job_name
 from assets.keys import training_data_key
 from assets.resources import IcebergResource
-from pipeline.project import Pipeline
+from pipeline.config.project import Pipeline
 
 
-def retrain_schedule(pipeline: Pipeline, job: UnresolvedAssetJobDefinition) -> ScheduleDefinition:
+def retrain_schedule(pipeline: Pipeline) -> ScheduleDefinition:
     """Each tick pins the table's current snapshot and retrains on it.
 
     A tick skips, saying why, when the table has no snapshot yet or when the last trained
@@ -32,7 +32,7 @@ def retrain_schedule(pipeline: Pipeline, job: UnresolvedAssetJobDefinition) -> S
 
     @schedule(
         name=f"{pipeline.name}_schedule",
-        job=job,
+        job_name=job_name(pipeline),
         cron_schedule=retrain.schedule,
         default_status=DefaultScheduleStatus.RUNNING if retrain.schedule_on else DefaultScheduleStatus.STOPPED,
         description=f"Retrain {pipeline.name!r} on {table_name}'s current snapshot ({retrain.schedule}) unless its model already trained on it.",

@@ -17,11 +17,11 @@ from pyiceberg.table.snapshots import Snapshot
 
 from assets.config import PinConfig
 from assets.history import last_training
-from assets.jobs import UnresolvedAssetJobDefinition
+from assets.jobs import job_name
 from assets.keys import training_data_key
 from assets.resources import IcebergResource
-from pipeline.project import Pipeline
-from pipeline.snapshots import total_rows
+from pipeline.config.project import Pipeline
+from pipeline.data.snapshots import total_rows
 
 NO_SNAPSHOT = "none"
 
@@ -58,7 +58,7 @@ def _rows_added(table: Table, base: str, current: Snapshot) -> int | None:
     return total_rows(current) - total_rows(before)
 
 
-def new_snapshot_sensor(pipeline: Pipeline, job: UnresolvedAssetJobDefinition) -> SensorDefinition:
+def new_snapshot_sensor(pipeline: Pipeline) -> SensorDefinition:
     """A sensor whose cursor is the last snapshot id it saw and the snapshot rows are counted from.
 
     Its first tick records the table's current snapshot and trains on it only if
@@ -73,7 +73,7 @@ def new_snapshot_sensor(pipeline: Pipeline, job: UnresolvedAssetJobDefinition) -
 
     @sensor(
         name=f"{pipeline.name}_new_snapshot",
-        job=job,
+        job_name=job_name(pipeline),
         minimum_interval_seconds=retrain.sensor_interval_s,
         default_status=DefaultSensorStatus.RUNNING if retrain.sensor_on else DefaultSensorStatus.STOPPED,
         description=f"Retrain {pipeline.name!r} when a new snapshot of {table_name} adds at least {retrain.min_new_rows} rows.",

@@ -48,8 +48,8 @@ def build_tables(warehouse: Path, rows: int) -> None:
     """tabular: rows x 32 float32 + label + id in 16 appends; images: rows/20 28x28 uint8 in 8 appends, two layouts."""
     import pyarrow as pa
 
-    from pipeline.ingest import append_arrow
-    from pipeline.tensors import image_properties
+    from pipeline.data.tensors import image_properties
+    from pipeline.lake.ingest import append_arrow
 
     catalog = _catalog(warehouse)
     build_tabular(catalog, TABLES["tabular"], rows, seed=0)
@@ -85,7 +85,7 @@ def build_tabular(catalog, identifier: str, rows: int, seed: int) -> None:
     """rows x 32 float32 features + label + id, in 16 appends of row groups of ROW_GROUP_ROWS."""
     import pyarrow as pa
 
-    from pipeline.ingest import append_arrow
+    from pipeline.lake.ingest import append_arrow
 
     rng = np.random.default_rng(seed)
     per_append = rows // 16
@@ -114,14 +114,14 @@ def _table(warehouse: Path, kind: str):
 
 
 def _pinned(table):
-    from pipeline.snapshots import resolve_snapshot
-    from pipeline.specs import SnapshotRequest
+    from pipeline.data.snapshots import resolve_snapshot
+    from pipeline.data.specs import SnapshotRequest
 
     return resolve_snapshot(table, SnapshotRequest(".".join(table.name())), "bench")
 
 
 def _spec(kind: str, **extra):
-    from pipeline.specs import ReadSpec
+    from pipeline.data.specs import ReadSpec
 
     return ReadSpec(features=tuple(FEATURES) if kind == "tabular" else ("pixels",), **extra)
 
@@ -134,7 +134,7 @@ def _to_features(batch, kind: str):
     """What every baseline does per decoded chunk: float32 features and int64 labels as tensors."""
     import torch
 
-    from pipeline.tensors import TensorLayout, features_to_tensor
+    from pipeline.data.tensors import TensorLayout, features_to_tensor
 
     if kind == "tabular":
         layout = TensorLayout(label="label", features=tuple(FEATURES))
@@ -172,7 +172,7 @@ def limit(table, kind: str, shuffle: bool = False) -> Iterator:
 
 
 def _image_block_rows() -> int:
-    from pipeline.specs import LoaderConfig
+    from pipeline.data.specs import LoaderConfig
 
     return LoaderConfig().buffer_mb * 2**20 // (4 * 784 + 8)
 
@@ -226,8 +226,8 @@ def _loader(
     threads: int = 2,
     cache: str | None = None,
 ):
-    from pipeline.reading import open_loader
-    from pipeline.specs import LoaderConfig
+    from pipeline.data.loading import open_loader
+    from pipeline.data.specs import LoaderConfig
 
     spec = _spec(kind, sql=sql, row_filter=row_filter, classes=classes)
     caching = (
@@ -264,7 +264,7 @@ def decode_only(table, kind: str, threads: int) -> Iterator:
     """Row groups decoded into tensors by ``threads`` threads, nothing else (no shuffle, no batches)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.rows import piece_tensors
+    from pipeline.data.rows import piece_tensors
 
     loader = _loader(table, kind, shuffle=False)
     groups = loader.source.plan.row_groups
@@ -384,7 +384,7 @@ def measure(name: str, warehouse: Path, rows: int, sample_memory: bool = False) 
     import pyarrow  # noqa: F401 - imports count towards the baseline RSS, not the reader
     import torch  # noqa: F401
 
-    import pipeline.reading  # noqa: F401
+    import pipeline.data.reading  # noqa: F401
 
     if name == SCALE_ROW:
         kind, make = "tabular_20m", lambda w: icetrain(w, "tabular", shuffle=True)

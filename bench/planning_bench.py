@@ -36,9 +36,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()
 
-    from pipeline.catalog import connect_catalog
-    from pipeline.ingest import append_arrow
-    from pipeline.maintenance import maintain
+    from pipeline.lake.catalog import connect_catalog
+    from pipeline.lake.ingest import append_arrow
+    from pipeline.lake.maintenance import maintain
     from tests.conftest import tabular_rows
 
     folder = Path(tempfile.mkdtemp(prefix="icetrain-plan-"))
@@ -102,9 +102,9 @@ def main() -> None:
 
 def plan_seconds(catalog, name: str, repeats: int = 5) -> float:
     """Best of ``repeats``: load the table, pin its current snapshot, plan the read (manifests + footers)."""
-    from pipeline.reading import prepare_read
-    from pipeline.snapshots import resolve_snapshot
-    from pipeline.specs import ReadSpec, SnapshotRequest
+    from pipeline.data.reading import prepare_read
+    from pipeline.data.snapshots import resolve_snapshot
+    from pipeline.data.specs import ReadSpec, SnapshotRequest
 
     best = float("inf")
     for _ in range(repeats):

@@ -38,7 +38,7 @@ def main() -> int:
     os.environ.update({"ICETRAIN_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true"})
     os.environ.pop("ICETRAIN_PROFILE", None)
     from icetrain.services import start_services, stop_services
-    from pipeline.settings import Settings
+    from pipeline.config.settings import Settings
 
     record = start_services(Settings(home=home.resolve()))
     os.environ["ICETRAIN_PROFILE"] = "services"
@@ -55,14 +55,14 @@ def main() -> int:
 def soak(settings, ingests: int, trains: int, rows: int) -> None:
     from mlflow.tracking import MlflowClient
 
-    from pipeline.catalog import load_table, open_catalog
-    from pipeline.doctor import inspect_files, remove_files
-    from pipeline.expiry import expire
-    from pipeline.ingest import append_arrow
-    from pipeline.reading import prepare_read
-    from pipeline.refs import create_tag
-    from pipeline.snapshots import resolve_snapshot
-    from pipeline.specs import ReadSpec, SnapshotRequest
+    from pipeline.data.reading import prepare_read
+    from pipeline.data.snapshots import resolve_snapshot
+    from pipeline.data.specs import ReadSpec, SnapshotRequest
+    from pipeline.lake.catalog import load_table, open_catalog
+    from pipeline.lake.doctor import inspect_files, remove_files
+    from pipeline.lake.expiry import expire
+    from pipeline.lake.ingest import append_arrow
+    from pipeline.lake.refs import create_tag
     from tests.conftest import config_for, tabular_rows
     from training.train import train
 
@@ -122,7 +122,7 @@ def planning_time(table, settings, prepare_read, resolve_snapshot, SnapshotReque
 def metadata_bytes(table) -> int:
     from pyarrow import fs
 
-    from pipeline.doctor import _filesystem
+    from pipeline.lake.doctor import _filesystem
 
     filesystem, root, _ = _filesystem(table)
     infos = filesystem.get_file_info(fs.FileSelector(f"{root}/metadata", recursive=True, allow_not_found=True))

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from icetrain.training import TrainRequest
-from pipeline.config import PipelineConfig, apply_overrides, parse_config
+from pipeline.config.secrets import redact, scrub
+from pipeline.config.settings import Settings
+from pipeline.config.tree import PipelineConfig, apply_overrides, parse_config
 from pipeline.errors import ConfigError, IcetrainError
-from pipeline.secrets import redact, scrub
-from pipeline.settings import Settings
 
 # Config flags of ``icetrain train``: each sets one key path of the config tree.
 TRAIN_FLAGS = (
@@ -264,9 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_demo(args: argparse.Namespace) -> int:
     from icetrain.dagster_home import resolve_dagster_home
     from icetrain.demo import run_demo_job
-    from pipeline.catalog import load_table, open_catalog
-    from pipeline.demo_data import DIGITS_TABLE
-    from pipeline.snapshots import list_snapshots
+    from pipeline.data.snapshots import list_snapshots
+    from pipeline.demo.digits import DIGITS_TABLE
+    from pipeline.lake.catalog import load_table, open_catalog
 
     settings = Settings.from_env()
     dagster_home = resolve_dagster_home(settings)
@@ -286,8 +286,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from pipeline.catalog import open_catalog
-    from pipeline.ingest import append_files, check_append_id, find_append
+    from pipeline.lake.catalog import open_catalog
+    from pipeline.lake.ingest import append_files, check_append_id, find_append
 
     catalog = open_catalog(Settings.from_env())
     identifier_fields = (
@@ -315,8 +315,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
-    from pipeline.catalog import load_table, open_catalog
-    from pipeline.snapshots import list_snapshots
+    from pipeline.data.snapshots import list_snapshots
+    from pipeline.lake.catalog import load_table, open_catalog
 
     table = load_table(open_catalog(Settings.from_env()), args.table)
     rows = [("snapshot_id", "committed_at (UTC)", "operation", "added", "total", "refs", "source")]
@@ -332,8 +332,8 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from pipeline.catalog import load_table, open_catalog
-    from pipeline.refs import create_tag
+    from pipeline.lake.catalog import load_table, open_catalog
+    from pipeline.lake.refs import create_tag
 
     table = load_table(open_catalog(Settings.from_env()), args.table)
     snapshot_id = create_tag(table, args.name, args.snapshot_id)
@@ -363,7 +363,7 @@ def train_request(args: argparse.Namespace) -> TrainRequest:
     if args.from_run:
         if args.pipeline:
             raise ConfigError("give --pipeline or --from-run, not both")
-        from pipeline.lineage import replay_config
+        from pipeline.tracking.lineage import replay_config
 
         base = replay_config(Settings.from_env(), args.from_run)
         config = parse_config(apply_overrides(base.model_dump(), [*flags, *args.overrides]))
@@ -371,7 +371,7 @@ def train_request(args: argparse.Namespace) -> TrainRequest:
     pipeline_name, declares_gates = None, False
     tree: dict[str, object] = PipelineConfig().model_dump()
     if args.pipeline:
-        from pipeline.project import load_project
+        from pipeline.config.project import load_project
 
         pipeline = load_project(args.config).pipeline(args.pipeline)
         pipeline_name, tree, declares_gates = pipeline.name, pipeline.config.model_dump(), pipeline.declares_gates
@@ -422,8 +422,8 @@ def _dest(flag: str) -> str:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from pipeline.catalog import load_table, open_catalog
-    from pipeline.diff import diff_snapshots, resolve_point
+    from pipeline.lake.catalog import load_table, open_catalog
+    from pipeline.lake.diff import diff_snapshots, resolve_point
 
     table = load_table(open_catalog(Settings.from_env()), args.table)
     changes = diff_snapshots(
@@ -476,7 +476,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     from pipeline.names import check_tracking_name
 
     check_tracking_name(args.name, "registered model")  # at the edge, before MLflow is even imported
-    from pipeline.registry import register
+    from pipeline.tracking.registry import register
 
     done = register(Settings.from_env(), args.run_id, args.name)
     if done.already:
@@ -494,7 +494,7 @@ def cmd_unregister(args: argparse.Namespace) -> int:
     from pipeline.names import check_tracking_name
 
     check_tracking_name(args.name, "registered model")
-    from pipeline.registry import unregister
+    from pipeline.tracking.registry import unregister
 
     done = unregister(Settings.from_env(), args.name, args.version)
     dropped = f"; dropped tag {done.iceberg_tag!r} of {done.table}" if done.iceberg_tag else ""
@@ -503,9 +503,9 @@ def cmd_unregister(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from pipeline.catalog import load_table, open_catalog
-    from pipeline.doctor import inspect_files, remove_files
-    from pipeline.expiry import parse_duration
+    from pipeline.lake.catalog import load_table, open_catalog
+    from pipeline.lake.doctor import inspect_files, remove_files
+    from pipeline.lake.expiry import parse_duration
 
     window = parse_duration(args.older_than)
     table = load_table(open_catalog(Settings.from_env()), args.table)
@@ -524,9 +524,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_maintain(args: argparse.Namespace) -> int:
-    from pipeline.catalog import load_table, open_catalog
-    from pipeline.expiry import parse_duration
-    from pipeline.maintenance import maintain
+    from pipeline.lake.catalog import load_table, open_catalog
+    from pipeline.lake.expiry import parse_duration
+    from pipeline.lake.maintenance import maintain
 
     if not 1 <= args.target_file_mb <= 4096:
         raise ConfigError(f"--target-file-mb must be between 1 and 4096, got {args.target_file_mb}")
@@ -546,7 +546,7 @@ def cmd_maintain(args: argparse.Namespace) -> int:
 
 def cmd_services(args: argparse.Namespace) -> int:
     from icetrain.services import start_services, stop_services
-    from pipeline.settings import SERVICES_FILE, services_dir
+    from pipeline.config.settings import SERVICES_FILE, services_dir
 
     home = Settings.from_env({k: v for k, v in os.environ.items() if k != "ICETRAIN_PROFILE"}).home
     settings = Settings(home=home)
@@ -565,8 +565,8 @@ def cmd_services(args: argparse.Namespace) -> int:
 
 
 def cmd_expire(args: argparse.Namespace) -> int:
-    from pipeline.catalog import load_table, open_catalog
-    from pipeline.expiry import expire, parse_duration
+    from pipeline.lake.catalog import load_table, open_catalog
+    from pipeline.lake.expiry import expire, parse_duration
 
     older_than = parse_duration(args.older_than)
     outcome = expire(load_table(open_catalog(Settings.from_env()), args.table), older_than)
@@ -587,7 +587,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     dagster_home = resolve_dagster_home(settings)
     logs = settings.home / "logs"
     signal.signal(signal.SIGTERM, _interrupt)
-    from pipeline.project import find_project_file
+    from pipeline.config.project import find_project_file
 
     remote_mlflow = settings.tracking_uri.startswith(("http://", "https://"))
     mlflow_ui = settings.mlflow_ui or (

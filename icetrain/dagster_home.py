@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.settings import Settings
+from pipeline.config.settings import Settings
 
 DAGSTER_YAML = """\
 # DAGSTER_HOME made by icetrain: SQLite run, event-log and schedule storage under this folder.

@@ -28,7 +28,7 @@ def run_demo_job() -> DemoOutcome:
     from dagster import DagsterInstance
 
     from assets.definitions import defs
-    from pipeline.project import find_project_file
+    from pipeline.config.project import find_project_file
 
     if "demo_job" not in {job.name for job in defs.resolve_all_job_defs()}:
         where = find_project_file() or "no pipelines file"

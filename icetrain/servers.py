@@ -13,8 +13,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.config.settings import Settings
 from pipeline.errors import IcetrainError
-from pipeline.settings import Settings
 
 
 @dataclass

@@ -10,7 +10,7 @@
 - a ``services/dagster_home/dagster.yaml`` pointing Dagster at the ``dagster`` database.
 
 ``services.json`` records ports and process ids; ``ICETRAIN_PROFILE=services`` makes icetrain,
-Dagster and MLflow use them (``pipeline.settings``). ``icetrain services stop`` stops both.
+Dagster and MLflow use them (``pipeline.config.settings``). ``icetrain services stop`` stops both.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 from icetrain.servers import Server, _tool, free_port, wait_until_up
+from pipeline.config.settings import SERVICES_FILE, Settings, services_dir
 from pipeline.errors import IcetrainError
-from pipeline.settings import SERVICES_FILE, Settings, services_dir
 from training.liveness import process_start_time
 
 DATABASES = ("iceberg", "mlflow", "dagster")

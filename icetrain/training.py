@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC
 from typing import Any
 
-from pipeline.config import PipelineConfig
-from pipeline.settings import Settings
+from pipeline.config.settings import Settings
+from pipeline.config.tree import PipelineConfig
 
 
 @dataclass(frozen=True)
@@ -128,9 +128,9 @@ def pipeline_rows(settings: Settings, config_path: str | None) -> list[tuple[str
     """
     from mlflow.tracking import MlflowClient
 
-    from pipeline.catalog import open_catalog
-    from pipeline.project import load_project
-    from pipeline.tags import PIPELINE_TAG
+    from pipeline.config.project import load_project
+    from pipeline.lake.catalog import open_catalog
+    from pipeline.tracking.tags import PIPELINE_TAG
 
     project = load_project(config_path)
     if not project.pipelines:

@@ -13,11 +13,11 @@ import pyarrow as pa
 import pytest
 from pyiceberg.catalog import Catalog
 
-from pipeline.catalog import open_catalog
-from pipeline.config import PipelineConfig, apply_overrides, parse_config
-from pipeline.demo_data import ingest_digits
-from pipeline.ingest import append_arrow
-from pipeline.settings import Settings
+from pipeline.config.settings import Settings
+from pipeline.config.tree import PipelineConfig, apply_overrides, parse_config
+from pipeline.demo.digits import ingest_digits
+from pipeline.lake.catalog import open_catalog
+from pipeline.lake.ingest import append_arrow
 
 # The decoded cache is on by default; the suite (and every process it starts) keeps its own.
 _CACHE = tempfile.mkdtemp(prefix="icetrain-test-cache-")

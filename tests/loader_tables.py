@@ -14,7 +14,7 @@ from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 from pyiceberg.table import Table
 from pyiceberg.typedef import Record
 
-from pipeline.ingest import append_arrow
+from pipeline.lake.ingest import append_arrow
 from tests.conftest import tabular_rows
 
 _names = itertools.count()

@@ -19,15 +19,14 @@ from assets.assets import code_version, trained_model_asset, training_data_asset
 from assets.checks import trainable_check
 from assets.config import PinConfig
 from assets.demo import digits_table
-from assets.jobs import train_job
 from assets.pipelines import project_definitions
 from assets.resources import IcebergResource, MlflowResource
 from assets.schedules import retrain_schedule
 from assets.sensors import new_snapshot_sensor
-from pipeline.catalog import load_table
-from pipeline.ingest import RUN_ID_PROPERTY, append_arrow
-from pipeline.project import parse_project
-from pipeline.tensors import label_classes_property
+from pipeline.config.project import parse_project
+from pipeline.data.tensors import label_classes_property
+from pipeline.lake.catalog import load_table
+from pipeline.lake.ingest import RUN_ID_PROPERTY, append_arrow
 from tests.conftest import all_runs, tabular_rows, write_appends
 
 RESOURCES = {"iceberg": IcebergResource(), "mlflow": MlflowResource()}
@@ -144,7 +143,7 @@ def test_a_bad_snapshot_request_fails_the_step_with_the_message(settings, catalo
 
 
 def test_the_sensor_records_its_first_snapshot_then_requests_a_run_per_new_one(settings, catalog, instance) -> None:
-    sensor = new_snapshot_sensor(ROWS, train_job(ROWS))
+    sensor = new_snapshot_sensor(ROWS)
     resources = {"iceberg": IcebergResource()}
     with build_sensor_context(instance=instance, resources=resources) as context:
         assert "no snapshot yet" in sensor(context).skip_message
@@ -170,7 +169,7 @@ def test_a_pipeline_that_trains_on_its_first_snapshot_says_so(settings, catalog,
     ).pipeline("rows")
     write_appends(catalog, "demo.rows", [20])
     with build_sensor_context(instance=instance, resources={"iceberg": IcebergResource()}) as context:
-        request = new_snapshot_sensor(eager, train_job(eager))(context)
+        request = new_snapshot_sensor(eager)(context)
     assert request.run_key == str(load_table(catalog, "demo.rows").current_snapshot().snapshot_id)
 
 
@@ -223,7 +222,7 @@ def test_the_sensor_waits_for_enough_new_rows_since_the_last_trained_model(setti
             }
         }
     ).pipeline("rows")
-    sensor = new_snapshot_sensor(pipeline, train_job(pipeline))
+    sensor = new_snapshot_sensor(pipeline)
     write_appends(catalog, "demo.rows", [60])
     with build_sensor_context(instance=instance, resources={"iceberg": IcebergResource()}) as context:
         assert "started" in sensor(context).skip_message
@@ -245,7 +244,7 @@ def test_the_sensor_waits_for_enough_new_rows_since_the_last_trained_model(setti
 
 
 def test_the_sensor_skips_a_snapshot_that_was_already_trained(settings, catalog, instance) -> None:
-    sensor = new_snapshot_sensor(ROWS, train_job(ROWS))
+    sensor = new_snapshot_sensor(ROWS)
     write_appends(catalog, "demo.rows", [40])
     with build_sensor_context(instance=instance, resources={"iceberg": IcebergResource()}) as context:
         assert "started" in sensor(context).skip_message
@@ -263,7 +262,7 @@ def test_the_sensor_skips_a_snapshot_that_was_already_trained(settings, catalog,
 def test_the_nightly_schedule_pins_the_current_snapshot_and_skips_what_was_already_trained(
     settings, catalog, instance
 ) -> None:
-    schedule = retrain_schedule(ROWS, train_job(ROWS))
+    schedule = retrain_schedule(ROWS)
     night = datetime(2026, 11, 24, 3, tzinfo=UTC)
     with build_schedule_context(
         instance=instance, resources={"iceberg": IcebergResource()}, scheduled_execution_time=night
@@ -296,7 +295,7 @@ def test_the_nightly_schedule_pins_the_current_snapshot_and_skips_what_was_alrea
         retrained = parse_project(
             {"pipelines": {"rows": {"data": {"table": "demo.rows"}, "optim": {"epochs": 2}}}}
         ).pipeline("rows")
-        after_code_change = retrain_schedule(retrained, train_job(retrained))(context)
+        after_code_change = retrain_schedule(retrained)(context)
     assert after_code_change.run_key == f"{second}:{code_version(retrained)}", "new code retrains on the same snapshot"
     assert (
         skipped.startswith("the last model (MLflow run ")
@@ -338,7 +337,7 @@ def test_transactions_arrive_one_day_per_partition_and_a_backfill_is_idempotent(
 
 
 def test_the_drift_knob_shifts_features_from_its_day() -> None:
-    from pipeline.transactions import transactions_day
+    from pipeline.demo.transactions import transactions_day
 
     before = transactions_day(date(2026, 11, 5), 5000)
     after = transactions_day(date(2026, 11, 5), 5000, drift_from=date(2026, 11, 4))
@@ -353,8 +352,8 @@ def test_the_drift_knob_shifts_features_from_its_day() -> None:
 def test_the_fraud_pipeline_trains_a_weighted_binary_classifier_with_ranking_metrics(settings, catalog) -> None:
     from pathlib import Path
 
-    from pipeline.project import load_project
-    from pipeline.transactions import ingest_day
+    from pipeline.config.project import load_project
+    from pipeline.demo.transactions import ingest_day
     from training.train import train
 
     for day in (1, 2, 3, 4):

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from icetrain.servers import free_port
-from pipeline.catalog import load_table, open_catalog
-from pipeline.ingest import RUN_ID_PROPERTY
-from pipeline.settings import Settings
+from pipeline.config.settings import Settings
+from pipeline.lake.catalog import load_table, open_catalog
+from pipeline.lake.ingest import RUN_ID_PROPERTY
 from tests.conftest import ISOLATED_ENV, write_appends
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cache import DecodedCache
-from pipeline.reading import open_loader
-from pipeline.snapshots import resolve_snapshot
-from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
+from pipeline.data.cache import DecodedCache
+from pipeline.data.loading import open_loader
+from pipeline.data.snapshots import resolve_snapshot
+from pipeline.data.specs import LoaderConfig, ReadSpec, SnapshotRequest
 from tests.loader_tables import shapes_catalog, table_of_shape
 
 SPEC = ReadSpec(features=("x1", "x2"))
@@ -68,7 +68,7 @@ def test_a_filled_cache_serves_later_epochs_without_decoding(catalog, tmp_path, 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded a row group the cache holds")
 
-    monkeypatch.setattr("pipeline.loader.piece_tensors", no_decoding)
+    monkeypatch.setattr("pipeline.data.loader.piece_tensors", no_decoding)
     assert all(same(a, b) for a, b in zip(expected, epochs(loader_for(table, tmp_path, batch_size=8), 2)))
     with pytest.raises(AssertionError, match="decoded a row group"):
         list(loader_for(table, None, batch_size=8))
@@ -152,9 +152,9 @@ def test_concurrent_processes_share_one_cache(catalog, tmp_path) -> None:
         f"""
         import hashlib, sys
         from pyiceberg.catalog.sql import SqlCatalog
-        from pipeline.reading import open_loader
-        from pipeline.snapshots import resolve_snapshot
-        from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
+        from pipeline.data.loading import open_loader
+        from pipeline.data.snapshots import resolve_snapshot
+        from pipeline.data.specs import LoaderConfig, ReadSpec, SnapshotRequest
         table = SqlCatalog("icetrain", uri={catalog_uri!r}, warehouse={warehouse!r}).load_table({".".join(table.name())!r})
         pinned = resolve_snapshot(table, SnapshotRequest({".".join(table.name())!r}), "icetrain")
         loader = open_loader(table, pinned, ReadSpec(features=("x1", "x2")), LoaderConfig(batch_size=9, seed=2, cache_dir={str(tmp_path)!r}, cache_mb=64))

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
-from pipeline.catalog import load_table, open_catalog
+from pipeline.config.settings import Settings
 from pipeline.errors import CatalogError, TableNotFoundError
-from pipeline.settings import Settings
+from pipeline.lake.catalog import load_table, open_catalog
 from tests.conftest import write_appends
 
 

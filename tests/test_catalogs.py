@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalog import load_table, open_catalog
-from pipeline.reading import open_loader
-from pipeline.settings import Settings
-from pipeline.snapshots import resolve_snapshot
-from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
+from pipeline.config.settings import Settings
+from pipeline.data.loading import open_loader
+from pipeline.data.snapshots import resolve_snapshot
+from pipeline.data.specs import LoaderConfig, ReadSpec, SnapshotRequest
+from pipeline.lake.catalog import load_table, open_catalog
 from tests.conftest import all_runs, config_for, write_appends
 from tests.postgres import postgres_cluster
 

@@ -8,8 +8,8 @@ from assets.assets import evaluation_asset, trained_model_asset, training_data_a
 from assets.checks import trainable_check
 from assets.config import PinConfig
 from assets.resources import IcebergResource, MlflowResource
-from pipeline.ingest import append_arrow
-from pipeline.project import parse_project
+from pipeline.config.project import parse_project
+from pipeline.lake.ingest import append_arrow
 from tests.conftest import tabular_rows, write_appends
 
 RESOURCES = {"iceberg": IcebergResource(), "mlflow": MlflowResource()}
@@ -137,8 +137,8 @@ def test_an_mlflow_that_cannot_be_reached_is_an_error_never_no_champion(settings
     import socket
 
     from assets.resources import MlflowResource as Mlflow
+    from pipeline.config.settings import Settings
     from pipeline.errors import TrackingError
-    from pipeline.settings import Settings
     from training.evaluate import champion_challenger
 
     write_appends(catalog, "demo.rows", [300])

@@ -13,8 +13,8 @@ import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
 from icetrain.servers import free_port
-from pipeline.catalog import load_table, open_catalog
-from pipeline.demo_data import digits_arrow
+from pipeline.demo.digits import digits_arrow
+from pipeline.lake.catalog import load_table, open_catalog
 from tests.conftest import all_runs, tabular_rows
 
 ICETRAIN = str(Path(sys.executable).parent / "icetrain")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pyiceberg.catalog import load_catalog
 
-from pipeline.ingest import APPEND_ID_PROPERTY, append_arrow
+from pipeline.lake.ingest import APPEND_ID_PROPERTY, append_arrow
 from tests.postgres import postgres_cluster
 from tests.writers import ROWS_PER_APPEND, rows, write
 

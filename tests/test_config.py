@@ -5,10 +5,10 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from pipeline.config import PipelineConfig, apply_overrides, field_annotation, parse_config
+from pipeline.config.project import parse_project
+from pipeline.config.tree import PipelineConfig, apply_overrides, field_annotation, parse_config
 from pipeline.errors import ConfigError
-from pipeline.params import CONFIG_VERSION, VERSION_PARAM, from_params, to_params
-from pipeline.project import parse_project
+from pipeline.tracking.params import CONFIG_VERSION, VERSION_PARAM, from_params, to_params
 
 DOCUMENTED_KEYS = [
     "data.table", "data.label", "data.features", "data.filter", "data.sql", "data.snapshot_id", "data.ref",

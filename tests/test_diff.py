@@ -3,9 +3,9 @@
 from pyiceberg.expressions import In
 from pyiceberg.types import DoubleType
 
-from pipeline.catalog import load_table
-from pipeline.diff import diff_snapshots
-from pipeline.ingest import append_arrow
+from pipeline.lake.catalog import load_table
+from pipeline.lake.diff import diff_snapshots
+from pipeline.lake.ingest import append_arrow
 from tests.conftest import tabular_rows, write_appends
 from tests.test_cli import icetrain
 
@@ -57,7 +57,7 @@ def test_the_diff_command_takes_ids_or_tags_and_says_which_exist(catalog) -> Non
 
 
 def test_incremental_training_reads_only_the_rows_appended_since_a_snapshot_and_replays(settings, catalog) -> None:
-    from pipeline.lineage import replay_config
+    from pipeline.tracking.lineage import replay_config
     from tests.conftest import config_for
     from training.train import train
 

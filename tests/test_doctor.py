@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalog import load_table
-from pipeline.doctor import inspect_files
+from pipeline.lake.catalog import load_table
+from pipeline.lake.doctor import inspect_files
 from tests.conftest import all_runs, write_appends
 
 ICETRAIN = str(Path(sys.executable).parent / "icetrain")
 BIG_APPEND = textwrap.dedent(
     """
     import numpy as np, pyarrow as pa
-    from pipeline.settings import Settings
-    from pipeline.catalog import open_catalog
-    from pipeline.ingest import append_arrow
+    from pipeline.config.settings import Settings
+    from pipeline.lake.catalog import open_catalog
+    from pipeline.lake.ingest import append_arrow
     n = 6_000_000
     rng = np.random.default_rng(0)
     rows = pa.table({"id": pa.array(np.arange(10**6, 10**6 + n)), "x1": pa.array(rng.random(n, dtype=np.float32)),
@@ -93,13 +93,13 @@ def test_a_missing_or_damaged_data_file_is_named_with_its_table_and_snapshot(set
 def test_maintain_compacts_small_files_and_merges_manifests_keeping_every_row_and_older_snapshots(
     settings, catalog
 ) -> None:
-    from pipeline.expiry import parse_duration
-    from pipeline.maintenance import maintain
+    from pipeline.lake.expiry import parse_duration
+    from pipeline.lake.maintenance import maintain
 
     snapshot_ids = write_appends(catalog, "demo.rows", [20] * 40)
     table = load_table(catalog, "demo.rows")
     rows_before = table.scan().to_arrow().sort_by("id")
-    from pipeline.refs import create_tag
+    from pipeline.lake.refs import create_tag
 
     create_tag(table, "model-v1", snapshot_ids[9])
 
@@ -122,7 +122,7 @@ def test_maintain_compacts_small_files_and_merges_manifests_keeping_every_row_an
 
 def test_appends_since_a_snapshot_are_refused_across_a_compaction(settings, catalog) -> None:
     from pipeline.errors import ConfigError
-    from pipeline.maintenance import maintain
+    from pipeline.lake.maintenance import maintain
     from tests.conftest import config_for
     from training.train import train
 

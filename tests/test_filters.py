@@ -12,13 +12,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.catalog import load_table
+from pipeline.data.reading import parse_filter, snapshot_schema
+from pipeline.data.scan import plan_scan, read_row_group
+from pipeline.data.snapshots import resolve_snapshot
+from pipeline.data.specs import SnapshotRequest
 from pipeline.errors import FilterError
-from pipeline.ingest import append_arrow
-from pipeline.reading import parse_filter, snapshot_schema
-from pipeline.scan import plan_scan, read_row_group
-from pipeline.snapshots import resolve_snapshot
-from pipeline.specs import SnapshotRequest
+from pipeline.lake.catalog import load_table
+from pipeline.lake.ingest import append_arrow
 
 TABLE = "demo.swapped"
 

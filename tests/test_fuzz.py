@@ -14,14 +14,14 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from icetrain.cli import main
-from pipeline.catalog import load_table
-from pipeline.config import PipelineConfig, apply_overrides, parse_config
+from pipeline.config.tree import PipelineConfig, apply_overrides, parse_config
+from pipeline.data.reading import parse_filter, snapshot_schema
+from pipeline.data.snapshots import resolve_snapshot
+from pipeline.data.specs import SnapshotRequest, parse_as_of
+from pipeline.data.transform import check_transform, sandboxed_connection, transform_batch
 from pipeline.errors import IcetrainError
+from pipeline.lake.catalog import load_table
 from pipeline.names import check_ref_name, check_table_name
-from pipeline.reading import parse_filter, snapshot_schema
-from pipeline.snapshots import resolve_snapshot
-from pipeline.specs import SnapshotRequest, parse_as_of
-from pipeline.transform import check_transform, sandboxed_connection, transform_batch
 from tests.conftest import all_runs, write_appends
 
 FUZZ = hypothesis_settings(

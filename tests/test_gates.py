@@ -10,10 +10,10 @@ from dagster import AssetKey, instance_for_test, materialize
 from assets.assets import trained_model_asset, training_data_asset
 from assets.checks import quality_checks, trainable_check
 from assets.resources import IcebergResource, MlflowResource
-from pipeline.catalog import load_table
-from pipeline.ingest import append_arrow
-from pipeline.project import load_project, parse_project
-from pipeline.transactions import ingest_day
+from pipeline.config.project import load_project, parse_project
+from pipeline.demo.transactions import ingest_day
+from pipeline.lake.catalog import load_table
+from pipeline.lake.ingest import append_arrow
 from tests.conftest import tabular_rows, write_appends
 
 RESOURCES = {"iceberg": IcebergResource(), "mlflow": MlflowResource()}

@@ -7,9 +7,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.catalog import load_table
 from pipeline.errors import IngestError
-from pipeline.ingest import RUN_ID_PROPERTY, SOURCE_PROPERTY, append_arrow, append_file, ensure_namespace
+from pipeline.lake.catalog import load_table
+from pipeline.lake.ingest import RUN_ID_PROPERTY, SOURCE_PROPERTY, append_arrow, append_file, ensure_namespace
 from tests.conftest import tabular_rows
 
 
@@ -68,7 +68,7 @@ def test_empty_data_and_missing_files_are_refused(catalog, tmp_path: Path) -> No
 def test_the_first_file_can_declare_identifier_fields(settings, catalog, tmp_path) -> None:
     import pyarrow.parquet as pq
 
-    from pipeline.ingest import append_file
+    from pipeline.lake.ingest import append_file
     from tests.conftest import tabular_rows
 
     nullable = tabular_rows(0, 10).cast(pa.schema([pa.field(f.name, f.type) for f in tabular_rows(0, 1).schema]))
@@ -85,7 +85,7 @@ def test_the_first_file_can_declare_identifier_fields(settings, catalog, tmp_pat
 @pytest.fixture
 def contracted(catalog) -> str:
     """A table whose first append declares an identifier and the classes 0, 1, 2."""
-    from pipeline.tensors import label_classes_property
+    from pipeline.data.tensors import label_classes_property
 
     append_arrow(
         catalog,
@@ -143,7 +143,7 @@ def test_unchecked_appends_commit_what_they_are_given(catalog, contracted) -> No
 
 
 def test_several_files_commit_as_one_snapshot_or_not_at_all(catalog, contracted, tmp_path: Path) -> None:
-    from pipeline.ingest import append_files
+    from pipeline.lake.ingest import append_files
 
     good, bad, more = tmp_path / "good.parquet", tmp_path / "bad.parquet", tmp_path / "more.parquet"
     pq.write_table(tabular_rows(100, 5), good)

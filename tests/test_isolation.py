@@ -3,10 +3,10 @@ and rewrite the table sees exactly that snapshot's rows."""
 
 import multiprocessing
 
-from pipeline.catalog import load_table
-from pipeline.reading import open_loader
-from pipeline.snapshots import resolve_snapshot
-from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
+from pipeline.data.loading import open_loader
+from pipeline.data.snapshots import resolve_snapshot
+from pipeline.data.specs import LoaderConfig, ReadSpec, SnapshotRequest
+from pipeline.lake.catalog import load_table
 from tests.conftest import config_for, write_appends
 from tests.writers import churn
 

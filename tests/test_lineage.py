@@ -8,10 +8,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.catalog import load_table
 from pipeline.errors import RegistryError, RunNotFoundError, SnapshotNotFoundError
-from pipeline.expiry import expire, parse_duration
-from pipeline.registry import register, unregister
+from pipeline.lake.catalog import load_table
+from pipeline.lake.expiry import expire, parse_duration
+from pipeline.tracking.registry import register, unregister
 from tests.conftest import config_for, write_appends
 from tests.test_cli import icetrain
 from training.reproduce import reproduce

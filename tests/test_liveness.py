@@ -8,7 +8,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from icetrain.servers import free_port
-from pipeline.lineage import ensure_experiment
+from pipeline.tracking.lineage import ensure_experiment
 from training.liveness import ENDED_BY_TAG, HEARTBEAT_TAG, HOST_TAG, PID_TAG, STALE_AFTER_S, end_dead_runs, process_tags
 
 ICETRAIN = str(Path(sys.executable).parent / "icetrain")
@@ -70,7 +70,7 @@ def test_a_tracking_server_without_a_health_page_still_counts_as_answering(setti
     import http.server
     import threading
 
-    from pipeline.settings import Settings
+    from pipeline.config.settings import Settings
     from training.liveness import check_tracking
 
     class NotFound(http.server.BaseHTTPRequestHandler):

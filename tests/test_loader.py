@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyiceberg.types import DoubleType, LongType
 
+from pipeline.data.loading import open_loader
+from pipeline.data.snapshots import resolve_snapshot
+from pipeline.data.specs import LoaderConfig, ReadSpec, SnapshotRequest
 from pipeline.errors import ColumnError, ResumeError
-from pipeline.reading import open_loader
-from pipeline.snapshots import resolve_snapshot
-from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
 from tests.conftest import tabular_rows
 from tests.loader_tables import add_position_deletes, data_file_paths, shapes_catalog, table_of_shape
 
@@ -155,9 +155,9 @@ def test_resume_in_a_new_process_through_statefuldataloader(catalog, tmp_path) -
         import sys, torch
         from pyiceberg.catalog.sql import SqlCatalog
         from torchdata.stateful_dataloader import StatefulDataLoader
-        from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
-        from pipeline.reading import open_loader
-        from pipeline.snapshots import resolve_snapshot
+        from pipeline.data.specs import LoaderConfig, ReadSpec, SnapshotRequest
+        from pipeline.data.loading import open_loader
+        from pipeline.data.snapshots import resolve_snapshot
 
         catalog = SqlCatalog("icetrain", **{dict(catalog.properties)!r})
         table = catalog.load_table("{".".join(table.name())}")
@@ -268,7 +268,7 @@ def test_a_filter_prunes_row_groups_by_their_parquet_statistics(catalog) -> None
 
 
 def test_string_labels_map_through_a_sorted_vocabulary(catalog) -> None:
-    from pipeline.ingest import append_arrow
+    from pipeline.lake.ingest import append_arrow
 
     names = ["owl", "cat", "emu"]
     rows = tabular_rows(0, 30)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalog import load_table
 from pipeline.errors import InvalidNameError
-from pipeline.ingest import append_file
+from pipeline.lake.catalog import load_table
+from pipeline.lake.ingest import append_file
 from pipeline.names import check_ref_name, check_table_name
 from tests.conftest import tabular_rows
 

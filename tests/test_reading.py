@@ -7,13 +7,14 @@ import torch
 from pyiceberg.expressions import EqualTo
 from pyiceberg.types import DoubleType
 
-from pipeline.catalog import load_table
+from pipeline.data.loading import open_loader
+from pipeline.data.reading import prepare_read
+from pipeline.data.snapshots import resolve_snapshot
+from pipeline.data.specs import LoaderConfig, ReadSpec, SnapshotRequest
+from pipeline.data.transform import sandboxed_connection
 from pipeline.errors import ColumnError, EmptyDataError, FilterError, LabelError, TransformError
-from pipeline.ingest import append_arrow
-from pipeline.reading import open_loader, prepare_read
-from pipeline.snapshots import resolve_snapshot
-from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
-from pipeline.transform import sandboxed_connection
+from pipeline.lake.catalog import load_table
+from pipeline.lake.ingest import append_arrow
 from tests.conftest import tabular_rows, write_appends
 
 

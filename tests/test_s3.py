@@ -10,12 +10,12 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from icetrain.servers import free_port
-from pipeline.catalog import load_table, open_catalog
-from pipeline.doctor import inspect_files
-from pipeline.reading import open_loader
-from pipeline.settings import Settings
-from pipeline.snapshots import resolve_snapshot
-from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
+from pipeline.config.settings import Settings
+from pipeline.data.loading import open_loader
+from pipeline.data.snapshots import resolve_snapshot
+from pipeline.data.specs import LoaderConfig, ReadSpec, SnapshotRequest
+from pipeline.lake.catalog import load_table, open_catalog
+from pipeline.lake.doctor import inspect_files
 from tests.conftest import config_for, write_appends
 
 KEYS = {

@@ -4,11 +4,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipeline.catalog import load_table
+from pipeline.data.snapshots import list_snapshots, resolve_snapshot
+from pipeline.data.specs import SnapshotRequest
 from pipeline.errors import ConfigError, EmptyDataError, SnapshotNotFoundError
-from pipeline.refs import create_tag
-from pipeline.snapshots import list_snapshots, resolve_snapshot
-from pipeline.specs import SnapshotRequest
+from pipeline.lake.catalog import load_table
+from pipeline.lake.refs import create_tag
 from tests.conftest import write_appends
 
 

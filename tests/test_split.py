@@ -5,13 +5,14 @@ import pyarrow as pa
 import pytest
 from pyiceberg.expressions import GreaterThan, In, Or
 
-from pipeline.catalog import load_table
+from pipeline.data.loading import open_loader
+from pipeline.data.reading import prepare_read
+from pipeline.data.snapshots import resolve_snapshot
+from pipeline.data.specs import LoaderConfig, ReadSpec, SnapshotRequest
+from pipeline.data.split import identifier_keys
 from pipeline.errors import ConfigError
-from pipeline.ingest import append_arrow
-from pipeline.reading import open_loader, prepare_read
-from pipeline.snapshots import resolve_snapshot
-from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
-from pipeline.split import identifier_keys
+from pipeline.lake.catalog import load_table
+from pipeline.lake.ingest import append_arrow
 from tests.conftest import tabular_rows, write_appends
 
 

@@ -3,8 +3,8 @@
 import pyarrow as pa
 import pytest
 
+from pipeline.data.transform import check_transform, sandboxed_connection, transform_batch
 from pipeline.errors import TransformError
-from pipeline.transform import check_transform, sandboxed_connection, transform_batch
 
 
 @pytest.mark.parametrize(

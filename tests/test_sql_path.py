@@ -14,12 +14,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.data.loading import open_loader
+from pipeline.data.snapshots import resolve_snapshot
+from pipeline.data.specs import LoaderConfig, ReadSpec, SnapshotRequest
+from pipeline.data.tensors import features_to_tensor
+from pipeline.data.transform import row_local_query, sandboxed_connection, transform_batch
 from pipeline.errors import EmptyDataError, LabelError
-from pipeline.reading import open_loader
-from pipeline.snapshots import resolve_snapshot
-from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
-from pipeline.tensors import features_to_tensor
-from pipeline.transform import row_local_query, sandboxed_connection, transform_batch
 from tests.loader_tables import shapes_catalog, table_of_shape
 
 EXAMPLES = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.ingest import append_arrow
+from pipeline.lake.ingest import append_arrow
 from tests.conftest import all_runs, config_for
 from tests.test_cli import ICETRAIN, icetrain
 from training.train import train

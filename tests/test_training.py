@@ -10,7 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from pyiceberg.expressions import AlwaysTrue
 
-from pipeline.catalog import load_table
+from pipeline.data.tensors import label_classes_property
 from pipeline.errors import (
     ConfigError,
     DivergedError,
@@ -23,10 +23,10 @@ from pipeline.errors import (
     TableNotFoundError,
     TransformError,
 )
-from pipeline.ingest import append_arrow
-from pipeline.lineage import IcebergDatasetSource
-from pipeline.refs import create_tag
-from pipeline.tensors import label_classes_property
+from pipeline.lake.catalog import load_table
+from pipeline.lake.ingest import append_arrow
+from pipeline.lake.refs import create_tag
+from pipeline.tracking.lineage import IcebergDatasetSource
 from tests.conftest import all_runs, config_for, tabular_rows, write_appends
 from training.train import train
 
@@ -170,7 +170,7 @@ def test_bad_input_raises_one_line_and_writes_nothing(settings, catalog, make_ta
 
 
 def test_a_run_can_be_replayed_on_exactly_the_same_data(settings, catalog) -> None:
-    from pipeline.lineage import replay_config
+    from pipeline.tracking.lineage import replay_config
 
     ids = write_appends(catalog, "demo.rows", [80, 40])
     first = train_quickly(settings, "demo.rows", f"data.snapshot_id={ids[0]}", "data.features=[x1]", "data.filter=id >= 10",
@@ -188,7 +188,7 @@ def test_a_run_can_be_replayed_on_exactly_the_same_data(settings, catalog) -> No
 
 def test_replaying_an_unknown_run_is_a_clear_error(settings) -> None:
     from pipeline.errors import RunNotFoundError
-    from pipeline.lineage import replay_config
+    from pipeline.tracking.lineage import replay_config
 
     with pytest.raises(RunNotFoundError, match="no MLflow run 'nope'"):
         replay_config(settings, "nope")
@@ -241,7 +241,7 @@ def test_the_cli_says_the_nan_loss_in_one_line_and_exits_1(settings, catalog, ca
 
 
 def test_registering_a_run_twice_answers_with_the_version_it_already_is(settings, catalog) -> None:
-    from pipeline.registry import register
+    from pipeline.tracking.registry import register
 
     write_appends(catalog, "demo.rows", [60])
     result = train_quickly(settings, "demo.rows")

@@ -11,9 +11,9 @@ from dagster import instance_for_test, materialize
 from assets.assets import trained_model_asset, training_data_asset
 from assets.checks import trainable_check
 from assets.pipelines import project_definitions
-from pipeline.catalog import load_table
-from pipeline.ingest import append_arrow
-from pipeline.project import load_project
+from pipeline.config.project import load_project
+from pipeline.lake.catalog import load_table
+from pipeline.lake.ingest import append_arrow
 from tests.conftest import all_runs
 from tests.test_cli import icetrain
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.data.loading import open_loader
+from pipeline.data.snapshots import resolve_snapshot
+from pipeline.data.specs import LoaderConfig, ReadSpec, SnapshotRequest
+from pipeline.data.workers import SlotLayout, WorkerError, decode_in_workers
 from pipeline.errors import DataFileError, LabelError
-from pipeline.reading import open_loader
-from pipeline.snapshots import resolve_snapshot
-from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest
-from pipeline.workers import SlotLayout, WorkerError, decode_in_workers
 from tests.loader_tables import data_file_paths, shapes_catalog, table_of_shape
 
 LAYOUT = SlotLayout(rows=8, feature_shape=(2,), feature_dtype=np.dtype(np.float32), target_dtype=np.dtype(np.int64))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pipeline.catalog import connect_catalog
-from pipeline.ingest import append_arrow
+from pipeline.lake.catalog import connect_catalog
+from pipeline.lake.ingest import append_arrow
 from tests.conftest import tabular_rows
 
 ROWS_PER_APPEND = 4

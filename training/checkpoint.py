@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from pipeline.config.settings import Settings
 from pipeline.errors import CheckpointError
-from pipeline.settings import Settings
 
 FORMAT = 1
 ARTIFACT_DIR = "checkpoints"

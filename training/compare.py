@@ -12,10 +12,10 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from pipeline.catalog import load_table, open_catalog
-from pipeline.diff import SnapshotDiff, diff_snapshots
-from pipeline.lineage import SNAPSHOT_ID_TAG, TABLE_TAG, get_run
-from pipeline.settings import Settings
+from pipeline.config.settings import Settings
+from pipeline.lake.catalog import load_table, open_catalog
+from pipeline.lake.diff import SnapshotDiff, diff_snapshots
+from pipeline.tracking.lineage import SNAPSHOT_ID_TAG, TABLE_TAG, get_run
 from training.plots import figure_png, pyplot
 
 ARTIFACT_DIR = "comparisons"

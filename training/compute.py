@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from pipeline.config import ComputeSection
+from pipeline.config.tree import ComputeSection
 from pipeline.errors import ConfigError, IcetrainError
 
 T = TypeVar("T")

@@ -10,15 +10,16 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.catalog import load_table, open_catalog
-from pipeline.config import PipelineConfig
+from pipeline.config.settings import Settings
+from pipeline.config.tree import PipelineConfig
+from pipeline.data.gate import DataReport, inspect_data
+from pipeline.data.loader import IcebergLoader
+from pipeline.data.loading import open_loader
+from pipeline.data.reading import PreparedRead, prepare_read
+from pipeline.data.snapshots import PinnedSnapshot, resolve_snapshot
+from pipeline.data.tensors import TensorLayout
 from pipeline.errors import SnapshotNotFoundError
-from pipeline.gate import DataReport, inspect_data
-from pipeline.loader import IcebergLoader
-from pipeline.reading import PreparedRead, open_loader, prepare_read
-from pipeline.settings import Settings
-from pipeline.snapshots import PinnedSnapshot, resolve_snapshot
-from pipeline.tensors import TensorLayout
+from pipeline.lake.catalog import load_table, open_catalog
 
 VAL_BATCH_ROWS = 1024
 log = logging.getLogger("icetrain")

@@ -20,10 +20,10 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline.config.settings import Settings
 from pipeline.errors import ConfigError, TrackingError
-from pipeline.lineage import NOT_FOUND_CODES, replay_config
-from pipeline.registry import register
-from pipeline.settings import Settings
+from pipeline.tracking.lineage import NOT_FOUND_CODES, replay_config
+from pipeline.tracking.registry import register
 from training.compute import Compute
 from training.data import open_training_data, pin
 from training.loop import evaluate

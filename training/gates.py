@@ -1,6 +1,6 @@
 """The quality gates before ``icetrain train --pipeline NAME``: the same rules and reference as Dagster's blocking checks.
 
-``pipeline.quality.judge`` is the one set of rules and ``pipeline.reference`` the one way to
+``pipeline.data.quality.judge`` is the one set of rules and ``pipeline.tracking.reference`` the one way to
 find the reference snapshot (the champion's, else the pipeline's last finished run's), so
 the CLI refuses exactly the data the Dagster job would block, in one line naming the gate,
 the feature and the number.
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from pipeline.catalog import load_table, open_catalog
-from pipeline.config import PipelineConfig
+from pipeline.config.settings import Settings
+from pipeline.config.tree import PipelineConfig
+from pipeline.data.quality import QualityReport, assess_snapshot, judge
+from pipeline.data.snapshots import PinnedSnapshot
 from pipeline.errors import GateError
-from pipeline.quality import QualityReport, assess_snapshot, judge
-from pipeline.reference import reference_snapshot
-from pipeline.settings import Settings
-from pipeline.snapshots import PinnedSnapshot
+from pipeline.lake.catalog import load_table, open_catalog
+from pipeline.tracking.reference import reference_snapshot
 
 GATES_TAG = "icetrain.gates"
 

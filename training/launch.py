@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PipelineConfig
+from pipeline.config.settings import Settings
+from pipeline.config.tree import PipelineConfig
 from pipeline.errors import IcetrainError
-from pipeline.settings import Settings
 
 
 def launch(

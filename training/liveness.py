@@ -23,9 +23,9 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from pipeline.config.secrets import redact
+from pipeline.config.settings import Settings
 from pipeline.errors import TrackingError
-from pipeline.secrets import redact
-from pipeline.settings import Settings
 
 HOST_TAG = "icetrain.host"
 PID_TAG = "icetrain.pid"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.config import EarlyStopping
+from pipeline.config.tree import EarlyStopping
 from pipeline.errors import DivergedError
 from training.compute import Compute
 from training.tasks import Task, lower_is_better, ranking_metrics

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.config import ModelSection
+from pipeline.config.tree import ModelSection
 from pipeline.errors import ModelError
 
 ModelFactory = Callable[..., nn.Module]

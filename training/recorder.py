@@ -18,9 +18,9 @@ from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, Metric, P
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from pipeline.config.settings import Settings
 from pipeline.errors import CheckpointError
-from pipeline.lineage import IcebergSnapshotDataset, ensure_experiment, register_sources
-from pipeline.settings import Settings
+from pipeline.tracking.lineage import IcebergSnapshotDataset, ensure_experiment, register_sources
 from training.liveness import ENDED_BY_TAG, Heartbeat, end_dead_runs, process_tags
 
 MODEL_ARTIFACT = "model"

@@ -17,11 +17,11 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.catalog import load_table, open_catalog
+from pipeline.config.settings import Settings
 from pipeline.errors import SnapshotNotFoundError
-from pipeline.lineage import get_run, replay_config
-from pipeline.settings import Settings
-from pipeline.tags import PIPELINE_TAG, REPRODUCES_TAG, SNAPSHOT_ID_TAG, TABLE_TAG
+from pipeline.lake.catalog import load_table, open_catalog
+from pipeline.tracking.lineage import get_run, replay_config
+from pipeline.tracking.tags import PIPELINE_TAG, REPRODUCES_TAG, SNAPSHOT_ID_TAG, TABLE_TAG
 from training import checkpoint
 from training.launch import launch
 from training.train import result_summary, train

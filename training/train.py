@@ -26,9 +26,12 @@ import torch
 from mlflow.exceptions import MlflowException
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.config import PipelineConfig, parse_config
+from pipeline.config.settings import Settings
+from pipeline.config.tree import PipelineConfig, parse_config
+from pipeline.data.loader import IcebergLoader
+from pipeline.data.snapshots import PinnedSnapshot
 from pipeline.errors import CheckpointError, ConfigError, IcetrainError
-from pipeline.lineage import (
+from pipeline.tracking.lineage import (
     IcebergDatasetSource,
     IcebergSnapshotDataset,
     get_run,
@@ -37,12 +40,9 @@ from pipeline.lineage import (
     run_name,
     source_tags,
 )
-from pipeline.loader import IcebergLoader
-from pipeline.params import to_params
-from pipeline.registry import check_registrable, register
-from pipeline.settings import Settings
-from pipeline.snapshots import PinnedSnapshot
-from pipeline.tags import NOTE_TAG
+from pipeline.tracking.params import to_params
+from pipeline.tracking.registry import check_registrable, register
+from pipeline.tracking.tags import NOTE_TAG
 from training import checkpoint
 from training.compute import Compute, close_compute, init_compute
 from training.data import TrainingData, feature_sample, open_training_data, pin
@@ -508,7 +508,7 @@ def _run_from_args(args: argparse.Namespace) -> TrainResult:
             settings, config, pinned=pinned, pipeline=spec.get("pipeline"), dagster_run_id=spec.get("dagster_run_id"), resume=resume,
             progress_bar=not args.no_progress, launched_by=spec.get("launched_by", "torchrun"), tags=spec.get("tags"),
         )  # fmt: skip
-    from pipeline.project import load_project
+    from pipeline.config.project import load_project
 
     if not args.pipeline:
         raise ConfigError("give --pipeline NAME (declared in the pipelines file)")

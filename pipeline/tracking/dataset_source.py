@@ -1,6 +1,6 @@
 """The ``iceberg://`` MLflow dataset source: the rows one run read, loadable again.
 
-Kept apart from ``pipeline.lineage`` and light on imports because MLflow loads it through the
+Kept apart from ``pipeline.tracking.lineage`` and light on imports because MLflow loads it through the
 ``mlflow.dataset_source`` entry point while MLflow itself is still importing.
 """
 
@@ -52,13 +52,13 @@ class IcebergDatasetSource(DatasetSource):
         Raises:
             SnapshotNotFoundError: the snapshot was expired since.
         """
-        from pipeline.catalog import load_table, open_catalog
-        from pipeline.config import DataConfig
+        from pipeline.config.settings import Settings
+        from pipeline.config.tree import DataConfig
+        from pipeline.data.loading import open_loader
+        from pipeline.data.snapshots import PinnedSnapshot
+        from pipeline.data.specs import LoaderConfig
         from pipeline.errors import SnapshotNotFoundError
-        from pipeline.reading import open_loader
-        from pipeline.settings import Settings
-        from pipeline.snapshots import PinnedSnapshot
-        from pipeline.specs import LoaderConfig
+        from pipeline.lake.catalog import load_table, open_catalog
 
         table = load_table(open_catalog(Settings.from_env(catalog_name=self.catalog)), self.table)
         snapshot = table.snapshot_by_id(self.snapshot_id)

@@ -19,14 +19,13 @@ from pyiceberg.table import Table
 from pyiceberg.types import IntegerType, LongType
 from pyparsing import ParseException
 
+from pipeline.data.rows import RowProfile, RowSource, profile_from_metadata, profile_rows
+from pipeline.data.scan import ScanPlan, plan_scan
+from pipeline.data.snapshots import PinnedSnapshot, schema_at
+from pipeline.data.specs import LoaderConfig, ReadSpec
+from pipeline.data.tensors import LabelVocabulary, TensorLayout, declared_classes, layout_for
+from pipeline.data.transform import check_transform, referenced_columns, sandboxed_connection, transform_batch
 from pipeline.errors import ConfigError, FilterError
-from pipeline.loader import IcebergLoader
-from pipeline.rows import RowProfile, RowSource, profile_from_metadata, profile_rows
-from pipeline.scan import ScanPlan, plan_scan
-from pipeline.snapshots import PinnedSnapshot, schema_at
-from pipeline.specs import LoaderConfig, ReadSpec
-from pipeline.tensors import LabelVocabulary, NumericTarget, TensorLayout, declared_classes, layout_for
-from pipeline.transform import check_transform, referenced_columns, sandboxed_connection, transform_batch
 
 
 @dataclass(frozen=True)
@@ -120,66 +119,6 @@ def split_key_for(spec: ReadSpec, identifiers: list[str], pinned: PinnedSnapshot
             f"data.split_by=identifier, but table {pinned.table!r} has no identifier fields; use position or auto"
         )
     return tuple(identifiers)
-
-
-def open_loader(
-    table: Table,
-    pinned: PinnedSnapshot,
-    spec: ReadSpec,
-    config: LoaderConfig = LoaderConfig(),
-    *,
-    prepared: PreparedRead | None = None,
-) -> IcebergLoader:
-    """A loader of ``(features, targets)`` batches over the pinned snapshot.
-
-    Counts every row group's rows first (from metadata when it suffices, else reading only
-    the label and filter columns, or running the SQL reduced to its WHERE and label), which
-    makes ``len()``, the equal split across ranks and the label vocabulary exact; then judges
-    the rows with the data gate (``pipeline.gate``). With a SQL transform whose targets need
-    no count (declared classes, or a regression) counting waits until something needs it: a
-    first epoch on one rank streams at once and learns the counts (nulls and labels outside
-    the classes still fail, batch by batch). Targets are class indices for classification,
-    float32 for regression.
-
-    Raises:
-        EmptyDataError: no rows are selected.
-        LabelError: the label has nulls or a value outside the declared classes.
-        FilterError, ColumnError, TransformError: the spec does not fit the snapshot.
-    """
-    from pipeline.gate import judge
-
-    read = prepared or prepare_read(table, pinned, spec)
-    source = read.source(config)
-
-    def counted() -> RowProfile:
-        profile = count_rows(source, read, threads=config.decode_threads)
-        judge(profile, read, split=config.split, training=False).raise_if_failed()
-        return profile
-
-    known = _target_without_counting(read)
-    if known is not None:
-        return IcebergLoader(source, read.layout, known, counted, config)
-    profile = counted()
-    target = label_vocabulary(read, profile) if read.spec.task == "classification" else NumericTarget()
-    return IcebergLoader(source, read.layout, target, profile, config)
-
-
-def _target_without_counting(read: PreparedRead) -> LabelVocabulary | NumericTarget | None:
-    """With a SQL transform, rows are only known by running it; when the targets need no count
-    (a regression, or declared classes) the loader counts lazily, in its first epoch. None: count first.
-
-    Without SQL counting is cheap (metadata, or the label column alone), so it stays up front.
-    """
-    if not read.spec.sql:
-        return None
-    if read.spec.task != "classification":
-        return NumericTarget()
-    declared = declared_label_classes(read)
-    if declared is None:
-        return None
-    label_type = read.output_schema.field(read.layout.label).type
-    example = np.zeros(0, dtype=np.int64 if pa.types.is_integer(label_type) else object)
-    return LabelVocabulary.from_values(example, declared)
 
 
 def count_rows(source: RowSource, read: PreparedRead, *, threads: int = 2, count_classes: bool = False) -> RowProfile:

@@ -13,10 +13,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyiceberg.table import Table
 
+from pipeline.data.snapshots import PinnedSnapshot
 from pipeline.errors import TrackingError
-from pipeline.lineage import NOT_FOUND_CODES
-from pipeline.snapshots import PinnedSnapshot
-from pipeline.tags import PIPELINE_TAG, SNAPSHOT_ID_TAG, TABLE_TAG
+from pipeline.tracking.lineage import NOT_FOUND_CODES
+from pipeline.tracking.tags import PIPELINE_TAG, SNAPSHOT_ID_TAG, TABLE_TAG
 
 CHAMPION_ALIAS = "champion"
 

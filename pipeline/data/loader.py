@@ -2,7 +2,7 @@
 
 Row groups are decoded in bulk (by threads of this process, or by worker processes, which
 each decode whole shuffle blocks dealt round-robin and hand them over in shared memory, see
-``pipeline.workers``); this process only cuts the blocks, which arrive in their canonical
+``pipeline.data.workers``); this process only cuts the blocks, which arrive in their canonical
 order, into batches. So the sample order is a function of the
 snapshot, seed, epoch, rank and world size alone, never of the number of workers.
 
@@ -27,14 +27,14 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline.cache import FORMAT_VERSION as CACHE_FORMAT
-from pipeline.cache import DecodedCache, default_cache_dir
+from pipeline.data.cache import FORMAT_VERSION as CACHE_FORMAT
+from pipeline.data.cache import DecodedCache, default_cache_dir
+from pipeline.data.order import Block, EpochPlan, block_permutation, locate, plan_epoch, unit_order
+from pipeline.data.rows import RowProfile, RowSource, count_nulls, piece_tensors
+from pipeline.data.specs import LoaderConfig
+from pipeline.data.tensors import LabelVocabulary, NumericTarget, TensorLayout
+from pipeline.data.workers import SlotLayout, decode_in_workers
 from pipeline.errors import ConfigError, EmptyDataError, NullFeatureError, ResumeError
-from pipeline.order import Block, EpochPlan, block_permutation, locate, plan_epoch, unit_order
-from pipeline.rows import RowProfile, RowSource, count_nulls, piece_tensors
-from pipeline.specs import LoaderConfig
-from pipeline.tensors import LabelVocabulary, NumericTarget, TensorLayout
-from pipeline.workers import SlotLayout, decode_in_workers
 
 STATE_VERSION = 1
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -43,7 +43,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class IcebergLoader(IterableDataset):
     """Batches of ``(features, class indices)`` from one pinned snapshot.
 
-    Build it with ``pipeline.reading.open_loader``. Iterate it directly, or hand it to
+    Build it with ``pipeline.data.loading.open_loader``. Iterate it directly, or hand it to
     ``torchdata.stateful_dataloader.StatefulDataLoader(loader, batch_size=None)`` (it is an
     ``IterableDataset`` with ``state_dict``/``load_state_dict``); decode parallelism is set
     here with ``LoaderConfig.num_workers``, never on the outer DataLoader.

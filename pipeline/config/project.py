@@ -1,6 +1,6 @@
 """Declared pipelines: the project file (``icetrain.yaml``) that names each pipeline and its config.
 
-A pipeline is a name, a table and the config tree of ``pipeline.config``; the CLI trains it
+A pipeline is a name, a table and the config tree of ``pipeline.config.tree``; the CLI trains it
 (``icetrain train --pipeline NAME``) and the Dagster layer turns each one into its own
 assets, check, job, schedule and sensor. The file::
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import PipelineConfig, apply_overrides, merge_trees, parse_config
+from pipeline.config.tree import PipelineConfig, apply_overrides, merge_trees, parse_config
 from pipeline.errors import ConfigError
 
 CONFIG_ENV = "ICETRAIN_CONFIG"

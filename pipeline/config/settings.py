@@ -1,7 +1,7 @@
 """Where icetrain keeps its data, catalog and runs: settings from the environment.
 
 These say *where* (the project data directory, which catalog, which MLflow store); *what* to
-train and how is the pipeline configuration in ``pipeline.config``.
+train and how is the pipeline configuration in ``pipeline.config.tree``.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class Settings:
         if self.mlflow_ui:
             return self.mlflow_ui
         if self.tracking_uri.startswith(("http://", "https://")):
-            from pipeline.secrets import redact
+            from pipeline.config.secrets import redact
 
             return redact(self.tracking_uri)
         return DEFAULT_MLFLOW_UI

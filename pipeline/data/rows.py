@@ -21,11 +21,11 @@ from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.schema import Schema
 from pyiceberg.types import IntegerType, LongType
 
+from pipeline.data.scan import ScanPlan, read_row_group
+from pipeline.data.split import identifier_keys, position_keys, split_mask
+from pipeline.data.tensors import LabelVocabulary, TensorLayout, features_to_tensor, label_values
+from pipeline.data.transform import row_local_query, sandboxed_connection, transform_batch
 from pipeline.errors import LabelError
-from pipeline.scan import ScanPlan, read_row_group
-from pipeline.split import identifier_keys, position_keys, split_mask
-from pipeline.tensors import LabelVocabulary, TensorLayout, features_to_tensor, label_values
-from pipeline.transform import row_local_query, sandboxed_connection, transform_batch
 
 
 @dataclass(frozen=True)

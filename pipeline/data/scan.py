@@ -36,9 +36,9 @@ from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.types import ListType, MapType
 
+from pipeline.data.filters import bind_to_snapshot, for_planning
+from pipeline.data.snapshots import PinnedSnapshot, ancestors
 from pipeline.errors import ColumnError, DataFileError, IcetrainError
-from pipeline.filters import bind_to_snapshot, for_planning
-from pipeline.snapshots import PinnedSnapshot, ancestors
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class ScanPlan:
         row_groups: every row group of those files, in canonical order (file, row group).
         read_schema: the snapshot's schema pruned to the columns read (outputs + filter columns).
         row_filter: the filter bound to the snapshot schema (AlwaysTrue when none), NaN
-            ordered above numbers (``pipeline/filters.py``).
+            ordered above numbers (``pipeline/data/filters.py``).
         split_key: the identifier columns that identify a row for the train/validation
             split (read with every row group); empty: rows are identified by file and position.
         since_snapshot_id: only files appended after this snapshot are planned (incremental).

@@ -2,7 +2,7 @@
 
 Pixels are stored as one ``fixed[64]`` column of raw bytes (Iceberg has no uint8 type, and
 a list column would cost 4x the bytes and a slow decode); the image shape and value range
-are table properties that ``pipeline.tensors`` reads back.
+are table properties that ``pipeline.data.tensors`` reads back.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 
-from pipeline.ingest import append_arrow
-from pipeline.tensors import image_properties, label_classes_property
+from pipeline.data.tensors import image_properties, label_classes_property
+from pipeline.lake.ingest import append_arrow
 
 DIGITS_TABLE = "demo.digits"
 DIGITS_SOURCE = "sklearn.datasets.load_digits"

@@ -18,9 +18,9 @@ from pyiceberg.table import Table
 from pyiceberg.utils.config import Config
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+from pipeline.config.settings import Settings
 from pipeline.errors import CatalogError, TableNotFoundError
 from pipeline.names import check_table_name
-from pipeline.settings import Settings
 
 
 def external_catalog_config(settings: Settings) -> dict[str, str] | None:

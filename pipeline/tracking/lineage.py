@@ -21,20 +21,21 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, DataType, Schema
 
-from pipeline.config import PipelineConfig
-from pipeline.dataset_source import IcebergDatasetSource
+from pipeline.config.secrets import redact
+from pipeline.config.settings import Settings
+from pipeline.config.tree import PipelineConfig
+from pipeline.data.specs import ReadSpec
 from pipeline.errors import InvalidNameError, RunNotFoundError, TrackingError
 from pipeline.names import check_tracking_name
-from pipeline.params import from_params
-from pipeline.secrets import redact
-from pipeline.settings import Settings
-from pipeline.specs import ReadSpec
+from pipeline.tracking.dataset_source import IcebergDatasetSource
+from pipeline.tracking.params import from_params
 
 # MLflow prints "View run ... at: <tracking URI>" when a run ends on a server, password and
 # all; icetrain prints its own (redacted) links instead.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-from pipeline.snapshots import PinnedSnapshot
-from pipeline.tags import (
+from pipeline.data.snapshots import PinnedSnapshot
+from pipeline.data.tensors import TensorLayout
+from pipeline.tracking.tags import (
     DAGSTER_RUN_TAG,
     GIT_DIRTY_TAG,
     LAUNCHED_BY_TAG,
@@ -42,7 +43,6 @@ from pipeline.tags import (
     SNAPSHOT_ID_TAG,
     TABLE_TAG,
 )
-from pipeline.tensors import TensorLayout
 
 TAG_PREFIX = "icetrain."
 # MLflow's answers that mean "there is no such thing"; any other failure is an error, not an absence.

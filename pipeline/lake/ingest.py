@@ -30,9 +30,9 @@ from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException
 from pyiceberg.table import Table
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.catalog import split_identifier
-from pipeline.contract import check_contract
 from pipeline.errors import IngestError
+from pipeline.lake.catalog import split_identifier
+from pipeline.lake.contract import check_contract
 from pipeline.names import check_table_name
 
 SOURCE_PROPERTY = "icetrain.source"
@@ -47,7 +47,7 @@ COMMIT_RETRY_PROPERTIES = {
     "commit.retry.min-wait-ms": "20",
     "commit.retry.max-wait-ms": "1000",
 }
-# Appends merge small manifests, so planning does not grow with every append (see pipeline.maintenance).
+# Appends merge small manifests, so planning does not grow with every append (see pipeline.lake.maintenance).
 NEW_TABLE_PROPERTIES = {
     **COMMIT_RETRY_PROPERTIES,
     "commit.manifest-merge.enabled": "true",
@@ -88,7 +88,7 @@ def append_arrow(
         append_id: names this append (``icetrain.append-id`` in the summary); a random one
             if not given. An append id already in the table returns that snapshot, writing nothing.
         deadline_s: how long to keep retrying conflicting commits.
-        check: check the data against an existing table's contract first (``pipeline.contract``).
+        check: check the data against an existing table's contract first (``pipeline.lake.contract``).
 
     Returns:
         The id of the snapshot holding this append.

@@ -2,12 +2,12 @@
 
 Everything that says *what* to train and *how* lives here, once: the CLI's flags and
 ``--set section.key=value`` overrides, the pipelines file (``icetrain.yaml``), the Dagster run
-config, the MLflow params (``pipeline.params``), every checkpoint and replay all read and
+config, the MLflow params (``pipeline.tracking.params``), every checkpoint and replay all read and
 write this tree. Key paths such as ``optim.lr`` are the public names; a bad key or value is a
 ``ConfigError`` of one line that names the key path and what is allowed.
 
 *Where* data and runs live (project directory, catalog, MLflow store) is ``Settings``
-(``pipeline.settings``), taken from the environment.
+(``pipeline.config.settings``), taken from the environment.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from pipeline.data.specs import LoaderConfig, ReadSpec, SnapshotRequest, parse_as_of
 from pipeline.errors import ConfigError, InvalidNameError
 from pipeline.names import check_ref_name, check_table_name, check_tracking_name
-from pipeline.specs import LoaderConfig, ReadSpec, SnapshotRequest, parse_as_of
 
 NOT_GIVEN = ("", "null", "~", "None")  # what `--set key=` may say for "not given" on an optional text key
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -179,7 +179,7 @@ class DataConfig(Section):
 
 
 class LoaderSection(Section):
-    """How rows are streamed into batches (see ``pipeline.loader.IcebergLoader``)."""
+    """How rows are streamed into batches (see ``pipeline.data.loader.IcebergLoader``)."""
 
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0, description="Processes decoding row groups; never changes the order of rows.")

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pipeline.config import PipelineConfig, is_text_field, parse_config
+from pipeline.config.tree import PipelineConfig, is_text_field, parse_config
 from pipeline.errors import ConfigError
 
 CONFIG_VERSION = 2

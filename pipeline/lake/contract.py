@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.table import Table
 
+from pipeline.data.tensors import declared_classes
 from pipeline.errors import IngestError
-from pipeline.tensors import declared_classes
 
 LABEL_COLUMN_KEY = "icetrain.label.column"
 DEFAULT_LABEL = "label"

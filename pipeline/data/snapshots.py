@@ -14,8 +14,8 @@ from pyiceberg.table import Table
 from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot
 
+from pipeline.data.specs import SnapshotRequest
 from pipeline.errors import EmptyDataError, SnapshotNotFoundError
-from pipeline.specs import SnapshotRequest
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 
-from pipeline.ingest import append_arrow
-from pipeline.snapshots import ancestors
+from pipeline.data.snapshots import ancestors
+from pipeline.lake.ingest import append_arrow
 
 TRANSACTIONS_TABLE = "demo.transactions"
 DAY_PROPERTY = "icetrain.partition"
@@ -130,7 +130,7 @@ def ingest_day(
         catalog,
         TRANSACTIONS_TABLE,
         data,
-        source="pipeline.transactions",
+        source="pipeline.demo.transactions",
         run_id=run_id,
         identifier_fields=(IDENTIFIER,),
         properties={DAY_PROPERTY: key},

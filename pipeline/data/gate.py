@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.data.reading import PreparedRead, count_rows, declared_label_classes, integer_run
+from pipeline.data.rows import RowProfile
+from pipeline.data.specs import LoaderConfig
 from pipeline.errors import EmptyDataError, IcetrainError, LabelError
-from pipeline.reading import PreparedRead, count_rows, declared_label_classes, integer_run
-from pipeline.rows import RowProfile
-from pipeline.specs import LoaderConfig
 
 
 @dataclass(frozen=True)

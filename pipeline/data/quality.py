@@ -24,10 +24,10 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.types import BooleanType, DoubleType, FloatType, IntegerType, LongType
 
-from pipeline.reading import PreparedRead, prepare_read, snapshot_schema
-from pipeline.snapshots import PinnedSnapshot
-from pipeline.specs import LoaderConfig, ReadSpec
-from pipeline.tensors import image_bytes
+from pipeline.data.reading import PreparedRead, prepare_read, snapshot_schema
+from pipeline.data.snapshots import PinnedSnapshot
+from pipeline.data.specs import LoaderConfig, ReadSpec
+from pipeline.data.tensors import image_bytes
 
 BINS = 10
 _FLOOR = 1e-4

@@ -15,10 +15,10 @@ from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.schema import Schema, index_by_id
 from pyiceberg.table import Table
 
+from pipeline.data.scan import plan_scan, read_row_group
+from pipeline.data.snapshots import PinnedSnapshot, schema_at, total_rows
+from pipeline.data.split import identifier_keys
 from pipeline.errors import SnapshotNotFoundError
-from pipeline.scan import plan_scan, read_row_group
-from pipeline.snapshots import PinnedSnapshot, schema_at, total_rows
-from pipeline.split import identifier_keys
 
 
 @dataclass(frozen=True)

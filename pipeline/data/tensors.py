@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from pipeline.data.specs import ReadSpec
 from pipeline.errors import ColumnError, LabelError, NullFeatureError
-from pipeline.specs import ReadSpec
 
 IMAGE_SHAPE_KEY = "icetrain.image.{column}.shape"
 IMAGE_MAX_KEY = "icetrain.image.{column}.max"

@@ -1,7 +1,7 @@
 """Snapshot expiry that keeps what models need, and the durations it takes (``30d``, ``12h``).
 
 Only table metadata: no MLflow, no torch, so ``icetrain expire`` and ``doctor`` answer quickly.
-A registered model's snapshot carries an Iceberg tag (``pipeline.registry``), and ``expire``
+A registered model's snapshot carries an Iceberg tag (``pipeline.tracking.registry``), and ``expire``
 never expires a tagged snapshot, a branch head or the current snapshot.
 """
 

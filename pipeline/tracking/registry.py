@@ -2,7 +2,7 @@
 
 ``register`` makes an MLflow model version of a run's model and tags the run's snapshot
 ``icetrain/<name>/v<version>``, so snapshot expiry (``expire``, which never expires a tagged
-snapshot, ``pipeline.expiry``) keeps the data every registered model was trained on, and the model can always be
+snapshot, ``pipeline.lake.expiry``) keeps the data every registered model was trained on, and the model can always be
 reproduced. ``unregister`` deletes the version and drops its tag. Either succeeds whole or
 leaves nothing behind.
 """
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.catalog import load_table, open_catalog
+from pipeline.config.settings import Settings
 from pipeline.errors import RegistryError, SnapshotNotFoundError, TrackingError
-from pipeline.lineage import NOT_FOUND_CODES, SNAPSHOT_ID_TAG, TABLE_TAG, get_run
+from pipeline.lake.catalog import load_table, open_catalog
 from pipeline.names import check_ref_name, check_tracking_name
-from pipeline.settings import Settings
+from pipeline.tracking.lineage import NOT_FOUND_CODES, SNAPSHOT_ID_TAG, TABLE_TAG, get_run
 
 TAG_PREFIX = "icetrain/"
 MODEL_TABLE_TAG = "icetrain.table"

@@ -7,7 +7,7 @@ snapshot grows with the table's history. ``maintain``:
 2. rewrites the current snapshot's small data files (without delete files) into files of about
    ``target_file_bytes``, in one ``overwrite`` commit whose manifests are merged too,
 3. optionally expires snapshots older than a window, never a tagged one, a branch head or the
-   current snapshot (``pipeline.expiry.expire``): models keep their data.
+   current snapshot (``pipeline.lake.expiry.expire``): models keep their data.
 
 Rows are unchanged; the rewrite gives them new files and positions, which is why splits key
 on identifier fields. Older snapshots still read their own files until they are expired.
@@ -22,7 +22,7 @@ from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
 from pyiceberg.table import FileScanTask, Table
 
-from pipeline.expiry import Expiry, expire
+from pipeline.lake.expiry import Expiry, expire
 
 MERGE_PROPERTIES = {"commit.manifest-merge.enabled": "true", "commit.manifest.min-count-to-merge": "16"}
 TARGET_FILE_BYTES = 128 * 1024 * 1024

@@ -1,6 +1,6 @@
 """The library's own request types: which snapshot, what to read from it, how to stream it.
 
-The pipeline configuration (``pipeline.config``) is what users write; these are the small
+The pipeline configuration (``pipeline.config.tree``) is what users write; these are the small
 frozen values it maps onto for the data library, which knows nothing of pipelines.
 """
 
@@ -18,7 +18,7 @@ class SnapshotRequest:
     """Which snapshot of a table to train on: at most one of id, ref (tag or branch), as-of.
 
     Nothing given means the table's current snapshot. Whatever is asked, it is resolved once
-    to a snapshot id (see ``pipeline.snapshots.resolve_snapshot``) and only that id is used
+    to a snapshot id (see ``pipeline.data.snapshots.resolve_snapshot``) and only that id is used
     downstream.
     """
 
@@ -136,7 +136,7 @@ class LoaderConfig:
             ``block_rows`` (the shuffle buffer: peak memory is about this many rows, plus the
             row groups being decoded). None sizes blocks to ``buffer_mb`` of tensors.
         seed: same snapshot + seed + epoch gives the same order, on any number of workers.
-    Decoded cache (``pipeline.cache``):
+    Decoded cache (``pipeline.data.cache``):
         cache_mb: keep decoded row groups on local disk, up to this many megabytes in all
             (least recently used selections go first), so later epochs skip decoding; 0: off.
         cache_dir: where; None: ``$ICETRAIN_CACHE_DIR``, else ``~/.cache/icetrain/decoded``.
