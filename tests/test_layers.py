@@ -72,7 +72,11 @@ def test_the_import_graph_of_pipeline_training_and_assets_has_no_circle() -> Non
 def test_the_reader_is_the_floor_the_lake_and_tracking_build_on() -> None:
     """``pipeline.data`` imports nothing of the lake, tracking, config or demo layers."""
     upward = {
-        name: sorted(i for i in imported if i.startswith(("pipeline.lake", "pipeline.tracking", "pipeline.config", "pipeline.demo")))
+        name: sorted(
+            i
+            for i in imported
+            if i.startswith(("pipeline.lake", "pipeline.tracking", "pipeline.config", "pipeline.demo"))
+        )
         for name, imported in IMPORTS.items()
         if name.startswith("pipeline.data")
     }
