@@ -17,12 +17,13 @@ from pathlib import Path
 
 import mlflow.pytorch
 import torch
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.config.settings import Settings
-from pipeline.errors import ConfigError, TrackingError
-from pipeline.tracking.lineage import NOT_FOUND_CODES, replay_config
+from pipeline.errors import ConfigError
+from pipeline.tracking.lineage import replay_config
+from pipeline.tracking.reference import CHAMPION_ALIAS
+from pipeline.tracking.reference import champion_version as champion_of
 from pipeline.tracking.registry import register
 from training.compute import Compute
 from training.data import open_training_data, pin
@@ -30,7 +31,7 @@ from training.loop import evaluate
 from training.tasks import lower_is_better
 from training.train import make_task
 
-ALIAS = "champion"
+ALIAS = CHAMPION_ALIAS
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def champion_challenger(settings: Settings, run_id: str, model_name: str, metric
     challenger = register(settings, run_id, model_name).version  # the version it already is, when registered
     compute = Compute(torch.device("cpu"), "fp32")
     challenger_score = evaluate(_load(client, run_id), task, data.val, compute)[name]
-    current = _champion(client, model_name)
+    current = champion_of(client, model_name)
     if current is None or str(current.version) == str(challenger):
         promoted, champion_version, champion_score, reason = True, None, None, "no champion yet"
     else:
@@ -136,22 +137,6 @@ def version_tags(verdict: Verdict, snapshot: str) -> dict[str, dict[str, str]]:
             }
         )
     return tags
-
-
-def _champion(client: MlflowClient, model_name: str) -> object | None:
-    """The version holding the champion alias; None only when the registry answers that there is none.
-
-    Raises:
-        TrackingError: MLflow could not be asked (an error is not an absence).
-    """
-    try:
-        return client.get_model_version_by_alias(model_name, ALIAS)
-    except MlflowException as exc:
-        if exc.error_code in NOT_FOUND_CODES:
-            return None
-        raise TrackingError(
-            f"cannot look up the champion of registered model {model_name!r}: {' '.join(str(exc).split())[:200]}"
-        ) from exc
 
 
 def _load(client: MlflowClient, run_id: str) -> torch.nn.Module:

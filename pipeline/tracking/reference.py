@@ -9,6 +9,7 @@ against the same reference. An MLflow that cannot be asked is an error, never "n
 
 from __future__ import annotations
 
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyiceberg.table import Table
@@ -40,14 +41,23 @@ def reference_snapshot(
     )
 
 
-def _champion_snapshot(client: MlflowClient, model: str) -> int | None:
+def champion_version(client: MlflowClient, model: str) -> ModelVersion | None:
+    """The version of ``model`` holding the ``champion`` alias; None only when the registry answers that there is none.
+
+    Raises:
+        TrackingError: MLflow could not be asked (an error is not an absence).
+    """
     try:
-        version = client.get_model_version_by_alias(model, CHAMPION_ALIAS)
+        return client.get_model_version_by_alias(model, CHAMPION_ALIAS)
     except MlflowException as exc:
         if exc.error_code in NOT_FOUND_CODES:
             return None  # the registry answered: no such model or alias
         raise TrackingError(f"cannot look up the champion of registered model {model!r}: {_first_line(exc)}") from exc
-    value = version.tags.get(SNAPSHOT_ID_TAG)
+
+
+def _champion_snapshot(client: MlflowClient, model: str) -> int | None:
+    version = champion_version(client, model)
+    value = version.tags.get(SNAPSHOT_ID_TAG) if version is not None else None
     return int(value) if value and value.isdigit() else None
 
 
@@ -72,4 +82,4 @@ def _first_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200]
 
 
-__all__ = ["CHAMPION_ALIAS", "reference_snapshot"]
+__all__ = ["CHAMPION_ALIAS", "champion_version", "reference_snapshot"]
