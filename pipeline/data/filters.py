@@ -62,7 +62,7 @@ def for_planning(bound_filter: BooleanExpression, current: Schema) -> BooleanExp
         return Or(for_planning(bound_filter.left, current), for_planning(bound_filter.right, current))
     if isinstance(bound_filter, (AlwaysTrue, AlwaysFalse)):
         return bound_filter
-    if isinstance(bound_filter, Not):  # bind_to_snapshot pushed every NOT down; keep an unexpected one whole
+    if isinstance(bound_filter, Not):  # bind_to_snapshot pushed every NOT down; an unexpected one prunes nothing
         return AlwaysTrue()
     if not isinstance(bound_filter, BoundPredicate):
         raise TypeError(f"not a bound filter: {bound_filter!r}")

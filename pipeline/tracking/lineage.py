@@ -25,7 +25,7 @@ from pipeline.config.secrets import redact
 from pipeline.config.settings import Settings
 from pipeline.config.tree import PipelineConfig
 from pipeline.data.specs import ReadSpec
-from pipeline.errors import InvalidNameError, RunNotFoundError, TrackingError
+from pipeline.errors import RunNotFoundError, TrackingError
 from pipeline.names import check_tracking_name
 from pipeline.tracking.dataset_source import IcebergDatasetSource
 from pipeline.tracking.params import from_params
@@ -47,6 +47,16 @@ from pipeline.tracking.tags import (
 TAG_PREFIX = "icetrain."
 # MLflow's answers that mean "there is no such thing"; any other failure is an error, not an absence.
 NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
+
+
+def is_absence(exc: MlflowException) -> bool:
+    """Whether MLflow answered "there is no such thing"; any other failure is an error, never an absence."""
+    return exc.error_code in NOT_FOUND_CODES
+
+
+def tracking_error(what: str, exc: MlflowException) -> TrackingError:
+    """An MLflow failure as one line: ``cannot <what>: <what MLflow said>``."""
+    return TrackingError(f"cannot {what}: {' '.join(str(exc).split())[:200]}")
 
 
 def lineage_tags(
@@ -197,10 +207,7 @@ def ensure_experiment(client: MlflowClient, settings: Settings, name: str | None
         return experiment.experiment_id
     location = None
     if settings.artifact_root is not None:
-        folder = (settings.artifact_root / name).resolve()
-        if folder.parent != settings.artifact_root.resolve():  # the name check keeps it there; never write outside
-            raise InvalidNameError(f"experiment name {name!r} would put artifacts outside {settings.artifact_root}")
-        location = folder.as_uri()
+        location = (settings.artifact_root / name).as_uri()  # the name check keeps the folder inside the root
     try:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by a concurrent run
@@ -221,10 +228,8 @@ def get_run(settings: Settings, run_id: str) -> Run:
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
-        if exc.error_code not in NOT_FOUND_CODES:
-            raise TrackingError(
-                f"cannot read MLflow run {run_id!r} from {redact(settings.tracking_uri)}: {' '.join(str(exc).split())[:200]}"
-            ) from exc
+        if not is_absence(exc):
+            raise tracking_error(f"read MLflow run {run_id!r} from {redact(settings.tracking_uri)}", exc) from exc
         raise RunNotFoundError(f"no MLflow run {run_id!r} in tracking store {redact(settings.tracking_uri)}") from exc
     if run.info.lifecycle_stage == "deleted":
         raise RunNotFoundError(f"MLflow run {run_id!r} was deleted")

@@ -15,8 +15,7 @@ from mlflow.tracking import MlflowClient
 from pyiceberg.table import Table
 
 from pipeline.data.snapshots import PinnedSnapshot
-from pipeline.errors import TrackingError
-from pipeline.tracking.lineage import NOT_FOUND_CODES
+from pipeline.tracking.lineage import is_absence, tracking_error
 from pipeline.tracking.tags import PIPELINE_TAG, SNAPSHOT_ID_TAG, TABLE_TAG
 
 CHAMPION_ALIAS = "champion"
@@ -50,9 +49,9 @@ def champion_version(client: MlflowClient, model: str) -> ModelVersion | None:
     try:
         return client.get_model_version_by_alias(model, CHAMPION_ALIAS)
     except MlflowException as exc:
-        if exc.error_code in NOT_FOUND_CODES:
+        if is_absence(exc):
             return None  # the registry answered: no such model or alias
-        raise TrackingError(f"cannot look up the champion of registered model {model!r}: {_first_line(exc)}") from exc
+        raise tracking_error(f"look up the champion of registered model {model!r}", exc) from exc
 
 
 def _champion_snapshot(client: MlflowClient, model: str) -> int | None:
@@ -71,15 +70,9 @@ def _last_finished_run_snapshot(client: MlflowClient, pipeline: str, table_name:
             else []
         )
     except MlflowException as exc:
-        raise TrackingError(
-            f"cannot look up the last finished run of pipeline {pipeline!r}: {_first_line(exc)}"
-        ) from exc
+        raise tracking_error(f"look up the last finished run of pipeline {pipeline!r}", exc) from exc
     value = runs[0].data.tags.get(SNAPSHOT_ID_TAG) if runs else None
     return int(value) if value and value.isdigit() else None
-
-
-def _first_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]
 
 
 __all__ = ["CHAMPION_ALIAS", "champion_version", "reference_snapshot"]

@@ -15,10 +15,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.config.settings import Settings
-from pipeline.errors import RegistryError, SnapshotNotFoundError, TrackingError
+from pipeline.errors import RegistryError, SnapshotNotFoundError
 from pipeline.lake.catalog import load_table, open_catalog
 from pipeline.names import check_ref_name, check_tracking_name
-from pipeline.tracking.lineage import NOT_FOUND_CODES, SNAPSHOT_ID_TAG, TABLE_TAG, get_run
+from pipeline.tracking.lineage import SNAPSHOT_ID_TAG, TABLE_TAG, get_run, is_absence, tracking_error
 
 TAG_PREFIX = "icetrain/"
 MODEL_TABLE_TAG = "icetrain.table"
@@ -107,10 +107,8 @@ def unregister(settings: Settings, name: str, version: str) -> Registered:
     try:
         found = client.get_model_version(name, version)
     except MlflowException as exc:
-        if exc.error_code not in NOT_FOUND_CODES:
-            raise RegistryError(
-                f"cannot look up version {version!r} of registered model {name!r}: {' '.join(str(exc).split())[:200]}"
-            ) from exc
+        if not is_absence(exc):
+            raise tracking_error(f"look up version {version!r} of registered model {name!r}", exc) from exc
         raise RegistryError(f"no version {version!r} of registered model {name!r}") from exc
     table_name, tag = found.tags.get(MODEL_TABLE_TAG), found.tags.get("icetrain.iceberg_tag")
     snapshot_id = int(found.tags.get("icetrain.snapshot_id", "0"))
@@ -136,9 +134,9 @@ def _refuse_other_table(client: MlflowClient, name: str, table_name: str) -> boo
     try:
         existing = client.get_registered_model(name)
     except MlflowException as exc:
-        if exc.error_code in NOT_FOUND_CODES:
+        if is_absence(exc):
             return False
-        raise TrackingError(f"cannot look up registered model {name!r}: {' '.join(str(exc).split())[:200]}") from exc
+        raise tracking_error(f"look up registered model {name!r}", exc) from exc
     other = existing.tags.get(MODEL_TABLE_TAG)
     if other and other != table_name:
         raise RegistryError(
