@@ -8,9 +8,7 @@ depend on the Iceberg table's asset key (``namespace/table``), whoever produces 
 import base64
 import hashlib
 import json
-from dataclasses import asdict, dataclass
 from importlib.metadata import version as package_version
-from typing import Any
 
 import pyarrow as pa
 from dagster import (
@@ -27,7 +25,6 @@ from dagster import (
     TableSchema,
     asset,
 )
-from pyiceberg.table import Table
 
 from assets.config import PinConfig
 from assets.failures import user_errors_as_failures
@@ -35,28 +32,13 @@ from assets.history import trained_in_run
 from assets.keys import evaluation_key, table_key, trained_model_key, training_data_key
 from assets.resources import IcebergResource, MlflowResource, combined_settings
 from pipeline.config.project import Pipeline
-from pipeline.config.settings import Settings
-from pipeline.config.tree import PipelineConfig
-from pipeline.data.gate import DataReport, inspect_data
-from pipeline.data.quality import QualityReport, assess_snapshot
+from pipeline.data.quality import QualityReport
 from pipeline.data.reading import snapshot_schema
-from pipeline.data.snapshots import PinnedSnapshot
-from pipeline.lake.catalog import load_table
-from training.data import pin
 from training.evaluate import champion_challenger
-from training.launch import launch
+from training.launch import train_prepared
 from training.plots import learning_curves_png
-from training.train import result_summary, train
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """The training-data asset's value: the pinned snapshot, the config to train with, and the gate's report."""
-
-    pinned: PinnedSnapshot
-    config: PipelineConfig
-    report: DataReport | None
-    quality: QualityReport
+from training.prepare import PreparedRun, RunOrigin, prepare_run
+from training.train import TrainResult
 
 
 def code_version(pipeline: Pipeline) -> str:
@@ -79,23 +61,17 @@ def training_data_asset(pipeline: Pipeline) -> AssetsDefinition:
     )
     def training_data(
         context: AssetExecutionContext, config: PinConfig, iceberg: IcebergResource, mlflow: MlflowResource
-    ) -> Output[TrainingData]:
+    ) -> Output[PreparedRun]:
         with user_errors_as_failures():
             settings = combined_settings(iceberg, mlflow)  # the drift reference may be the registry's champion
-            run_config = config.apply(pipeline.config)
-            pinned = pin(settings, run_config)
-            table = load_table(iceberg.catalog(), pinned.table)
-            reference = gate_reference(settings, pipeline, table)
-            quality, read = assess_snapshot(table, pinned, run_config.data.read_spec(), reference)
-            report = None
-            if read is not None:
-                report, _ = inspect_data(
-                    read, min_rows=run_config.data.min_rows, count_classes=run_config.data.task == "classification"
-                )
-            schema = snapshot_schema(table, pinned).as_arrow()
+            origin = RunOrigin(pipeline.name, "dagster", context.run_id)
+            prepared = prepare_run(settings, config.apply(pipeline.config), origin, gates="judge")
+            schema = snapshot_schema(prepared.table, prepared.pinned).as_arrow()
+        pinned, report, quality, run_config = prepared.pinned, prepared.report, prepared.quality, prepared.config
+        assert quality is not None
         context.log.info(f"pinned {pinned.table} at snapshot {pinned.snapshot_id} (asked by {pinned.asked_by})")
         return Output(
-            TrainingData(pinned=pinned, config=run_config, report=report, quality=quality),
+            prepared,
             data_version=DataVersion(str(pinned.snapshot_id)),
             metadata={
                 "reference_snapshot_id": str(quality.reference_snapshot or ""),
@@ -129,24 +105,24 @@ def trained_model_asset(pipeline: Pipeline) -> AssetsDefinition:
         metadata={"pipeline": pipeline.name, "model_factory": pipeline.config.model.factory},
     )
     def trained_model(
-        context: AssetExecutionContext, training_data: TrainingData, iceberg: IcebergResource, mlflow: MlflowResource
+        context: AssetExecutionContext, training_data: PreparedRun, iceberg: IcebergResource, mlflow: MlflowResource
     ) -> MaterializeResult:
-        config = training_data.config
         settings = combined_settings(iceberg, mlflow)
         with user_errors_as_failures():
-            summary = _train(settings, config, training_data.pinned, pipeline.name, context.run_id)
-        metrics = {name: round(value, 4) for name, value in summary["metrics"].items()}
+            result = train_prepared(settings, training_data.in_dagster_run(context.run_id), progress_bar=False)
+        pinned = result.pinned
+        metrics = {name: round(value, 4) for name, value in result.final_metrics.items()}
         return MaterializeResult(
             metadata={
-                "mlflow_run_id": summary["run_id"],
-                "mlflow_experiment_id": summary["experiment_id"],
-                **mlflow_links(settings.mlflow_ui_address, summary),
-                "snapshot_id": summary["snapshot_id"],
-                "table": summary["table"],
-                "row_count": summary["row_count"],
-                "world_size": summary["world_size"],
+                "mlflow_run_id": result.run_id,
+                "mlflow_experiment_id": result.experiment_id,
+                **mlflow_links(settings.mlflow_ui_address, result),
+                "snapshot_id": str(pinned.snapshot_id),
+                "table": pinned.table,
+                "row_count": result.row_count,
+                "world_size": result.world_size,
                 **metrics,
-                "learning_curves": MetadataValue.md(_curves_markdown(summary)),
+                "learning_curves": MetadataValue.md(_curves_markdown(result)),
             }
         )
 
@@ -198,37 +174,6 @@ def evaluation_asset(pipeline: Pipeline) -> AssetsDefinition:
     return evaluation
 
 
-def _train(
-    settings: Settings, config: PipelineConfig, pinned: PinnedSnapshot, pipeline: str, dagster_run_id: str
-) -> dict[str, Any]:
-    """Train in this step's process, or under torchrun when the config asks for several processes."""
-    if config.compute.nproc > 1:
-        return launch(settings, config, asdict(pinned), pipeline, dagster_run_id=dagster_run_id, launched_by="dagster")
-    return result_summary(
-        train(
-            settings,
-            config,
-            pinned=pinned,
-            pipeline=pipeline,
-            dagster_run_id=dagster_run_id,
-            progress_bar=False,
-            launched_by="dagster",
-        )
-    )
-
-
-def gate_reference(settings: Settings, pipeline: Pipeline, table: Table) -> PinnedSnapshot | None:
-    """The snapshot the gates compare against, as ``icetrain train`` finds it (``pipeline.tracking.reference``)."""
-    from mlflow.tracking import MlflowClient
-
-    from pipeline.tracking.reference import reference_snapshot
-
-    client = MlflowClient(settings.tracking_uri)
-    return reference_snapshot(
-        client, settings.catalog_name, table, pipeline.table, pipeline.name, pipeline.config.tracking.registered_model
-    )
-
-
 PROFILE_SCHEMA = TableSchema(
     columns=[
         TableColumn("feature", "string"),
@@ -268,14 +213,14 @@ def _profile_table(quality: QualityReport) -> MetadataValue:
     return MetadataValue.table(records, schema=PROFILE_SCHEMA)
 
 
-def mlflow_links(mlflow_ui: str | None, summary: dict[str, Any]) -> dict[str, MetadataValue]:
+def mlflow_links(mlflow_ui: str | None, result: TrainResult) -> dict[str, MetadataValue]:
     """Clickable links to the run (and its logged model) in the MLflow UI, when its address is known."""
     if not mlflow_ui:
         return {}
-    base = f"{mlflow_ui.rstrip('/')}/#/experiments/{summary['experiment_id']}"
-    links = {"mlflow_run": MetadataValue.url(f"{base}/runs/{summary['run_id']}")}
-    if summary.get("model_id"):
-        links["mlflow_model"] = MetadataValue.url(f"{base}/models/{summary['model_id']}")
+    base = f"{mlflow_ui.rstrip('/')}/#/experiments/{result.experiment_id}"
+    links = {"mlflow_run": MetadataValue.url(f"{base}/runs/{result.run_id}")}
+    if result.model_id:
+        links["mlflow_model"] = MetadataValue.url(f"{base}/models/{result.model_id}")
     return links
 
 
@@ -286,8 +231,9 @@ def model_version_link(mlflow_ui: str | None, model: str, version: str) -> dict[
     return {"mlflow_model_version": MetadataValue.url(f"{mlflow_ui.rstrip('/')}/#/models/{model}/versions/{version}")}
 
 
-def _curves_markdown(summary: dict[str, Any]) -> str:
-    png = learning_curves_png(summary.get("history") or [], f"{summary['table']}@{summary['snapshot_id']}")
+def _curves_markdown(result: TrainResult) -> str:
+    history = [m.as_dict() for m in result.history]
+    png = learning_curves_png(history, f"{result.pinned.table}@{result.pinned.snapshot_id}")
     return f"![learning curves](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 

@@ -16,10 +16,10 @@ from dagster import (
     asset_check,
 )
 
-from assets.assets import TrainingData
 from assets.keys import training_data_key
 from pipeline.config.project import Pipeline
-from pipeline.data.quality import GateResult, QualityReport, judge
+from pipeline.data.quality import GateResult, QualityReport
+from training.prepare import PreparedRun
 
 
 def trainable_check(pipeline: Pipeline) -> AssetChecksDefinition:
@@ -35,7 +35,7 @@ def trainable_check(pipeline: Pipeline) -> AssetChecksDefinition:
         blocking=True,
         description=trainable_check.__doc__.splitlines()[0],
     )
-    def is_trainable(training_data: TrainingData) -> Iterator[AssetCheckResult]:
+    def is_trainable(training_data: PreparedRun) -> Iterator[AssetCheckResult]:
         report = training_data.report
         if report is None:
             yield from judged(
@@ -78,10 +78,12 @@ def judged(name: str, result: AssetCheckResult) -> Iterator[AssetCheckResult]:
 
 def quality_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
     """The schema contract, feature completeness and drift gates (``pipeline.data.quality``), all blocking."""
-    key, gates = training_data_key(pipeline), pipeline.config.gates
+    key = training_data_key(pipeline)
 
-    def verdict(quality: QualityReport, name: str) -> GateResult:
-        return next(g for g in judge(quality, gates.max_psi, gates.max_null_fraction) if g.name == name)
+    def verdict(prepared: PreparedRun, name: str) -> tuple[QualityReport, GateResult]:
+        """The prepared run's findings and one gate's verdict (the rules ``icetrain train`` applies too)."""
+        assert prepared.quality is not None, "Dagster's training data is always judged"
+        return prepared.quality, next(g for g in prepared.verdicts() if g.name == name)
 
     @asset_check(
         asset=key,
@@ -89,8 +91,8 @@ def quality_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
         blocking=True,
         description="Declared features keep their field ids, names and types since the reference snapshot.",
     )
-    def schema_contract(training_data: TrainingData) -> Iterator[AssetCheckResult]:
-        quality, gate = training_data.quality, verdict(training_data.quality, "schema_contract")
+    def schema_contract(training_data: PreparedRun) -> Iterator[AssetCheckResult]:
+        quality, gate = verdict(training_data, "schema_contract")
         yield from judged(
             gate.name,
             AssetCheckResult(
@@ -109,8 +111,8 @@ def quality_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
         blocking=True,
         description="No feature has more null or NaN values than gates.max_null_fraction.",
     )
-    def features_complete(training_data: TrainingData) -> Iterator[AssetCheckResult]:
-        quality, gate = training_data.quality, verdict(training_data.quality, "features_complete")
+    def features_complete(training_data: PreparedRun) -> Iterator[AssetCheckResult]:
+        quality, gate = verdict(training_data, "features_complete")
         yield from judged(
             gate.name,
             AssetCheckResult(
@@ -120,7 +122,7 @@ def quality_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
                     "nulls": MetadataValue.json({n: p.nulls for n, p in quality.profiles.items()}),
                     "nans": MetadataValue.json({n: p.nans for n, p in quality.profiles.items()}),
                     "worst_null_fraction": MetadataValue.float(quality.worst_null_fraction()),
-                    "max_null_fraction": MetadataValue.text(f"{gates.max_null_fraction:g}"),
+                    "max_null_fraction": MetadataValue.text(f"{training_data.config.gates.max_null_fraction:g}"),
                 },
             ),
         )
@@ -131,8 +133,8 @@ def quality_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
         blocking=True,
         description="No feature's PSI against the reference (champion's) snapshot exceeds gates.max_psi.",
     )
-    def no_drift(training_data: TrainingData) -> Iterator[AssetCheckResult]:
-        quality, gate = training_data.quality, verdict(training_data.quality, "no_drift")
+    def no_drift(training_data: PreparedRun) -> Iterator[AssetCheckResult]:
+        quality, gate = verdict(training_data, "no_drift")
         yield from judged(
             gate.name,
             AssetCheckResult(
@@ -144,7 +146,7 @@ def quality_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
                         {n: round(v, 4) for n, v in sorted(quality.drift.items(), key=lambda item: -item[1])}
                     ),
                     "worst_psi": MetadataValue.float(max(quality.drift.values(), default=0.0)),
-                    "max_psi": MetadataValue.text(f"{gates.max_psi:g}"),
+                    "max_psi": MetadataValue.text(f"{training_data.config.gates.max_psi:g}"),
                 },
             ),
         )

@@ -6,6 +6,11 @@ The Python API in a few names (imported lazily, so the CLI starts fast)::
     pipeline = load_project().pipeline("digits")
     result = train(Settings.from_env(), pipeline.with_overrides(["data.ref=v1"]), pipeline=pipeline.name)
     result.run_id, result.pinned.snapshot_id
+
+Or in two steps, as the CLI and Dagster do: ``prepared = prepare_run(settings, config,
+RunOrigin(pipeline.name), gates="judge")`` pins and judges once (``prepared.raise_if_blocked()``
+refuses what a gate blocks), then ``train_prepared(settings, prepared)`` trains it here or
+under torchrun.
 """
 
 from importlib import import_module
@@ -35,6 +40,10 @@ _EXPORTS = {
     "IcebergLoader": "pipeline.data.loader",
     "train": "training.train",
     "TrainResult": "training.train",
+    "prepare_run": "training.prepare",
+    "PreparedRun": "training.prepare",
+    "RunOrigin": "training.prepare",
+    "train_prepared": "training.launch",
     "replay_config": "pipeline.tracking.lineage",
     "inspect_data": "pipeline.data.gate",
 }

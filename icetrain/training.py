@@ -1,18 +1,22 @@
 """``icetrain train`` and ``icetrain pipelines`` behind the argument parsing.
 
-One process trains in this process; ``compute.nproc > 1`` launches torchrun, after this
-process has pinned the snapshot and passed the data gate, so mistakes still end as one line
-before any worker starts and every rank trains on the same snapshot id.
+The request becomes one ``PreparedRun`` (``training.prepare``: pinned, judged by the data gate
+and, for a pipeline that declares them, the quality gates); one process trains it here,
+``compute.nproc > 1`` hands it to torchrun, so mistakes still end as one line before any
+worker starts and every rank trains on the same snapshot id.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config.settings import Settings
 from pipeline.config.tree import PipelineConfig
+
+if TYPE_CHECKING:
+    from training.train import TrainResult
 
 
 @dataclass(frozen=True)
@@ -28,95 +32,46 @@ class TrainRequest:
     skip_gates: bool = False
 
 
-def run_training(settings: Settings, request: TrainRequest, *, debug: bool = False) -> dict[str, Any]:
-    """Train as asked, here or under torchrun; returns the run's summary.
+def run_training(settings: Settings, request: TrainRequest, *, debug: bool = False) -> TrainResult:
+    """Prepare the run (pin, judge: ``training.prepare``) and train it, here or under torchrun.
 
     Raises:
-        IcetrainError: a user mistake (before any run is recorded), or a worker's error.
+        IcetrainError: a user mistake or a blocking gate (before any run is recorded), or a worker's error.
     """
     import logging
 
     logging.getLogger("icetrain").info("loading PyTorch and MLflow")
-    from training.data import open_training_data, pin
-    from training.gates import GATES_TAG, check_gates
-    from training.launch import launch
-    from training.liveness import check_tracking
-    from training.models import resolve_factory
-    from training.train import result_summary, resume_from, train
+    from training.launch import train_prepared
+    from training.prepare import RunOrigin, prepare_run
+    from training.train import resume_from
 
     if request.resume_run_id:
-        config, pinned, resume, pipeline = resume_from(settings, request.resume_run_id)
-        if config.compute.nproc > 1:
-            return launch(
-                settings,
-                config,
-                asdict(pinned),
-                pipeline,
-                resume_run_id=request.resume_run_id,
-                launched_by="cli",
-                debug=debug,
-            )
-        return result_summary(
-            train(
-                settings,
-                config,
-                pinned=pinned,
-                pipeline=pipeline,
-                resume=resume,
-                progress_bar=request.progress,
-                launched_by="cli",
-            )
-        )
+        prepared, resume = resume_from(settings, request.resume_run_id)
+        return train_prepared(settings, prepared, resume=resume, progress_bar=request.progress, debug=debug)
     assert request.config is not None
-    config = request.config
-    tags = dict(request.tags or {})
-    pinned = None
+    gates = "off"
     if request.gates and request.pipeline:
-        if request.skip_gates:
-            tags[GATES_TAG] = "skipped"
-        else:
-            check_tracking(settings)
-            pinned = pin(settings, config)
-            logging.getLogger("icetrain").info(
-                "judging snapshot %s with the pipeline's quality gates", pinned.snapshot_id
-            )
-            quality = check_gates(settings, config, request.pipeline, pinned)
-            tags[GATES_TAG] = (
-                f"passed against snapshot {quality.reference_snapshot}"
-                if quality.reference_snapshot is not None
-                else "passed (no reference yet)"
-            )
-    if config.compute.nproc == 1:
-        return result_summary(
-            train(
-                settings,
-                config,
-                pinned=pinned,
-                pipeline=request.pipeline,
-                progress_bar=request.progress,
-                launched_by="cli",
-                tags=tags,
-            )
-        )
-    check_tracking(settings)
-    pinned = pinned or pin(settings, config)
-    open_training_data(settings, config, pinned)
-    resolve_factory(config.model.factory)
-    return launch(settings, config, asdict(pinned), request.pipeline, launched_by="cli", tags=tags, debug=debug)
+        gates = "skip" if request.skip_gates else "judge"
+    origin = RunOrigin(request.pipeline, "cli", tags=dict(request.tags or {}))
+    prepared = prepare_run(settings, request.config, origin, gates=gates)
+    if prepared.config.compute.nproc > 1:
+        from training.models import resolve_factory
+
+        resolve_factory(prepared.config.model.factory)  # a mistake here is one line, before any worker starts
+    return train_prepared(settings, prepared, progress_bar=request.progress, debug=debug)
 
 
-def report(summary: dict[str, Any]) -> int:
+def report(result: TrainResult) -> int:
     """Print what a run trained on and where it is recorded."""
-    processes = f", {summary['world_size']} processes" if summary["world_size"] > 1 else ""
+    pinned = result.pinned
+    processes = f", {result.world_size} processes" if result.world_size > 1 else ""
     print(
-        f"trained on {summary['table']} snapshot {summary['snapshot_id']} (asked by {summary['asked_by']}), {summary['row_count']} rows{processes}"
+        f"trained on {pinned.table} snapshot {pinned.snapshot_id} (asked by {pinned.asked_by}), {result.row_count} rows{processes}"
     )
-    print("  " + "  ".join(f"{name} {value:.3f}" for name, value in summary["metrics"].items()))
-    print(
-        f"MLflow run {summary['run_id']} in experiment {summary.get('experiment') or '?'!r} (id {summary['experiment_id']})"
-    )
-    if summary.get("model_version"):
-        print(f"registered model version {summary['model_version']}")
+    print("  " + "  ".join(f"{name} {value:.3f}" for name, value in result.final_metrics.items()))
+    print(f"MLflow run {result.run_id} in experiment {result.experiment or '?'!r} (id {result.experiment_id})")
+    if result.model_version:
+        print(f"registered model version {result.model_version}")
     return 0
 
 
@@ -126,17 +81,17 @@ def pipeline_rows(settings: Settings, config_path: str | None) -> list[tuple[str
     Raises:
         ConfigError: the pipelines file is invalid.
     """
-    from mlflow.tracking import MlflowClient
 
     from pipeline.config.project import load_project
     from pipeline.lake.catalog import open_catalog
+    from pipeline.tracking.client import tracking_client
     from pipeline.tracking.tags import PIPELINE_TAG
 
     project = load_project(config_path)
     if not project.pipelines:
         return []
     catalog = open_catalog(settings)
-    client = MlflowClient(settings.tracking_uri)
+    client = tracking_client(settings)
     experiments = [e.experiment_id for e in client.search_experiments()]
     rows = [("pipeline", "table", "current snapshot", "last run", "status", "started (UTC)")]
     for pipeline in project.pipelines.values():

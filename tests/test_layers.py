@@ -63,6 +63,17 @@ def test_no_private_dagster_import_outside_the_tests() -> None:
     assert {name: found for name, found in private.items() if found} == {}
 
 
+def test_one_place_builds_the_mlflow_client() -> None:
+    """``pipeline.tracking.client.tracking_client``; everyone else is handed one or asks it."""
+    builders = sorted(
+        str(path.relative_to(ROOT))
+        for package in (*PACKAGES, "icetrain")
+        for path in (ROOT / package).rglob("*.py")
+        if "MlflowClient(" in path.read_text()
+    )
+    assert builders == ["pipeline/tracking/client.py"]
+
+
 def test_the_import_graph_of_pipeline_training_and_assets_has_no_circle() -> None:
     graph = {name: {target for target in _local(imported)} - {name} for name, imported in IMPORTS.items()}
     circle = _find_circle(graph)

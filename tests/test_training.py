@@ -28,6 +28,7 @@ from pipeline.lake.ingest import append_arrow
 from pipeline.lake.refs import create_tag
 from pipeline.tracking.lineage import IcebergDatasetSource
 from tests.conftest import all_runs, config_for, tabular_rows, write_appends
+from training.prepare import PreparedRun
 from training.train import train
 
 
@@ -86,9 +87,10 @@ def test_the_logged_model_loads_and_predicts_digits(settings, digits) -> None:
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     checkpoint_path = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="checkpoints/last.pt")
     checkpoint = torch.load(checkpoint_path, weights_only=False)
-    assert checkpoint["pinned"]["snapshot_id"] == str(result.pinned.snapshot_id)
-    assert checkpoint["config"]["optim"]["epochs"] == 8
-    assert checkpoint["config"]["data"]["image_shape"] == [1, 8, 8]
+    prepared = PreparedRun.from_json(checkpoint["prepared"])  # what a resumed run continues from
+    assert prepared.pinned == result.pinned
+    assert prepared.config.optim.epochs == 8
+    assert prepared.config.data.image_shape == (1, 8, 8)
     assert checkpoint["progress"]["epoch"] == 8
 
 

@@ -10,11 +10,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
 from pipeline.config.settings import Settings
 from pipeline.lake.catalog import load_table, open_catalog
 from pipeline.lake.diff import SnapshotDiff, diff_snapshots
+from pipeline.tracking.client import tracking_client
 from pipeline.tracking.lineage import SNAPSHOT_ID_TAG, TABLE_TAG, get_run
 from training.plots import figure_png, pyplot
 
@@ -97,7 +96,7 @@ def compare_runs(settings: Settings, run_ids: list[str], *, log_to_mlflow: bool 
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"compare-{'-'.join(r.run_id[:8] for r in compared)}.png"
             path.write_bytes(png)
-            MlflowClient(settings.tracking_uri).log_artifact(compared[-1].run_id, str(path), ARTIFACT_DIR)
+            tracking_client(settings).log_artifact(compared[-1].run_id, str(path), ARTIFACT_DIR)
     return Comparison(tuple(compared), png)
 
 

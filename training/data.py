@@ -1,4 +1,4 @@
-"""The data side of a training run: pin the snapshot once, pass the gate, open the loaders.
+"""The data side of a training run: the loaders over a prepared run's pinned, judged snapshot.
 
 Everything here happens before an MLflow run exists, so a user mistake leaves nothing behind.
 """
@@ -10,16 +10,13 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.config.settings import Settings
-from pipeline.config.tree import PipelineConfig
-from pipeline.data.gate import DataReport, inspect_data
+from pipeline.data.gate import DataReport
 from pipeline.data.loader import IcebergLoader
 from pipeline.data.loading import open_loader
-from pipeline.data.reading import PreparedRead, prepare_read
-from pipeline.data.snapshots import PinnedSnapshot, resolve_snapshot
+from pipeline.data.reading import PreparedRead
+from pipeline.data.snapshots import PinnedSnapshot
 from pipeline.data.tensors import TensorLayout
-from pipeline.errors import SnapshotNotFoundError
-from pipeline.lake.catalog import load_table, open_catalog
+from training.prepare import PreparedRun
 
 VAL_BATCH_ROWS = 1024
 log = logging.getLogger("icetrain")
@@ -55,41 +52,28 @@ class TrainingData:
         return self.train.plan_digest
 
 
-def pin(settings: Settings, config: PipelineConfig, pinned: PinnedSnapshot | None = None) -> PinnedSnapshot:
-    """Resolve the config's snapshot request once, or check that an already pinned snapshot still exists.
+def open_training_data(prepared: PreparedRun) -> TrainingData:
+    """Open the train/val loaders of a prepared run (its table loaded and read planned: ``training.prepare.attached``).
+
+    The data was judged when the run was prepared; the loaders check their own split.
 
     Raises:
-        TableNotFoundError, SnapshotNotFoundError, EmptyDataError, ConfigError: as the request says.
+        EmptyDataError, LabelError: a split has no rows, or a label the run cannot use.
     """
-    table = load_table(open_catalog(settings), pinned.table if pinned else config.data.request().table)
-    if pinned is None:
-        return resolve_snapshot(table, config.data.request(), settings.catalog_name)
-    if table.snapshot_by_id(pinned.snapshot_id) is None:
-        raise SnapshotNotFoundError(
-            f"pinned snapshot {pinned.snapshot_id} of {pinned.table!r} no longer exists (expired?)"
-        )
-    return pinned
-
-
-def open_training_data(settings: Settings, config: PipelineConfig, pinned: PinnedSnapshot) -> TrainingData:
-    """Plan the read, judge the rows with the data gate, and open the loaders.
-
-    Raises:
-        EmptyDataError, LabelError, FilterError, ColumnError, TransformError: the data or the
-            config's data section does not fit the snapshot (before any run is recorded).
-    """
-    table = load_table(open_catalog(settings), pinned.table)
-    read = prepare_read(table, pinned, config.data.read_spec())
+    table, read, report, config, pinned = (
+        prepared.table,
+        prepared.read,
+        prepared.report,
+        prepared.config,
+        prepared.pinned,
+    )
+    assert table is not None and read is not None and report is not None, "attach and judge the prepared run first"
     if config.data.val_fraction > 0 and not read.plan.split_key and config.data.split_by == "auto":
         log.warning(
             "table %s has no identifier fields, so rows are split into train and validation by data file and position: "
             "a later rewrite of a file (delete, overwrite, compaction) re-draws its rows' split. Declare identifier fields to keep splits stable.",
             pinned.table,
         )
-    report, _ = inspect_data(
-        read, min_rows=config.data.min_rows, count_classes=config.optim.class_weights == "balanced"
-    )
-    report.raise_if_failed()
     split = config.data.val_fraction > 0
     train = open_loader(table, pinned, read.spec, config.loader_config("train" if split else "all"), prepared=read)
     val = None
@@ -114,4 +98,4 @@ def feature_sample(loader: IcebergLoader, rows: int = 4096) -> torch.Tensor:
     return torch.cat(taken)[:rows]
 
 
-__all__ = ["TrainingData", "feature_sample", "open_training_data", "pin"]
+__all__ = ["TrainingData", "feature_sample", "open_training_data"]

@@ -21,13 +21,15 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config.settings import Settings
 from pipeline.errors import ConfigError
+from pipeline.tracking.client import tracking_client
 from pipeline.tracking.lineage import replay_config
 from pipeline.tracking.reference import CHAMPION_ALIAS
 from pipeline.tracking.reference import champion_version as champion_of
 from pipeline.tracking.registry import register
 from training.compute import Compute
-from training.data import open_training_data, pin
+from training.data import open_training_data
 from training.loop import evaluate
+from training.prepare import RunOrigin, prepare_run
 from training.tasks import lower_is_better
 from training.train import make_task
 
@@ -56,7 +58,9 @@ def champion_challenger(settings: Settings, run_id: str, model_name: str, metric
         RunNotFoundError, RegistryError: the run or registration fails (nothing promoted).
     """
     config = replay_config(settings, run_id)
-    data = open_training_data(settings, config, pin(settings, config))
+    prepared = prepare_run(settings, config, RunOrigin(launched_by="evaluate"))
+    prepared.raise_if_blocked()
+    data = open_training_data(prepared)
     if data.val is None:
         raise ConfigError("champion/challenger needs held-out rows: set data.val_fraction > 0")
     task = make_task(config, data)
@@ -65,7 +69,7 @@ def champion_challenger(settings: Settings, run_id: str, model_name: str, metric
         raise ConfigError(
             f"retrain.champion_metric: {metric!r} is not reported; choose from {', '.join('val_' + n for n in (*task.metric_names, *task.ranking_metric_names))}"
         )
-    client = MlflowClient(settings.tracking_uri)
+    client = tracking_client(settings)
     challenger = register(settings, run_id, model_name).version  # the version it already is, when registered
     compute = Compute(torch.device("cpu"), "fp32")
     challenger_score = evaluate(_load(client, run_id), task, data.val, compute)[name]

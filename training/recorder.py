@@ -28,10 +28,10 @@ _BATCH = 100
 
 
 class MlflowRecorder:
-    """One MLflow run, written through its own ``MlflowClient``."""
+    """One MLflow run, written through the client it is handed (``pipeline.tracking.client``)."""
 
-    def __init__(self, settings: Settings, experiment: str | None = None):
-        self.client = MlflowClient(settings.tracking_uri)
+    def __init__(self, client: MlflowClient, settings: Settings, experiment: str | None = None):
+        self.client = client
         self.settings = settings
         self.experiment = experiment
         self.run_id = ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,12 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config.settings import Settings
 from pipeline.errors import SnapshotNotFoundError
-from pipeline.lake.catalog import load_table, open_catalog
+from pipeline.tracking.client import tracking_client
 from pipeline.tracking.lineage import get_run, replay_config
 from pipeline.tracking.tags import PIPELINE_TAG, REPRODUCES_TAG, SNAPSHOT_ID_TAG, TABLE_TAG
 from training import checkpoint
-from training.launch import launch
-from training.train import result_summary, train
+from training.launch import train_prepared
+from training.prepare import RunOrigin, prepare_run
 
 DIGEST_TAG = "icetrain.dataset_digest"
 LEGACY_CHECKPOINT = "checkpoint/checkpoint.pt"
@@ -70,24 +70,17 @@ def reproduce(settings: Settings, run_id: str, *, progress_bar: bool = True) -> 
         ConfigError: the run's recorded config no longer validates.
     """
     original = get_run(settings, run_id)
-    table_name, snapshot_id = original.data.tags[TABLE_TAG], int(original.data.tags[SNAPSHOT_ID_TAG])
-    if load_table(open_catalog(settings), table_name).snapshot_by_id(snapshot_id) is None:
+    config = replay_config(settings, run_id)
+    origin = RunOrigin(original.data.tags.get(PIPELINE_TAG), "reproduce", tags={REPRODUCES_TAG: run_id})
+    try:
+        prepared = prepare_run(settings, config, origin)
+    except SnapshotNotFoundError as exc:
+        table_name, snapshot_id = original.data.tags[TABLE_TAG], original.data.tags[SNAPSHOT_ID_TAG]
         raise SnapshotNotFoundError(
             f"run {run_id} trained on snapshot {snapshot_id} of {table_name!r}, which no longer exists (expired); it cannot be reproduced"
-        )
-    config = replay_config(settings, run_id)
-    pipeline = original.data.tags.get(PIPELINE_TAG)
-    tags = {REPRODUCES_TAG: run_id}
-    if config.compute.nproc > 1:
-        from training.data import pin
-
-        summary = launch(settings, config, asdict(pin(settings, config)), pipeline, launched_by="reproduce", tags=tags)
-    else:
-        summary = result_summary(
-            train(settings, config, pipeline=pipeline, tags=tags, launched_by="reproduce", progress_bar=progress_bar)
-        )
-    new_run = summary["run_id"]
-    client = MlflowClient(settings.tracking_uri)
+        ) from exc
+    new_run = train_prepared(settings, prepared, progress_bar=progress_bar).run_id
+    client = tracking_client(settings)
     repeated = client.get_run(new_run)
     before, after = original.data.metrics, repeated.data.metrics
     metrics = {name: (before[name], after[name]) for name in sorted(before) if name in after}

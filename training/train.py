@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from pipeline.config.tree import PipelineConfig, parse_config
 from pipeline.data.loader import IcebergLoader
 from pipeline.data.snapshots import PinnedSnapshot
 from pipeline.errors import CheckpointError, ConfigError, IcetrainError
+from pipeline.tracking.client import tracking_client
 from pipeline.tracking.lineage import (
     IcebergDatasetSource,
     IcebergSnapshotDataset,
@@ -45,10 +46,10 @@ from pipeline.tracking.registry import check_registrable, register
 from pipeline.tracking.tags import NOTE_TAG
 from training import checkpoint
 from training.compute import Compute, close_compute, init_compute
-from training.data import TrainingData, feature_sample, open_training_data, pin
-from training.liveness import check_tracking
+from training.data import TrainingData, feature_sample, open_training_data
 from training.loop import EpochMetrics, Fit, Progress, fit
 from training.models import build_model
+from training.prepare import PreparedRun, RunOrigin, attached, prepare_run
 from training.recorder import MlflowRecorder, NullRecorder
 from training.tasks import Classification, Regression, Task, balanced_weights
 
@@ -78,15 +79,41 @@ class TrainResult:
     def final_metrics(self) -> dict[str, float]:
         return self.history[-1].as_dict()
 
+    def to_json(self) -> str:
+        """The result as JSON (snapshot ids as text), as torchrun's rank 0 hands it to the launcher."""
+        return json.dumps(
+            {
+                **{name: getattr(self, name) for name in _PLAIN_FIELDS},
+                "pinned": self.pinned.to_dict(),
+                "config": self.config.model_dump(mode="json"),
+                "classes": list(self.classes),
+                "history": [{"epoch": m.epoch, "values": m.values} for m in self.history],
+            },
+            default=lambda value: value.item(),  # NumPy scalars among the classes
+        )
 
-@dataclass(frozen=True)
-class RunContext:
-    """Who asked for the run: the pipeline, the Dagster run, the front end, extra tags."""
+    @classmethod
+    def from_json(cls, text: str) -> TrainResult:
+        values = json.loads(text)
+        return cls(
+            **{name: values[name] for name in _PLAIN_FIELDS},
+            pinned=PinnedSnapshot.from_dict(values["pinned"]),
+            config=parse_config(values["config"]),
+            classes=tuple(values["classes"]),
+            history=tuple(EpochMetrics(m["epoch"], m["values"]) for m in values["history"]),
+        )
 
-    pipeline: str | None
-    dagster_run_id: str | None
-    launched_by: str
-    tags: dict[str, str]
+
+_PLAIN_FIELDS = (
+    "run_id",
+    "experiment_id",
+    "row_count",
+    "digest",
+    "world_size",
+    "model_version",
+    "model_id",
+    "experiment",
+)
 
 
 @dataclass(frozen=True)
@@ -101,62 +128,73 @@ def train(
     settings: Settings,
     config: PipelineConfig,
     *,
-    pinned: PinnedSnapshot | None = None,
     pipeline: str | None = None,
     dagster_run_id: str | None = None,
-    resume: Resume | None = None,
     progress_bar: bool = True,
     launched_by: str = "api",
     tags: Mapping[str, str] | None = None,
 ) -> TrainResult:
-    """Pin (or take) a snapshot, train on it, and record the run in MLflow.
+    """Pin the config's snapshot once, train on it, and record the run in MLflow (the Python API).
+
+    Under torchrun, rank 0 prepares the run (``training.prepare.prepare_run``) and every rank
+    trains that one.
 
     Args:
-        pinned: a snapshot an upstream step already pinned (Dagster's training-data asset),
-            used as is; otherwise ``config.data`` is resolved now, once.
         pipeline: the declared pipeline's name, recorded as a tag.
         dagster_run_id: recorded as a tag, linking the MLflow run to the Dagster run.
-        resume: continue this run from its checkpoint, in the same MLflow run.
         launched_by: which front end started the run ('cli', 'dagster', 'api'), a tag.
         tags: extra tags for the run (e.g. ``icetrain.reproduces``).
 
     Raises:
-        IcetrainError: any user mistake, raised before an MLflow run is created or reopened.
+        IcetrainError: any user mistake, raised before an MLflow run is created.
     """
+    origin = RunOrigin(pipeline, launched_by, dagster_run_id, dict(tags or {}))
     compute = init_compute(config.compute, config.seed)
     try:
-        context = RunContext(pipeline, dagster_run_id, launched_by, dict(tags or {}))
-        return _train(settings, config, compute, pinned, context, resume, progress_bar)
+        prepared = compute.share(lambda: prepare_run(settings, config, origin))
+        return _train(settings, prepared, compute, None, progress_bar)
     finally:
         close_compute(compute)
 
 
-def _check_then_pin(settings: Settings, config: PipelineConfig, pinned: PinnedSnapshot | None) -> PinnedSnapshot:
-    """MLflow must answer before any data is read; then the snapshot is pinned (rank 0 only)."""
-    log.info("checking the MLflow tracking store")
-    check_tracking(settings)
-    log.info("pinning a snapshot of %s", config.data.table)
-    return pin(settings, config, pinned)
+def run_prepared(
+    settings: Settings, prepared: PreparedRun, *, resume: Resume | None = None, progress_bar: bool = True
+) -> TrainResult:
+    """Train a prepared run in this process (one of torchrun's ranks, or the only one).
+
+    A run prepared to resume (``origin.resume_run_id``) continues from its checkpoint
+    (``resume``, else read here) in the same MLflow run.
+
+    Raises:
+        IcetrainError: a gate blocks the data, or any user mistake, before an MLflow run is created or reopened.
+    """
+    compute = init_compute(prepared.config.compute, prepared.config.seed)
+    try:
+        if resume is None and prepared.origin.resume_run_id:
+            _, resume = resume_from(settings, prepared.origin.resume_run_id)
+        return _train(settings, prepared, compute, resume, progress_bar)
+    finally:
+        close_compute(compute)
 
 
 def _train(
     settings: Settings,
-    config: PipelineConfig,
+    prepared: PreparedRun,
     compute: Compute,
-    pinned: PinnedSnapshot | None,
-    context: RunContext,
     resume: Resume | None,
     progress_bar: bool,
 ) -> TrainResult:
-    # 1. Data: rank 0 pins the snapshot (once it knows MLflow answers), every rank reads that one; the gate runs here.
-    pinned = compute.share(lambda: _check_then_pin(settings, config, pinned))
-    log.info("planning the read of snapshot %s and checking its labels", pinned.snapshot_id)
-    data = open_training_data(settings, config, pinned)
-    config = resolved_config(config, data, compute)
+    # 1. Data: every rank reads the one pinned, judged snapshot (loading the table once, unless preparing did).
+    prepared.raise_if_blocked()
+    prepared = attached(settings, prepared)
+    data = open_training_data(prepared)
+    pinned = prepared.pinned
+    config = resolved_config(prepared.config, data, compute)
     task = make_task(config, data)
     check_early_stopping(config, task, data)
-    if config.tracking.registered_model and compute.is_main:
-        check_registrable(settings, config.tracking.registered_model, pinned.table)
+    client = tracking_client(settings) if compute.is_main else None
+    if config.tracking.registered_model and client is not None:
+        check_registrable(client, config.tracking.registered_model, pinned.table)
 
     # 2. Model, optimizer, schedule; a resumed run takes every state from its checkpoint.
     sample = feature_sample(data.train)
@@ -175,17 +213,18 @@ def _train(
 
     # 3. The record: only now, with every check passed, does an MLflow run start (rank 0);
     # from here on any failure ends it FAILED (KILLED on Ctrl-C), never left RUNNING.
-    recorder = MlflowRecorder(settings, config.tracking.experiment) if compute.is_main else NullRecorder()
+    recorder = MlflowRecorder(client, settings, config.tracking.experiment) if client is not None else NullRecorder()
     try:
         if resume is not None:
             recorder.reopen(resume.run_id)
         else:
-            start_record(recorder, settings, config, data, model, compute, context)
+            start_record(recorder, settings, config, data, model, compute, prepared)
         run_id = compute.share(lambda: recorder.run_id)
+        recorded = replace(prepared, config=config)
 
         def save_checkpoint(position: Progress) -> None:
             if compute.is_main:
-                state = checkpoint_state(config, data, model, optimizer, scheduler, scaler, position, context.pipeline)
+                state = checkpoint_state(recorded, data, model, optimizer, scheduler, scaler, position)
                 path = checkpoint.local_path(settings, run_id)
                 checkpoint.save(state, path)
                 recorder.log_file(path, checkpoint.ARTIFACT_DIR)
@@ -305,10 +344,10 @@ def start_record(
     data: TrainingData,
     model: torch.nn.Module,
     compute: Compute,
-    context: RunContext,
+    prepared: PreparedRun,
 ) -> None:
     """Create the MLflow run: lineage and source tags, a description, the full config as params, the datasets."""
-    spec, pinned = data.read.spec, data.pinned
+    spec, pinned, context = data.read.spec, data.pinned, prepared.origin
     tags = {
         **lineage_tags(
             pinned,
@@ -324,6 +363,7 @@ def start_record(
         NOTE_TAG: run_description(
             pinned, context.pipeline, context.dagster_run_id, settings.dagster_ui_address, data.row_count
         ),
+        **prepared.gates_tag(),
         **context.tags,
     }
     recorder.start(tags, config.tracking.run_name or run_name(pinned, context.pipeline))
@@ -376,21 +416,17 @@ def _dataset(data: TrainingData, config: PipelineConfig, loader: IcebergLoader) 
 
 
 def checkpoint_state(
-    config: PipelineConfig,
+    prepared: PreparedRun,
     data: TrainingData,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
     progress: Progress,
-    pipeline: str | None,
 ) -> dict[str, Any]:
-    """Everything a resumed run needs (see ``training.checkpoint``)."""
-    pinned = data.pinned
+    """Everything a resumed run needs (see ``training.checkpoint``): the prepared run with its resolved config, and the states."""
     return {
-        "config": config.model_dump(mode="json"),
-        "pinned": {**asdict(pinned), "snapshot_id": str(pinned.snapshot_id)},
-        "pipeline": pipeline,
+        "prepared": prepared.to_json(),
         "classes": list(data.classes),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -421,8 +457,8 @@ def restore(
     return Progress.from_state(state["progress"])
 
 
-def resume_from(settings: Settings, run_id: str) -> tuple[PipelineConfig, PinnedSnapshot, Resume, str | None]:
-    """The config, pinned snapshot and checkpoint of a killed run, to continue it.
+def resume_from(settings: Settings, run_id: str) -> tuple[PreparedRun, Resume]:
+    """The prepared run (as its checkpoint recorded it) and the checkpoint of a killed run, to continue it.
 
     Raises:
         RunNotFoundError: no such run. CheckpointError: it has no readable checkpoint.
@@ -434,7 +470,7 @@ def resume_from(settings: Settings, run_id: str) -> tuple[PipelineConfig, Pinned
         )
     path = checkpoint.local_path(settings, run_id)
     if not path.is_file():
-        recorder = MlflowRecorder(settings)
+        recorder = MlflowRecorder(tracking_client(settings), settings)
         recorder.run_id = run_id
         try:
             path = recorder.download(
@@ -446,8 +482,11 @@ def resume_from(settings: Settings, run_id: str) -> tuple[PipelineConfig, Pinned
                 f"run {run_id} has no checkpoint to resume from (it stopped before its first one)"
             ) from exc
     state = checkpoint.load(path, run_id)
-    pinned = PinnedSnapshot(**{**state["pinned"], "snapshot_id": int(state["pinned"]["snapshot_id"])})
-    return parse_config(state["config"]), pinned, Resume(run_id, state), state.get("pipeline")
+    if "prepared" not in state:
+        raise CheckpointError(
+            f"run {run_id}'s checkpoint was written by an older icetrain; train again with --from-run {run_id}"
+        )
+    return PreparedRun.from_json(state["prepared"]).resuming(run_id), Resume(run_id, state)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -456,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pipeline", help="a pipeline declared in the pipelines file")
     parser.add_argument("--config", help="the pipelines file (default: $ICETRAIN_CONFIG or ./icetrain.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--launch-spec", help=argparse.SUPPRESS)
+    parser.add_argument("--prepared", help=argparse.SUPPRESS)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     rank = _env_rank()
@@ -465,49 +504,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IcetrainError as exc:
         if rank == 0:
             print(f"icetrain: error: {exc}", file=sys.stderr)
-            _write_error(args, exc)
+            if args.prepared:  # tell the launching process what went wrong, as one line
+                Path(args.prepared).with_suffix(".error").write_text(str(exc))
         return 1
     if rank == 0:
         print(
             f"trained on {result.pinned.table} snapshot {result.pinned.snapshot_id} with {result.world_size} process(es); MLflow run {result.run_id}"
         )
-        if args.launch_spec:
-            Path(args.launch_spec).with_suffix(".result.json").write_text(json.dumps(result_summary(result)))
+        if args.prepared:
+            Path(args.prepared).with_suffix(".result.json").write_text(result.to_json())
     return 0
-
-
-def result_summary(result: TrainResult) -> dict[str, Any]:
-    """A run's outcome as JSON (snapshot id as text), for the launcher and for printing."""
-    pinned = result.pinned
-    return {
-        "table": pinned.table,
-        "snapshot_id": str(pinned.snapshot_id),
-        "asked_by": pinned.asked_by,
-        "row_count": result.row_count,
-        "metrics": result.final_metrics,
-        "run_id": result.run_id,
-        "experiment_id": result.experiment_id,
-        "experiment": result.experiment,
-        "world_size": result.world_size,
-        "model_version": result.model_version,
-        "model_id": result.model_id,
-        "history": [m.as_dict() for m in result.history],
-    }
 
 
 def _run_from_args(args: argparse.Namespace) -> TrainResult:
     settings = Settings.from_env()
-    if args.launch_spec:
-        spec = json.loads(Path(args.launch_spec).read_text())
-        config = parse_config(spec["config"])
-        pinned = PinnedSnapshot(**{**spec["pinned"], "snapshot_id": int(spec["pinned"]["snapshot_id"])})
-        resume = None
-        if spec.get("resume"):
-            config, pinned, resume, _ = resume_from(settings, spec["resume"])
-        return train(
-            settings, config, pinned=pinned, pipeline=spec.get("pipeline"), dagster_run_id=spec.get("dagster_run_id"), resume=resume,
-            progress_bar=not args.no_progress, launched_by=spec.get("launched_by", "torchrun"), tags=spec.get("tags"),
-        )  # fmt: skip
+    if args.prepared:
+        prepared = PreparedRun.from_json(Path(args.prepared).read_text())
+        return run_prepared(settings, prepared, progress_bar=not args.no_progress)
     from pipeline.config.project import load_project
 
     if not args.pipeline:
@@ -520,12 +533,6 @@ def _run_from_args(args: argparse.Namespace) -> TrainResult:
         progress_bar=not args.no_progress,
         launched_by="torchrun",
     )
-
-
-def _write_error(args: argparse.Namespace, exc: IcetrainError) -> None:
-    """Tell the launching ``icetrain train --nproc`` what went wrong, as one line."""
-    if args.launch_spec:
-        Path(args.launch_spec).with_suffix(".error").write_text(str(exc))
 
 
 def _env_rank() -> int:

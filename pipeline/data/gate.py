@@ -8,12 +8,18 @@ purpose.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
+from pipeline import errors
 from pipeline.data.reading import PreparedRead, count_rows, declared_label_classes, integer_run
 from pipeline.data.rows import RowProfile
 from pipeline.data.specs import LoaderConfig
 from pipeline.errors import EmptyDataError, IcetrainError, LabelError
+
+_ERROR_TYPES = {
+    name: kind for name, kind in vars(errors).items() if isinstance(kind, type) and issubclass(kind, IcetrainError)
+}
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,27 @@ class DataReport:
         """Raise the first error, if any (its own type: EmptyDataError, LabelError, ...)."""
         if self.errors:
             raise self.errors[0].error()
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON-ready values (the snapshot id as text, each problem's error type by name)."""
+        return {
+            **asdict(self),
+            "snapshot_id": str(self.snapshot_id),
+            "errors": [{"kind": p.kind.__name__, "message": p.message} for p in self.errors],
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DataReport:
+        declared = values["declared_classes"]
+        return cls(
+            **{
+                **values,
+                "snapshot_id": int(values["snapshot_id"]),
+                "declared_classes": tuple(declared) if declared is not None else None,
+                "errors": tuple(Problem(_ERROR_TYPES[p["kind"]], p["message"]) for p in values["errors"]),
+                "warnings": tuple(values["warnings"]),
+            }
+        )
 
 
 def inspect_data(

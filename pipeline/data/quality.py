@@ -15,7 +15,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -171,6 +172,26 @@ class QualityReport:
     def drifted(self, max_psi: float) -> dict[str, float]:
         """Features whose PSI against the reference exceeds ``max_psi``, largest first."""
         return dict(sorted(((n, v) for n, v in self.drift.items() if v > max_psi), key=lambda item: -item[1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON-ready values (the reference snapshot id as text)."""
+        values = asdict(self)
+        values["reference_snapshot"] = None if self.reference_snapshot is None else str(self.reference_snapshot)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> QualityReport:
+        def profiles(found: dict[str, dict[str, Any]]) -> dict[str, FeatureProfile]:
+            return {name: FeatureProfile(**{**p, "counts": tuple(p["counts"])}) for name, p in found.items()}
+
+        reference = values["reference_snapshot"]
+        return cls(
+            reference_snapshot=None if reference is None else int(reference),
+            contract=tuple(values["contract"]),
+            profiles=profiles(values["profiles"]),
+            drift=dict(values["drift"]),
+            reference_profiles=profiles(values["reference_profiles"]),
+        )
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ Resolution happens once, at the top of a pipeline; everything downstream receive
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -42,6 +43,14 @@ class PinnedSnapshot:
     def committed_at(self) -> datetime:
         """The commit time as an aware UTC datetime."""
         return datetime.fromtimestamp(self.committed_at_ms / 1000, tz=UTC)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON-ready values, the snapshot id as text (ids exceed 2^53, JSON's exact integers)."""
+        return {**asdict(self), "snapshot_id": str(self.snapshot_id)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PinnedSnapshot:
+        return cls(**{**values, "snapshot_id": int(values["snapshot_id"])})
 
 
 @dataclass(frozen=True)

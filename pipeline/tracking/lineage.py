@@ -35,6 +35,7 @@ from pipeline.tracking.params import from_params
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 from pipeline.data.snapshots import PinnedSnapshot
 from pipeline.data.tensors import TensorLayout
+from pipeline.tracking.client import tracking_client
 from pipeline.tracking.tags import (
     DAGSTER_RUN_TAG,
     GIT_DIRTY_TAG,
@@ -224,7 +225,7 @@ def get_run(settings: Settings, run_id: str) -> Run:
         RunNotFoundError: the store has no such run, or the run carries no icetrain lineage.
         TrackingError: the store could not be asked (an error is not an absence).
     """
-    client = MlflowClient(settings.tracking_uri)
+    client = tracking_client(settings)
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:

@@ -18,6 +18,7 @@ from pipeline.config.settings import Settings
 from pipeline.errors import RegistryError, SnapshotNotFoundError
 from pipeline.lake.catalog import load_table, open_catalog
 from pipeline.names import check_ref_name, check_tracking_name
+from pipeline.tracking.client import tracking_client
 from pipeline.tracking.lineage import SNAPSHOT_ID_TAG, TABLE_TAG, get_run, is_absence, tracking_error
 
 TAG_PREFIX = "icetrain/"
@@ -56,7 +57,7 @@ def register(settings: Settings, run_id: str, name: str) -> Registered:
     check_tracking_name(name, "registered model")
     run = get_run(settings, run_id)
     table_name, snapshot_id = run.data.tags[TABLE_TAG], int(run.data.tags[SNAPSHOT_ID_TAG])
-    client = MlflowClient(settings.tracking_uri)
+    client = tracking_client(settings)
     existing = [
         v
         for v in client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
@@ -103,7 +104,7 @@ def unregister(settings: Settings, name: str, version: str) -> Registered:
         RegistryError: no such model version.
     """
     check_tracking_name(name, "registered model")
-    client = MlflowClient(settings.tracking_uri)
+    client = tracking_client(settings)
     try:
         found = client.get_model_version(name, version)
     except MlflowException as exc:
@@ -120,13 +121,13 @@ def unregister(settings: Settings, name: str, version: str) -> Registered:
     return Registered(name, str(version), table_name or "", snapshot_id, tag or "")
 
 
-def check_registrable(settings: Settings, name: str, table_name: str) -> None:
+def check_registrable(client: MlflowClient, name: str, table_name: str) -> None:
     """Refuse, before a run starts, a model name that holds another table's models.
 
     Raises:
         RegistryError: the name is taken by another table.
     """
-    _refuse_other_table(MlflowClient(settings.tracking_uri), name, table_name)
+    _refuse_other_table(client, name, table_name)
 
 
 def _refuse_other_table(client: MlflowClient, name: str, table_name: str) -> bool:

@@ -7,10 +7,12 @@ PIPELINE_TAG = "icetrain.pipeline"
 LAUNCHED_BY_TAG = "icetrain.launched_by"
 GIT_DIRTY_TAG = "icetrain.git_dirty"
 REPRODUCES_TAG = "icetrain.reproduces"
+GATES_TAG = "icetrain.gates"
 NOTE_TAG = "mlflow.note.content"
 
 __all__ = [
     "DAGSTER_RUN_TAG",
+    "GATES_TAG",
     "GIT_DIRTY_TAG",
     "LAUNCHED_BY_TAG",
     "NOTE_TAG",
