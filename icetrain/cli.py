@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         show_steps()
     if not args.debug:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr keeps to one line
         for name in ("alembic", "mlflow"):
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
@@ -363,11 +364,17 @@ def train_request(args: argparse.Namespace) -> TrainRequest:
     if args.from_run:
         if args.pipeline:
             raise ConfigError("give --pipeline or --from-run, not both")
-        from pipeline.tracking.lineage import replay_config
+        from pipeline.tracking.lineage import replay_config, replay_encoding
 
-        base = replay_config(Settings.from_env(), args.from_run)
+        settings = Settings.from_env()
+        base = replay_config(settings, args.from_run)
         config = parse_config(apply_overrides(base.model_dump(), [*flags, *args.overrides]))
-        return TrainRequest(config=config, progress=not args.no_progress, tags={"icetrain.replays": args.from_run})
+        return TrainRequest(
+            config=config,
+            progress=not args.no_progress,
+            tags={"icetrain.replays": args.from_run},
+            encoding=replay_encoding(settings, args.from_run),
+        )
     pipeline_name, declares_gates = None, False
     tree: dict[str, object] = PipelineConfig().model_dump()
     if args.pipeline:

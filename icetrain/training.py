@@ -16,6 +16,7 @@ from pipeline.config.settings import Settings
 from pipeline.config.tree import PipelineConfig
 
 if TYPE_CHECKING:
+    from pipeline.data.encoding import Encoding
     from training.train import TrainResult
 
 
@@ -30,6 +31,7 @@ class TrainRequest:
     tags: dict[str, str] | None = None
     gates: bool = False
     skip_gates: bool = False
+    encoding: Encoding | None = None  # a replayed run's recorded categories
 
 
 def run_training(settings: Settings, request: TrainRequest, *, debug: bool = False) -> TrainResult:
@@ -53,7 +55,7 @@ def run_training(settings: Settings, request: TrainRequest, *, debug: bool = Fal
     if request.gates and request.pipeline:
         gates = "skip" if request.skip_gates else "judge"
     origin = RunOrigin(request.pipeline, "cli", tags=dict(request.tags or {}))
-    prepared = prepare_run(settings, request.config, origin, gates=gates)
+    prepared = prepare_run(settings, request.config, origin, gates=gates, encoding=request.encoding)
     if prepared.config.compute.nproc > 1:
         from training.models import resolve_factory
 

@@ -98,3 +98,7 @@ class NullFeatureError(ColumnError):
 
 class GateError(IcetrainError):
     """A quality gate (schema contract, feature completeness, drift) refused the pinned data."""
+
+
+class EncodingError(IcetrainError):
+    """A run's recorded encoding (the categorical columns' vocabularies) is missing or damaged."""

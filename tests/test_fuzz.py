@@ -21,8 +21,9 @@ from pipeline.data.specs import SnapshotRequest, parse_as_of
 from pipeline.data.transform import check_transform, sandboxed_connection, transform_batch
 from pipeline.errors import IcetrainError
 from pipeline.lake.catalog import load_table
+from pipeline.lake.ingest import append_arrow
 from pipeline.names import check_ref_name, check_table_name
-from tests.conftest import all_runs, write_appends
+from tests.conftest import all_runs, tabular_rows, write_appends
 
 FUZZ = hypothesis_settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
@@ -155,6 +156,7 @@ def test_as_of_values_resolve_or_fail_in_one_line(settings, rows, value: str) ->
 
 
 KEYS = ["seed", "data.table", "data.snapshot_id", "data.ref", "data.as_of", "data.filter", "data.sql", "data.label", "data.features", "data.classes", "data.val_fraction",
+        "data.categorical", "data.max_categories", "data.min_frequency",
         "loader.batch_size", "loader.num_workers", "optim.lr", "optim.epochs", "optim.optimizer", "model.factory", "model.kwargs", "compute.nproc", "compute.device",
         "retrain.schedule", "gates.max_psi", "optim.early_stopping.patience", "nope.key", "optim"]  # fmt: skip
 
@@ -428,3 +430,53 @@ def test_debug_is_accepted_after_the_command_too(settings, catalog, rows) -> Non
 def test_filters_that_once_gave_tracebacks_are_one_line(rows, text: str) -> None:
     table, pinned = rows
     only_icetrain_errors(parse_filter, text, snapshot_schema(table, pinned), pinned)
+
+
+CATEGORY_COLUMNS = ["x1", "plan", "flag", "tags", "code", "label", "id", "nope", "plan,flag", "x1,plan,code", "x1,tags"]
+CATEGORY_KEYS = ["data.features", "data.categorical", "data.max_categories", "data.min_frequency", "model.factory"]
+
+
+@pytest.fixture
+def category_rows(catalog):
+    """A table whose columns need encoding: text (with nulls), a boolean, a list, and a text column of 1200 values."""
+    count = 1200
+    rows = tabular_rows(0, count).append_column(
+        "plan", pa.array([None if i % 7 == 0 else f"p{i % 4}" for i in range(count)])
+    )
+    rows = rows.append_column("flag", pa.array([i % 3 == 0 for i in range(count)]))
+    rows = rows.append_column("tags", pa.array([["a", "b"]] * count))
+    rows = rows.append_column("code", pa.array([f"c{i}" for i in range(count)]))
+    append_arrow(catalog, "demo.kinds", rows, source="test", identifier_fields=("id",))
+
+
+@hypothesis_settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    assignments=st.lists(
+        st.tuples(
+            st.sampled_from(CATEGORY_KEYS),
+            st.one_of(
+                st.sampled_from(CATEGORY_COLUMNS),
+                st.sampled_from(["0", "1", "-3", "5", "mlp", "cnn", "linear"]),
+                text_soup,
+            ),
+        ),
+        max_size=3,
+    )
+)
+def test_columns_of_every_kind_train_or_are_refused_in_one_line(
+    settings, catalog, category_rows, assignments: list[tuple[str, str]]
+) -> None:
+    argv = ["train", "--table", "demo.kinds", "--epochs", "1", "--no-progress", "--set", "data.features=x1,plan,flag"]
+    for key, value in assignments:
+        argv += ["--set", f"{key}={value}"]
+    runs_before = len(all_runs(settings))
+    code, _, err = run_cli(argv)
+    runs = all_runs(settings)
+    if code == 0:
+        assert len(runs) == runs_before + 1, "a valid command trains once"
+    else:
+        assert_one_line_error(code, err, argv)
+        assert len(runs) == runs_before, (argv, err)
+    assert all(run.info.status == "FINISHED" for run in runs), "no run is left RUNNING or FAILED by a user mistake"

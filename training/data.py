@@ -85,17 +85,18 @@ def open_training_data(prepared: PreparedRun) -> TrainingData:
     return TrainingData(read, report, train, val)
 
 
-def feature_sample(loader: IcebergLoader, rows: int = 4096) -> torch.Tensor:
-    """The first rows of the loader's epoch 0, without moving its position (for input statistics)."""
+def feature_sample(loader: IcebergLoader, rows: int = 4096) -> tuple[torch.Tensor, ...]:
+    """The model's inputs for the first rows of the loader's epoch 0 (the features, or the
+    numeric features and the categories), without moving its position (for input statistics)."""
     state = loader.state_dict()
     loader.set_epoch(0)
-    taken: list[torch.Tensor] = []
-    for features, _ in loader:
-        taken.append(features)
-        if sum(len(t) for t in taken) >= rows:
+    taken: list[tuple[torch.Tensor, ...]] = []
+    for *inputs, _ in loader:
+        taken.append(tuple(inputs))
+        if sum(len(t[0]) for t in taken) >= rows:
             break
     loader.load_state_dict(state)
-    return torch.cat(taken)[:rows]
+    return tuple(torch.cat(parts)[:rows] for parts in zip(*taken, strict=True))
 
 
 __all__ = ["TrainingData", "feature_sample", "open_training_data"]

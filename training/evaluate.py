@@ -12,7 +12,7 @@ the score).
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow.pytorch
@@ -20,16 +20,17 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.config.settings import Settings
+from pipeline.data.loader import IcebergLoader
 from pipeline.errors import ConfigError
 from pipeline.tracking.client import tracking_client
-from pipeline.tracking.lineage import replay_config
+from pipeline.tracking.lineage import replay_config, replay_encoding
 from pipeline.tracking.reference import CHAMPION_ALIAS
 from pipeline.tracking.reference import champion_version as champion_of
 from pipeline.tracking.registry import register
 from training.compute import Compute
-from training.data import open_training_data
+from training.data import TrainingData, open_training_data
 from training.loop import evaluate
-from training.prepare import RunOrigin, prepare_run
+from training.prepare import PreparedRun, RunOrigin, prepare_run
 from training.tasks import lower_is_better
 from training.train import make_task
 
@@ -58,7 +59,9 @@ def champion_challenger(settings: Settings, run_id: str, model_name: str, metric
         RunNotFoundError, RegistryError: the run or registration fails (nothing promoted).
     """
     config = replay_config(settings, run_id)
-    prepared = prepare_run(settings, config, RunOrigin(launched_by="evaluate"))
+    prepared = prepare_run(
+        settings, config, RunOrigin(launched_by="evaluate"), encoding=replay_encoding(settings, run_id)
+    )
     prepared.raise_if_blocked()
     data = open_training_data(prepared)
     if data.val is None:
@@ -78,7 +81,8 @@ def champion_challenger(settings: Settings, run_id: str, model_name: str, metric
         promoted, champion_version, champion_score, reason = True, None, None, "no champion yet"
     else:
         champion_version = str(current.version)
-        champion_score = evaluate(_load(client, current.run_id), task, data.val, compute)[name]
+        rows = _encoded_for(settings, prepared, current.run_id, data)
+        champion_score = evaluate(_load(client, current.run_id), task, rows, compute)[name]
         gain = champion_score - challenger_score if lower_is_better(name) else challenger_score - champion_score
         promoted = gain > margin
         reason = f"{metric} {challenger_score:.4f} vs champion's {champion_score:.4f}: {'better' if promoted else 'not better'} by more than {margin}"
@@ -141,6 +145,19 @@ def version_tags(verdict: Verdict, snapshot: str) -> dict[str, dict[str, str]]:
             }
         )
     return tags
+
+
+def _encoded_for(settings: Settings, prepared: PreparedRun, run_id: str, data: TrainingData) -> IcebergLoader:
+    """The same validation rows, encoded with the categories ``run_id``'s model was trained on."""
+    encoding = replay_encoding(settings, run_id)
+    if encoding == prepared.encoding:
+        assert data.val is not None
+        return data.val
+    assert prepared.read is not None
+    read = replace(prepared.read, layout=prepared.read.layout.with_encoding(encoding))
+    rows = open_training_data(replace(prepared, encoding=encoding, read=read)).val
+    assert rows is not None
+    return rows
 
 
 def _load(client: MlflowClient, run_id: str) -> torch.nn.Module:

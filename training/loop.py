@@ -117,7 +117,7 @@ class Health:
         self.first_bad_step = torch.where(unseen & ~torch.isfinite(loss.detach()), step, self.first_bad_step)
         flat = (
             features.detach().reshape(features.shape[0], -1)
-            if features.is_floating_point() and features.shape[0]
+            if features.is_floating_point() and features.numel()
             else None
         )
         if flat is not None:
@@ -189,14 +189,14 @@ def fit(
             leave=False,
             disable=None if run.show_progress and compute.is_main else True,
         )
-        for features, targets in batches:
-            features = features.to(compute.device, non_blocking=True)
+        for *inputs, targets in batches:  # (features, targets) or (numeric, categories, targets)
+            inputs = [t.to(compute.device, non_blocking=True) for t in inputs]
             targets = targets.to(compute.device, non_blocking=True)
             run.optimizer.zero_grad(set_to_none=True)
             with compute.autocast():
-                outputs = model(features)
+                outputs = model(*inputs)
                 loss = loss_fn(outputs, targets)
-            health.watch(progress.step + 1, loss, features)
+            health.watch(progress.step + 1, loss, inputs[0])
             run.scaler.scale(loss).backward()
             run.scaler.step(run.optimizer)
             run.scaler.update()
@@ -227,13 +227,11 @@ def evaluate(model: nn.Module, task: Task, data: EpochLoader, compute: Compute) 
     sums: torch.Tensor | None = None
     scores: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
-    for features, targets in data:
-        features, targets = (
-            features.to(compute.device, non_blocking=True),
-            targets.to(compute.device, non_blocking=True),
-        )
+    for *inputs, targets in data:
+        inputs = [t.to(compute.device, non_blocking=True) for t in inputs]
+        targets = targets.to(compute.device, non_blocking=True)
         with compute.autocast():
-            outputs = model(features)
+            outputs = model(*inputs)
         batch_sums = task.sums(outputs, targets)
         sums = batch_sums if sums is None else sums + batch_sums
         if task.ranking_metric_names:

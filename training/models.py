@@ -1,10 +1,14 @@
 """Models by name: built-ins and users' own factories, all called the same way.
 
 A factory is ``function(feature_shape, num_classes, **kwargs)`` returning a ``torch.nn.Module``;
-``feature_shape`` is the per-row shape (``(1, 8, 8)`` for an image, ``(F,)`` for F columns)
-and ``num_classes`` is 1 for regression. A factory that declares a ``sample`` parameter also
-gets a tensor of training features (for input statistics). ``model.factory`` names one:
-a built-in name from ``BUILTIN_FACTORIES`` or ``"package.module:function"``.
+``feature_shape`` is the per-row shape (``(1, 8, 8)`` for an image, ``(F,)`` for F numeric
+columns) and ``num_classes`` is 1 for regression. A factory that declares a ``sample``
+parameter also gets a tensor of training features (for input statistics). With categorical
+features the factory must declare ``cardinalities`` (``{column: number of indices}``, in the
+order of the categories tensor's columns) and its module is called ``model(numeric,
+categories)``. ``model.factory`` names one: a built-in name from ``BUILTIN_FACTORIES`` or
+``"package.module:function"``; the built-in ``mlp``, ``linear`` and ``auto`` embed each
+categorical column (``model.kwargs.embedding_dims: {column: size}`` overrides the default size).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import importlib
 import inspect
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -72,19 +76,73 @@ class Standardize(nn.Module):
         return (x.reshape(len(x), -1) - self.mean) / self.std
 
 
+def embedding_size(cardinality: int) -> int:
+    """The default embedding width for a column of ``cardinality`` indices (fast.ai's rule, at most 50)."""
+    return max(2, min(50, round(1.6 * cardinality**0.56)))
+
+
+class CategoryEmbeddings(nn.Module):
+    """One embedding per categorical column, concatenated: ``[B, C]`` int64 indices -> ``[B, width]``."""
+
+    def __init__(self, cardinalities: Mapping[str, int], sizes: Mapping[str, int] | None = None):
+        super().__init__()
+        sizes = dict(sizes or {})
+        unknown = sorted(set(sizes) - set(cardinalities))
+        if unknown:
+            raise ModelError(
+                f"model.kwargs.embedding_dims names {', '.join(unknown)}, not categorical columns ({', '.join(cardinalities)})"
+            )
+        self.tables = nn.ModuleList(
+            nn.Embedding(count, int(sizes.get(name) or embedding_size(count))) for name, count in cardinalities.items()
+        )
+        self.width = sum(table.embedding_dim for table in self.tables)
+
+    def forward(self, categories: torch.Tensor) -> torch.Tensor:
+        return torch.cat([table(categories[:, j]) for j, table in enumerate(self.tables)], dim=1)
+
+
+class Tabular(nn.Module):
+    """Standardised numeric features beside embedded categories, into a head (``forward(numeric, categories)``)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        cardinalities: Mapping[str, int],
+        head: Callable[[int], nn.Module],
+        sample: torch.Tensor | None = None,
+        embedding_dims: Mapping[str, int] | None = None,
+    ):
+        super().__init__()
+        self.in_features = in_features
+        self.standardize = Standardize(in_features, sample)
+        self.embed = CategoryEmbeddings(cardinalities, embedding_dims)
+        self.head = head(in_features + self.embed.width)
+
+    def forward(self, x: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
+        parts = [self.standardize(x)] if self.in_features else []
+        return self.head(torch.cat([*parts, self.embed(categories)], dim=1))
+
+
+def _mlp_head(num_classes: int, hidden: int) -> Callable[[int], nn.Module]:
+    def head(width: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Linear(width, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden // 2),
+            nn.ReLU(),
+            nn.Linear(hidden // 2, num_classes),
+        )
+
+    return head
+
+
 class TabularMLP(nn.Module):
     """Standardised inputs into two hidden layers."""
 
     def __init__(self, in_features: int, num_classes: int, hidden: int = 128, sample: torch.Tensor | None = None):
         super().__init__()
         self.standardize = Standardize(in_features, sample)
-        self.net = nn.Sequential(
-            nn.Linear(in_features, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden // 2),
-            nn.ReLU(),
-            nn.Linear(hidden // 2, num_classes),
-        )
+        self.net = _mlp_head(num_classes, hidden)(in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.standardize(x))
@@ -98,23 +156,44 @@ def small_cnn(feature_shape: tuple[int, ...], num_classes: int, width: int = 32)
 
 
 def tabular_mlp(
-    feature_shape: tuple[int, ...], num_classes: int, hidden: int = 128, sample: torch.Tensor | None = None
+    feature_shape: tuple[int, ...],
+    num_classes: int,
+    hidden: int = 128,
+    sample: torch.Tensor | None = None,
+    cardinalities: Mapping[str, int] | None = None,
+    embedding_dims: Mapping[str, int] | None = None,
 ) -> nn.Module:
-    """An MLP over the flattened features, standardised with the training sample's statistics."""
+    """An MLP over the flattened features, standardised with the training sample's statistics,
+    and over one embedding per categorical column."""
+    if cardinalities:
+        return Tabular(math.prod(feature_shape), cardinalities, _mlp_head(num_classes, hidden), sample, embedding_dims)
     return TabularMLP(math.prod(feature_shape), num_classes, hidden, sample)
 
 
-def linear(feature_shape: tuple[int, ...], num_classes: int, sample: torch.Tensor | None = None) -> nn.Module:
-    """Standardised features into one linear layer (logistic or linear regression)."""
+def linear(
+    feature_shape: tuple[int, ...],
+    num_classes: int,
+    sample: torch.Tensor | None = None,
+    cardinalities: Mapping[str, int] | None = None,
+    embedding_dims: Mapping[str, int] | None = None,
+) -> nn.Module:
+    """Standardised features (and embedded categories) into one linear layer (logistic or linear regression)."""
     in_features = math.prod(feature_shape)
+    if cardinalities:
+        return Tabular(in_features, cardinalities, lambda width: nn.Linear(width, num_classes), sample, embedding_dims)
     return nn.Sequential(Standardize(in_features, sample), nn.Linear(in_features, num_classes))
 
 
-def auto(feature_shape: tuple[int, ...], num_classes: int, sample: torch.Tensor | None = None) -> nn.Module:
+def auto(
+    feature_shape: tuple[int, ...],
+    num_classes: int,
+    sample: torch.Tensor | None = None,
+    cardinalities: Mapping[str, int] | None = None,
+) -> nn.Module:
     """The CNN for image features, else the MLP."""
     if len(feature_shape) == 3:
         return small_cnn(feature_shape, num_classes)
-    return tabular_mlp(feature_shape, num_classes, sample=sample)
+    return tabular_mlp(feature_shape, num_classes, sample=sample, cardinalities=cardinalities)
 
 
 def resolve_factory(name: str) -> ModelFactory:
@@ -143,18 +222,30 @@ def resolve_factory(name: str) -> ModelFactory:
 
 
 def build_model(
-    section: ModelSection, feature_shape: tuple[int, ...], num_classes: int, sample: torch.Tensor | None = None
+    section: ModelSection,
+    feature_shape: tuple[int, ...],
+    num_classes: int,
+    sample: torch.Tensor | None = None,
+    cardinalities: Mapping[str, int] | None = None,
 ) -> nn.Module:
     """Call the configured factory and check that it returned a module.
 
     Raises:
-        ModelError: the factory cannot be imported, rejects its arguments, fails, or returns
-            something that is not a ``torch.nn.Module``.
+        ModelError: the factory cannot be imported, rejects its arguments, takes no
+            ``cardinalities`` while some features are categories, fails, or returns something
+            that is not a ``torch.nn.Module``.
     """
     factory = resolve_factory(section.factory)
     kwargs = dict(section.kwargs)
-    if sample is not None and _accepts_sample(factory):
+    if sample is not None and _accepts(factory, "sample"):
         kwargs["sample"] = sample
+    if cardinalities:
+        if not _accepts(factory, "cardinalities"):
+            raise ModelError(
+                f"model.factory {section.factory!r} takes no 'cardinalities', but {', '.join(cardinalities)} are categorical features;"
+                " declare a cardinalities parameter ({column: number of indices}) and forward(numeric, categories), or use 'mlp' or 'linear'"
+            )
+        kwargs["cardinalities"] = dict(cardinalities)
     try:
         model = factory(tuple(feature_shape), num_classes, **kwargs)
     except ModelError:
@@ -170,9 +261,9 @@ def build_model(
     return model
 
 
-def _accepts_sample(factory: ModelFactory) -> bool:
+def _accepts(factory: ModelFactory, parameter: str) -> bool:
     try:
-        return "sample" in inspect.signature(factory).parameters
+        return parameter in inspect.signature(factory).parameters
     except (TypeError, ValueError):
         return False
 

@@ -25,10 +25,12 @@ from pyiceberg.table import Table
 
 from pipeline.config.settings import Settings
 from pipeline.config.tree import PipelineConfig, parse_config
+from pipeline.data.encoding import Encoding
 from pipeline.data.gate import DataReport, inspect_data
 from pipeline.data.quality import GateResult, QualityReport, assess_snapshot, judge
 from pipeline.data.reading import PreparedRead, prepare_read
 from pipeline.data.snapshots import PinnedSnapshot, resolve_snapshot
+from pipeline.data.vocabulary import learn_encoding
 from pipeline.errors import ConfigError, GateError, SnapshotNotFoundError
 from pipeline.lake.catalog import load_table, open_catalog
 from pipeline.tracking.client import tracking_client
@@ -68,7 +70,9 @@ class PreparedRun:
             gates were not judged).
         gates: 'judge' (judged), 'skip' (the caller skipped them: recorded on the run) or 'off'
             (the pipeline declares none).
-        table, read: the loaded table and the planned read, in this process only.
+        encoding: the categorical columns' vocabularies (learned from the training split, or
+            the recorded ones of the run being replayed); None without categorical features.
+        table, read: the loaded table and the planned read (with the encoding), in this process only.
     """
 
     config: PipelineConfig
@@ -77,6 +81,7 @@ class PreparedRun:
     report: DataReport | None
     quality: QualityReport | None = None
     gates: Gates = "off"
+    encoding: Encoding | None = None
     table: Table | None = field(default=None, compare=False, repr=False)
     read: PreparedRead | None = field(default=None, compare=False, repr=False)
 
@@ -149,6 +154,7 @@ class PreparedRun:
                 "report": self.report.to_dict() if self.report is not None else None,
                 "quality": self.quality.to_dict() if self.quality is not None else None,
                 "gates": self.gates,
+                "encoding": self.encoding.to_dict() if self.encoding is not None else None,
             }
         )
 
@@ -170,6 +176,7 @@ class PreparedRun:
                 report=DataReport.from_dict(values["report"]) if values["report"] is not None else None,
                 quality=QualityReport.from_dict(values["quality"]) if values["quality"] is not None else None,
                 gates=values["gates"],
+                encoding=Encoding.from_dict(values["encoding"]) if values["encoding"] is not None else None,
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"not a prepared run of this icetrain ({exc})") from exc
@@ -179,7 +186,12 @@ class PreparedRun:
 
 
 def prepare_run(
-    settings: Settings, config: PipelineConfig, origin: RunOrigin | None = None, *, gates: Gates = "off"
+    settings: Settings,
+    config: PipelineConfig,
+    origin: RunOrigin | None = None,
+    *,
+    gates: Gates = "off",
+    encoding: Encoding | None = None,
 ) -> PreparedRun:
     """Pin the config's snapshot once and judge it once.
 
@@ -188,6 +200,8 @@ def prepare_run(
         gates: 'judge' also profiles the features and judges the quality gates against the
             reference snapshot (the champion's, else the pipeline's last finished run's);
             'skip' records that the caller skipped them; 'off' (a pipeline with no ``gates``).
+        encoding: a recorded encoding to use (a replay); otherwise the categorical columns'
+            vocabularies are learned now from the training split, in one pass.
 
     A failed gate does not raise here: the caller refuses with ``raise_if_blocked`` (the CLI,
     ``run_prepared``) or reports each verdict (Dagster's checks).
@@ -230,7 +244,18 @@ def prepare_run(
             min_rows=config.data.min_rows,
             count_classes=classification and (config.optim.class_weights == "balanced" or gates == "judge"),
         )
-    return PreparedRun(config, pinned, origin, report, quality, gates, table=table, read=read)
+        if read.layout.categorical and encoding is None and report.passed:
+            log.info("learning the vocabularies of %s", ", ".join(read.layout.categorical))
+            encoding = learn_encoding(
+                read,
+                config.loader_config("train" if config.data.val_fraction > 0 else "all"),
+                min_frequency=config.data.min_frequency,
+                max_categories=config.data.max_categories,
+                threads=config.loader.decode_threads,
+            )
+        if encoding is not None or not read.layout.categorical:
+            read = replace(read, layout=read.layout.with_encoding(encoding))
+    return PreparedRun(config, pinned, origin, report, quality, gates, encoding, table=table, read=read)
 
 
 def attached(settings: Settings, prepared: PreparedRun) -> PreparedRun:
@@ -247,7 +272,10 @@ def attached(settings: Settings, prepared: PreparedRun) -> PreparedRun:
         raise SnapshotNotFoundError(
             f"pinned snapshot {pinned.snapshot_id} of {pinned.table!r} no longer exists (expired?)"
         )
-    read = prepared.read or prepare_read(table, pinned, prepared.config.data.read_spec())
+    read = prepared.read
+    if read is None:
+        planned = prepare_read(table, pinned, prepared.config.data.read_spec())
+        read = replace(planned, layout=planned.layout.with_encoding(prepared.encoding))
     return replace(prepared, table=table, read=read)
 
 

@@ -7,10 +7,12 @@ FINISHED or FAILED, never left RUNNING by an error this process sees.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import mlflow.pytorch
 import torch
@@ -129,21 +131,31 @@ class MlflowRecorder:
             )
         self.client.log_batch(self.run_id, metrics=entries)
 
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor, step: int) -> str:
+    def log_json(self, values: Any, artifact_path: str) -> None:
+        """Write ``values`` as a JSON artifact of the run at ``artifact_path`` ('folder/name.json')."""
+        folder, _, name = artifact_path.rpartition("/")
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / name
+            path.write_text(json.dumps(values, indent=1, sort_keys=True))
+            self.client.log_artifact(self.run_id, str(path), folder or None)
+
+    def log_model(self, model: torch.nn.Module, example: tuple[torch.Tensor, ...], step: int) -> str:
         """Save the model in MLflow's pytorch format (pickle: the pt2 default needs torch.export).
 
         It goes to the logged model made by ``start_model`` (``models:/<id>``), which becomes
         READY, and to the run's ``model/`` artifacts (so ``runs:/<run>/model`` loads it too).
+        A model over one tensor gets a signature; one over features and categories is called
+        ``model(numeric, categories)`` (its table-level signature comes with the served model).
         """
         with torch.no_grad():
-            output = model(example)
+            output = model(*example)
         with tempfile.TemporaryDirectory() as folder:
             target = Path(folder) / MODEL_ARTIFACT
             mlflow.pytorch.save_model(
                 model,
                 str(target),
                 serialization_format="pickle",
-                signature=infer_signature(example.numpy(), output.float().numpy()),
+                signature=infer_signature(example[0].numpy(), output.float().numpy()) if len(example) == 1 else None,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )
             self.client.log_artifacts(self.run_id, str(target), MODEL_ARTIFACT)
@@ -190,7 +202,9 @@ class NullRecorder(MlflowRecorder):
     def log_dataset(self, dataset: IcebergSnapshotDataset, context: str = "training") -> None: ...
     def log_file(self, path: Path, artifact_dir: str) -> None: ...
 
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor, step: int) -> str:
+    def log_json(self, values: Any, artifact_path: str) -> None: ...
+
+    def log_model(self, model: torch.nn.Module, example: tuple[torch.Tensor, ...], step: int) -> str:
         return ""
 
     def finish(self, status: str = "FINISHED") -> None: ...

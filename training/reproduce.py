@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config.settings import Settings
 from pipeline.errors import SnapshotNotFoundError
 from pipeline.tracking.client import tracking_client
-from pipeline.tracking.lineage import get_run, replay_config
+from pipeline.tracking.lineage import get_run, replay_config, replay_encoding
 from pipeline.tracking.tags import PIPELINE_TAG, REPRODUCES_TAG, SNAPSHOT_ID_TAG, TABLE_TAG
 from training import checkpoint
 from training.launch import train_prepared
@@ -73,7 +73,7 @@ def reproduce(settings: Settings, run_id: str, *, progress_bar: bool = True) -> 
     config = replay_config(settings, run_id)
     origin = RunOrigin(original.data.tags.get(PIPELINE_TAG), "reproduce", tags={REPRODUCES_TAG: run_id})
     try:
-        prepared = prepare_run(settings, config, origin)
+        prepared = prepare_run(settings, config, origin, encoding=replay_encoding(settings, run_id))
     except SnapshotNotFoundError as exc:
         table_name, snapshot_id = original.data.tags[TABLE_TAG], original.data.tags[SNAPSHOT_ID_TAG]
         raise SnapshotNotFoundError(

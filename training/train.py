@@ -28,6 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.config.settings import Settings
 from pipeline.config.tree import PipelineConfig, parse_config
+from pipeline.data.encoding import ARTIFACT_PATH as ENCODING_ARTIFACT
+from pipeline.data.encoding import Encoding
 from pipeline.data.loader import IcebergLoader
 from pipeline.data.snapshots import PinnedSnapshot
 from pipeline.errors import CheckpointError, ConfigError, IcetrainError
@@ -198,7 +200,14 @@ def _train(
 
     # 2. Model, optimizer, schedule; a resumed run takes every state from its checkpoint.
     sample = feature_sample(data.train)
-    model = build_model(config.model, data.layout.feature_shape, task.num_outputs, sample).to(compute.device)
+    encoding = data.layout.encoding
+    model = build_model(
+        config.model,
+        data.layout.numeric_shape,
+        task.num_outputs,
+        sample[0],
+        encoding.cardinalities if encoding is not None else None,
+    ).to(compute.device)
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer)
     scaler = compute.grad_scaler()
@@ -242,13 +251,13 @@ def _train(
             config.optim.early_stopping,
             config.checkpoint.every_steps,
             progress_bar,
-            data.layout.features,
+            data.layout.numeric if data.layout.image_shape is None else data.layout.features,
         )
         progress = fit(
             run, data.train, data.val, progress, lambda m: recorder.log_metrics(m.as_dict(), m.epoch), save_checkpoint
         )
         model.to("cpu").eval()
-        recorder.log_model(model, sample[:4], progress.epoch)
+        recorder.log_model(model, tuple(t[:4] for t in sample), progress.epoch)
         recorder.finish("FINISHED")
     except BaseException as exc:
         recorder.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
@@ -381,8 +390,11 @@ def start_record(
             "resolved.dropped_rows_per_epoch": str(described["dropped_rows_per_epoch"]),
             "resolved.model_class": type(model).__name__,
             "resolved.parameters": str(sum(p.numel() for p in model.parameters())),
+            **encoding_params(data.layout.encoding),
         }
     )
+    if data.layout.encoding is not None:
+        recorder.log_json(data.layout.encoding.to_dict(), ENCODING_ARTIFACT)
     datasets = {
         name: _dataset(data, config, loader)
         for loader, name in ((data.train, "training"), (data.val, "validation"))
@@ -394,6 +406,17 @@ def start_record(
     if "validation" in datasets:
         identities["validation"] = (datasets["validation"].name, datasets["validation"].digest)
     recorder.start_model(context.pipeline or pinned.table, identities)
+
+
+def encoding_params(encoding: Encoding | None) -> dict[str, str]:
+    """The encoding's size and digest as params (the vocabularies themselves are an artifact)."""
+    if encoding is None:
+        return {}
+    return {
+        "resolved.encoding.columns": ",".join(encoding.columns),
+        "resolved.encoding.categories": str(encoding.size),
+        "resolved.encoding.digest": encoding.digest,
+    }
 
 
 def _dataset(data: TrainingData, config: PipelineConfig, loader: IcebergLoader) -> IcebergSnapshotDataset:

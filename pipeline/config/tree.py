@@ -92,8 +92,23 @@ class DataConfig(Section):
         description="What identifies a row for the split: the table's identifier fields (stable across file rewrites), or data file and position; auto: identifier fields when there are any.",
     )
     min_rows: int = Field(1, ge=1, description="Refuse to train on fewer selected rows.")
+    categorical: tuple[str, ...] = Field(
+        (),
+        description="Feature columns that are categories besides text columns (which always are): booleans, integer codes.",
+    )
+    max_categories: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Keep at most this many of a categorical column's most frequent categories (the rest are unknown); default: refuse a column with more than 1000.",
+    )
+    min_frequency: int = Field(
+        1,
+        ge=1,
+        description="Keep only categories seen at least this often in the training rows (the rest are unknown).",
+    )
 
-    @field_validator("features", "classes", mode="before")
+    @field_validator("features", "classes", "categorical", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         """``--set data.features=a,b`` reads as the list [a, b]."""
@@ -175,6 +190,7 @@ class DataConfig(Section):
             image_max=self.image_max,
             split_by=self.split_by,
             since_snapshot_id=self.since_snapshot_id,
+            categorical=self.categorical,
         )
 
 

@@ -41,7 +41,13 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class IcebergLoader(IterableDataset):
-    """Batches of ``(features, class indices)`` from one pinned snapshot.
+    """Batches of ``(features, labels)`` from one pinned snapshot.
+
+    ``features`` is float32 ``[B, *feature_shape]`` (the image, or the numeric columns in
+    ``data.features`` order); ``labels`` is int64 class indices (float32 for regression). When
+    some features are categories, batches are ``(numeric, categories, labels)``: ``categories``
+    is int64 ``[B, C]``, one column per categorical feature in ``layout.categorical`` order,
+    each value an index of its column's vocabulary (0 missing, 1 unknown, 2.. the categories).
 
     Build it with ``pipeline.data.loading.open_loader``. Iterate it directly, or hand it to
     ``torchdata.stateful_dataloader.StatefulDataLoader(loader, batch_size=None)`` (it is an
@@ -195,7 +201,7 @@ class IcebergLoader(IterableDataset):
                 )
         self.epoch, self._batches_done = int(state["epoch"]), int(state["batches_done"])
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         if get_worker_info() is not None:
             raise ConfigError(
                 "IcebergLoader decodes in its own workers: set LoaderConfig.num_workers, and num_workers=0 on the outer DataLoader"
@@ -213,10 +219,18 @@ class IcebergLoader(IterableDataset):
         try:
             for features, labels in _cut(chunks, self.config.batch_size, remaining, self.config.drop_last):
                 self._batches_done += 1
-                yield (features.pin_memory(), labels.pin_memory()) if self._pin else (features, labels)
+                batch = self._handed_out(features, labels)
+                yield tuple(t.pin_memory() for t in batch) if self._pin else batch
         except NullFeatureError as exc:
             raise self._counted_nulls(exc) from exc
         self.epoch, self._batches_done = self.epoch + 1, 0
+
+    def _handed_out(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(features, labels)``, or ``(numeric, categories, labels)`` when some features are categories."""
+        if not self.layout.categorical:
+            return features, labels
+        numeric = len(self.layout.numeric)
+        return features[:, :numeric].contiguous(), features[:, numeric:].to(torch.int64), labels
 
     def _counted_nulls(self, exc: NullFeatureError) -> NullFeatureError:
         """The error with the number of null values in the whole selection, not one row group's."""

@@ -5,6 +5,8 @@ It sits above ``reading`` (plans and counts) and ``gate`` (the rules), which imp
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 from pyiceberg.table import Table
@@ -16,6 +18,7 @@ from pipeline.data.rows import RowProfile
 from pipeline.data.snapshots import PinnedSnapshot
 from pipeline.data.specs import LoaderConfig, ReadSpec
 from pipeline.data.tensors import LabelVocabulary, NumericTarget
+from pipeline.data.vocabulary import learn_encoding
 
 
 def open_loader(
@@ -26,7 +29,10 @@ def open_loader(
     *,
     prepared: PreparedRead | None = None,
 ) -> IcebergLoader:
-    """A loader of ``(features, targets)`` batches over the pinned snapshot.
+    """A loader of ``(features, targets)`` batches over the pinned snapshot (``(numeric, categories, targets)`` with categorical features).
+
+    Categorical columns are encoded with ``prepared``'s layout's encoding; without one, their
+    vocabularies are learned here from the training split (``pipeline.data.vocabulary``).
 
     Counts every row group's rows first (from metadata when it suffices, else reading only
     the label and filter columns, or running the SQL reduced to its WHERE and label), which
@@ -43,6 +49,10 @@ def open_loader(
         FilterError, ColumnError, TransformError: the spec does not fit the snapshot.
     """
     read = prepared or prepare_read(table, pinned, spec)
+    if read.layout.categorical and read.layout.encoding is None:  # learned from the training rows
+        training = replace(config, split="all" if config.split == "all" else "train")
+        learned = learn_encoding(read, training, threads=config.decode_threads)
+        read = replace(read, layout=read.layout.with_encoding(learned))
     source = read.source(config)
 
     def counted() -> RowProfile:

@@ -98,6 +98,7 @@ class ReadSpec:
             table's identifier fields), 'position' (data file and position) or 'auto'
             (identifier fields when the table has them).
         since_snapshot_id: read only the rows appended after this snapshot (incremental training).
+        categorical: feature columns read as categories besides text ones (booleans, integer codes).
     """
 
     label: str = "label"
@@ -110,6 +111,7 @@ class ReadSpec:
     image_max: float | None = None
     split_by: str = "auto"
     since_snapshot_id: int | None = None
+    categorical: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.features is not None and self.label in self.features:

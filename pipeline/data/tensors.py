@@ -7,13 +7,14 @@ back into a ``TensorLayout``; conversion never loops over rows in Python.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from pipeline.data.encoding import Encoding, is_categorical_type, is_text
 from pipeline.data.specs import ReadSpec
 from pipeline.errors import ColumnError, LabelError, NullFeatureError
 
@@ -47,20 +48,58 @@ class TensorLayout:
 
     Attributes:
         label: the label column.
-        features: the feature columns, in order.
+        features: the feature columns, as named.
         image_shape: per-row shape when the single feature is an image column, e.g. (1, 8, 8).
         image_scale: image values are divided by this (the declared maximum) to land in [0, 1].
+        categorical: the features that are categories (text, or named in ``data.categorical``).
+        encoding: their vocabularies, once learned (``pipeline.data.vocabulary``).
+
+    Inside the loader one float32 matrix holds the numeric columns, then the categorical
+    columns' indices (exact in float32: vocabularies hold far fewer than 2^24 categories); the
+    loader hands them out as two tensors, ``(numeric, categories, labels)``.
     """
 
     label: str
     features: tuple[str, ...]
     image_shape: tuple[int, ...] | None = None
     image_scale: float = 255.0
+    categorical: tuple[str, ...] = ()
+    encoding: Encoding | None = None
+
+    @property
+    def numeric(self) -> tuple[str, ...]:
+        """The numeric features, in the order of the numeric tensor's columns."""
+        return tuple(name for name in self.features if name not in self.categorical)
+
+    @property
+    def tensor_columns(self) -> tuple[str, ...]:
+        """The columns of the loader's internal matrix: the numeric ones, then the categorical ones."""
+        return (*self.numeric, *self.categorical)
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
-        """Per-row shape of the feature tensor: the image shape, or (number of features,)."""
+        """Per-row shape of the internal feature matrix: the image shape, or (number of features,)."""
         return self.image_shape if self.image_shape is not None else (len(self.features),)
+
+    @property
+    def numeric_shape(self) -> tuple[int, ...]:
+        """Per-row shape of the numeric tensor a model receives: the image shape, or (numeric features,)."""
+        return self.image_shape if self.image_shape is not None else (len(self.numeric),)
+
+    def with_encoding(self, encoding: Encoding | None) -> TensorLayout:
+        """This layout with its categorical columns' vocabularies.
+
+        Raises:
+            ColumnError: the encoding does not cover exactly the categorical columns.
+        """
+        if encoding is None and not self.categorical:
+            return self
+        if encoding is None or encoding.columns != self.categorical:
+            held = ", ".join(encoding.columns) if encoding is not None else "none"
+            raise ColumnError(
+                f"the recorded encoding holds vocabularies for {held}, but the categorical columns are {', '.join(self.categorical) or 'none'}"
+            )
+        return replace(self, encoding=encoding)
 
 
 def layout_for(
@@ -106,9 +145,16 @@ def layout_for(
         features = tuple(images)
     else:
         skip = {spec.label, *identifier_fields}
-        features = tuple(f.name for f in schema if f.name not in skip and _is_numeric(f.type))
+        declared = set(spec.categorical)
+        features = tuple(
+            f.name
+            for f in schema
+            if f.name not in skip and (_is_numeric(f.type) or is_text(f.type) or f.name in declared)
+        )
         if not features:
-            raise ColumnError(f"no numeric feature columns besides label {spec.label!r}; columns: {', '.join(names)}")
+            raise ColumnError(
+                f"no numeric or text feature columns besides label {spec.label!r}; columns: {', '.join(names)}"
+            )
     image_features = [name for name in features if name in images]
     if image_features:
         if len(features) != 1:
@@ -120,19 +166,47 @@ def layout_for(
             else float(properties.get(IMAGE_MAX_KEY.format(column=name), 255))
         )
         return TensorLayout(label=spec.label, features=features, image_shape=images[name], image_scale=scale)
+    return TensorLayout(label=spec.label, features=features, categorical=_categorical(schema, spec, features))
+
+
+def _categorical(schema: pa.Schema, spec: ReadSpec, features: tuple[str, ...]) -> tuple[str, ...]:
+    """The features that are categories: text columns, and those ``data.categorical`` names.
+
+    Raises:
+        ColumnError: a column has a type icetrain cannot encode, or is declared categorical but
+            is not a feature or cannot hold categories.
+    """
+    outside = [name for name in spec.categorical if name not in features]
+    if outside:
+        raise ColumnError(
+            f"data.categorical names {', '.join(repr(n) for n in outside)}, which {'is' if len(outside) == 1 else 'are'} not among the features {', '.join(features)}"
+        )
+    categorical = []
     for name in features:
-        if not _is_numeric(schema.field(name).type):
-            raise ColumnError(f"feature column {name!r} has type {schema.field(name).type}, not a number")
-    return TensorLayout(label=spec.label, features=features)
+        data_type = schema.field(name).type
+        if name in spec.categorical:
+            if not is_categorical_type(data_type):
+                raise ColumnError(
+                    f"data.categorical: column {name!r} has type {data_type}; categories are text, booleans or integers"
+                )
+            categorical.append(name)
+        elif is_text(data_type):
+            categorical.append(name)  # text is categorical by default
+        elif not _is_numeric(data_type):
+            raise ColumnError(
+                f"feature column {name!r} has type {data_type}, which icetrain cannot encode; features are numbers, or text, boolean or integer categories (data.categorical)"
+            )
+    return tuple(categorical)
 
 
 def features_to_tensor(batch: pa.RecordBatch, layout: TensorLayout) -> torch.Tensor:
-    """The batch's features as a float32 tensor of shape [B, *layout.feature_shape].
+    """The batch's features as a float32 tensor of shape [B, *layout.feature_shape]: the numeric
+    columns, then the categorical columns' indices (``layout.tensor_columns``).
 
     Raises:
-        ColumnError: a feature column has nulls, or image bytes do not match the declared shape.
+        ColumnError: a numeric feature column has nulls, or image bytes do not match the declared shape.
     """
-    for name in layout.features:
+    for name in layout.numeric:
         if batch.column(name).null_count:
             raise NullFeatureError(
                 f"feature column {name!r} has {batch.column(name).null_count} null values in one row group", name
@@ -145,8 +219,13 @@ def features_to_tensor(batch: pa.RecordBatch, layout: TensorLayout) -> torch.Ten
     # Filling rows of a [F, B] matrix is contiguous (column j is one Arrow buffer); one
     # transposing copy then gives the row-major [B, F] that models want, faster than strided writes.
     columns = np.empty((len(layout.features), batch.num_rows), dtype=np.float32)
-    for j, name in enumerate(layout.features):
+    for j, name in enumerate(layout.numeric):
         columns[j] = batch.column(name).to_numpy(zero_copy_only=False)
+    if layout.categorical:
+        if layout.encoding is None:
+            raise ColumnError("the categorical columns have no vocabularies yet (learn the encoding first)")
+        for j, vocabulary in enumerate(layout.encoding.vocabularies, start=len(layout.numeric)):
+            columns[j] = vocabulary.encode(batch.column(vocabulary.column))
     return torch.from_numpy(np.ascontiguousarray(columns.T))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from pipeline.config.secrets import redact
 from pipeline.config.settings import Settings
 from pipeline.config.tree import PipelineConfig
 from pipeline.data.specs import ReadSpec
-from pipeline.errors import RunNotFoundError, TrackingError
+from pipeline.errors import EncodingError, RunNotFoundError, TrackingError
 from pipeline.names import check_tracking_name
 from pipeline.tracking.dataset_source import IcebergDatasetSource
 from pipeline.tracking.params import from_params
@@ -33,6 +34,8 @@ from pipeline.tracking.params import from_params
 # MLflow prints "View run ... at: <tracking URI>" when a run ends on a server, password and
 # all; icetrain prints its own (redacted) links instead.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+from pipeline.data.encoding import ARTIFACT_PATH as ENCODING_ARTIFACT
+from pipeline.data.encoding import Encoding
 from pipeline.data.snapshots import PinnedSnapshot
 from pipeline.data.tensors import TensorLayout
 from pipeline.tracking.client import tracking_client
@@ -260,6 +263,36 @@ def replay_config(settings: Settings, run_id: str) -> PipelineConfig:
         "data.as_of": None,
     }
     return config.updated({**pinned, "tracking.registered_model": None})
+
+
+def replay_encoding(settings: Settings, run_id: str) -> Encoding | None:
+    """The encoding an earlier run recorded (its categorical columns' vocabularies), for a replay; None when it had none.
+
+    Raises:
+        RunNotFoundError: no such run.
+        EncodingError: the run recorded an encoding whose artifact is missing or damaged.
+        TrackingError: MLflow could not be asked.
+    """
+    run = get_run(settings, run_id)
+    digest = run.data.params.get("resolved.encoding.digest")
+    if not digest:
+        return None
+    where = f"run {run_id}'s encoding ({ENCODING_ARTIFACT}, digest {digest})"
+    try:
+        with tempfile.TemporaryDirectory(prefix="icetrain-encoding-") as folder:
+            path = tracking_client(settings).download_artifacts(run_id, ENCODING_ARTIFACT, folder)
+            encoding = Encoding.from_dict(json.loads(Path(path).read_text()))
+    except MlflowException as exc:
+        if not is_absence(exc):
+            raise tracking_error(f"read {where}", exc) from exc
+        raise EncodingError(f"{where} is missing; the run cannot be replayed with its categories") from exc
+    except OSError as exc:
+        raise EncodingError(f"{where} is missing; the run cannot be replayed with its categories") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EncodingError(f"{where} is damaged ({exc}); the run cannot be replayed with its categories") from exc
+    if encoding.digest != digest:
+        raise EncodingError(f"{where} is damaged: its vocabularies hash to {encoding.digest}")
+    return encoding
 
 
 def _mlflow_type(data_type: pa.DataType) -> DataType:

@@ -1,0 +1,159 @@
+"""The encoding of categorical columns: one recorded value, applied the same way wherever a model runs.
+
+A categorical column (text, or a boolean or integer column named in ``data.categorical``)
+becomes int64 indices through its ``Vocabulary``: index 0 is *missing* (null), 1 is
+*unknown* (a category the vocabulary does not hold: rare ones left out, and every one first
+seen after the vocabulary was learned), and 2.. are the kept categories in sorted order.
+Values are compared as text (``true``/``false`` for booleans, decimal digits for integers).
+
+The ``Encoding`` (every column's vocabulary, in the tensor's column order) is learned once
+from the training split of the pinned snapshot (``pipeline.data.vocabulary``), carried by the
+prepared run, recorded with the MLflow run (an artifact plus its size and digest as params)
+and replayed from there, never learned again for the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MISSING = 0
+UNKNOWN = 1
+FIRST = 2
+DEFAULT_LIMIT = 1000
+ARTIFACT_PATH = "encoding/encoding.json"
+
+
+def as_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A categorical column's values as text (dictionaries decoded), the form vocabularies hold."""
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode() if isinstance(column, pa.Array) else column.cast(column.type.value_type)
+    if pa.types.is_large_string(column.type):
+        return column
+    return pc.cast(column, pa.large_string())
+
+
+def is_categorical_type(data_type: pa.DataType) -> bool:
+    """Whether a column of this type can be categorical: text, booleans or integers."""
+    if pa.types.is_dictionary(data_type):
+        data_type = data_type.value_type
+    return is_text(data_type) or pa.types.is_boolean(data_type) or pa.types.is_integer(data_type)
+
+
+def is_text(data_type: pa.DataType) -> bool:
+    if pa.types.is_dictionary(data_type):
+        data_type = data_type.value_type
+    return pa.types.is_string(data_type) or pa.types.is_large_string(data_type)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """One categorical column's kept categories (sorted); everything else is unknown, null is missing."""
+
+    column: str
+    categories: tuple[str, ...]
+
+    @property
+    def cardinality(self) -> int:
+        """How many indices the column takes: the categories plus missing and unknown."""
+        return len(self.categories) + FIRST
+
+    def encode(self, column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """The column's indices as int64, in bulk (no per-row Python)."""
+        values = as_text(column)
+        found = pc.index_in(values, value_set=pa.array(self.categories, type=pa.large_string()))
+        index = found.fill_null(UNKNOWN - FIRST).to_numpy(zero_copy_only=False).astype(np.int64) + FIRST
+        if values.null_count:
+            index[values.is_null().to_numpy(zero_copy_only=False)] = MISSING
+        return index
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """Every categorical column's vocabulary, in the order of the categorical tensor's columns."""
+
+    vocabularies: tuple[Vocabulary, ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(v.column for v in self.vocabularies)
+
+    @property
+    def cardinalities(self) -> dict[str, int]:
+        """Indices per column (categories + missing + unknown), what embeddings are sized by."""
+        return {v.column: v.cardinality for v in self.vocabularies}
+
+    @property
+    def size(self) -> int:
+        """The number of kept categories over all columns."""
+        return sum(len(v.categories) for v in self.vocabularies)
+
+    @property
+    def digest(self) -> str:
+        """A short hash of the whole encoding (recorded as a param; equal digests encode equally)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def vocabulary(self, column: str) -> Vocabulary:
+        return next(v for v in self.vocabularies if v.column == column)
+
+    def changes_since(self, before: Encoding) -> list[str]:
+        """How this encoding differs from an earlier one: categories added or dropped, per column."""
+        changes = []
+        for vocabulary in self.vocabularies:
+            if vocabulary.column not in before.columns:
+                changes.append(f"{vocabulary.column}: new column ({len(vocabulary.categories)} categories)")
+                continue
+            old, new = set(before.vocabulary(vocabulary.column).categories), set(vocabulary.categories)
+            added, dropped = sorted(new - old), sorted(old - new)
+            if added or dropped:
+                parts = [
+                    f"+{len(added)} ({_few(added)})" if added else "",
+                    f"-{len(dropped)} ({_few(dropped)})" if dropped else "",
+                ]
+                changes.append(f"{vocabulary.column}: " + ", ".join(p for p in parts if p))
+        return changes
+
+    def __repr__(self) -> str:  # short, for logs and the decoded cache's key
+        return f"Encoding({', '.join(f'{v.column}:{v.cardinality}' for v in self.vocabularies)}; {self.digest})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": [{"column": v.column, "categories": list(v.categories)} for v in self.vocabularies]}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Encoding:
+        """Raises KeyError, TypeError or ValueError for what is not an encoding."""
+        vocabularies = []
+        for entry in values["columns"]:
+            categories = entry["categories"]
+            if not isinstance(entry["column"], str) or not all(isinstance(c, str) for c in categories):
+                raise ValueError("columns and categories must be text")
+            if list(categories) != sorted(set(categories)):
+                raise ValueError(f"categories of {entry['column']!r} are not sorted and distinct")
+            vocabularies.append(Vocabulary(entry["column"], tuple(categories)))
+        return cls(tuple(vocabularies))
+
+
+def _few(values: list[str], shown: int = 3) -> str:
+    return ", ".join(repr(v) for v in values[:shown]) + (
+        f", ... {len(values) - shown} more" if len(values) > shown else ""
+    )
+
+
+__all__ = [
+    "ARTIFACT_PATH",
+    "DEFAULT_LIMIT",
+    "FIRST",
+    "MISSING",
+    "UNKNOWN",
+    "Encoding",
+    "Vocabulary",
+    "as_text",
+    "is_categorical_type",
+    "is_text",
+]
