@@ -210,6 +210,19 @@ def assert_one_line_error(code: int, err: str, argv: list[str]) -> None:
     assert len(lines) == 1 and lines[0].startswith("icetrain: "), (argv, err)
 
 
+def trains_once_or_refuses_in_one_line(settings, argv: list[str]) -> None:
+    """``icetrain ARGV`` trains one run, or exits with one line and records nothing; no run is left unfinished."""
+    runs_before = len(all_runs(settings))
+    code, _, err = run_cli(argv)
+    runs = all_runs(settings)
+    if code == 0:
+        assert len(runs) == runs_before + 1, "a valid command trains once"
+    else:
+        assert_one_line_error(code, err, argv)
+        assert len(runs) == runs_before, (argv, err)
+    assert all(run.info.status == "FINISHED" for run in runs), "no run is left RUNNING or FAILED by a user mistake"
+
+
 @FUZZ
 @given(
     args=st.lists(
@@ -229,15 +242,7 @@ def test_the_train_command_trains_or_fails_in_one_line_and_leaves_nothing_runnin
         "--no-progress",
         *[part for pair in args for part in pair],
     ]
-    runs_before = len(all_runs(settings))
-    code, _, err = run_cli(argv)
-    runs = all_runs(settings)
-    if code == 0:
-        assert len(runs) == runs_before + 1, "a valid command trains once"
-    else:
-        assert_one_line_error(code, err, argv)
-        assert len(runs) == runs_before, (argv, err)
-    assert all(run.info.status == "FINISHED" for run in runs), "no run is left RUNNING or FAILED by a user mistake"
+    trains_once_or_refuses_in_one_line(settings, argv)
     assert len(load_table(catalog, "demo.rows").snapshots()) == 1
 
 
@@ -471,12 +476,4 @@ def test_columns_of_every_kind_train_or_are_refused_in_one_line(
     argv = ["train", "--table", "demo.kinds", "--epochs", "1", "--no-progress", "--set", "data.features=x1,plan,flag"]
     for key, value in assignments:
         argv += ["--set", f"{key}={value}"]
-    runs_before = len(all_runs(settings))
-    code, _, err = run_cli(argv)
-    runs = all_runs(settings)
-    if code == 0:
-        assert len(runs) == runs_before + 1, "a valid command trains once"
-    else:
-        assert_one_line_error(code, err, argv)
-        assert len(runs) == runs_before, (argv, err)
-    assert all(run.info.status == "FINISHED" for run in runs), "no run is left RUNNING or FAILED by a user mistake"
+    trains_once_or_refuses_in_one_line(settings, argv)
