@@ -186,6 +186,14 @@ PROFILE_SCHEMA = TableSchema(
         TableColumn("reference_mean", "float", description="the feature's mean in the reference snapshot"),
         TableColumn("nulls", "int"),
         TableColumn("nans", "int"),
+        TableColumn(
+            "top_categories", "string", description="a categorical feature's most frequent categories and rows"
+        ),
+        TableColumn(
+            "unknown_share",
+            "float",
+            description="a categorical feature's share of rows outside the reference's top categories",
+        ),
     ]
 )
 
@@ -197,16 +205,21 @@ def _profile_table(quality: QualityReport) -> MetadataValue:
     for name in order:
         profile, before = quality.profiles[name], quality.reference_profiles.get(name)
         psi = round(quality.drift[name], 4) if name in quality.drift else None
-        reference_mean = round(before.mean, 6) if before is not None else None
+        categorical = profile.categorical
+        reference_mean = round(before.mean, 6) if before is not None and not categorical else None
         records.append(
             TableRecord(
                 {
                     "feature": name,
                     "psi": psi,
-                    "mean": round(profile.mean, 6),
+                    "mean": None if categorical else round(profile.mean, 6),
                     "reference_mean": reference_mean,
                     "nulls": profile.nulls,
                     "nans": profile.nans,
+                    "top_categories": ", ".join(f"{value} ({rows})" for value, rows in profile.top())
+                    if categorical
+                    else "",
+                    "unknown_share": round(profile.unknown_share, 4) if categorical else None,
                 }
             )
         )

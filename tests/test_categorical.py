@@ -173,3 +173,27 @@ def test_the_readmes_own_factory_takes_the_cardinalities_and_trains_on_categorie
     result = train(settings, config.updated({"model.kwargs": {"hidden": 16}}))
     assert result.config.data.features == ("income", "purpose", "verified")
     assert result.final_metrics["val_accuracy"] > 0.6
+
+
+def test_categorical_drift_is_measured_over_the_references_categories_with_unknown_and_missing_bins(
+    settings, catalog, loan_table
+) -> None:
+    from pipeline.data.quality import assess_snapshot, judge
+
+    table = load_table(catalog, "bank.loans")
+    before = resolve_snapshot(table, SnapshotRequest("bank.loans"), settings.catalog_name)
+    steady = append_arrow(catalog, "bank.loans", loans(3000, 3000, seed=1), source="test")
+    shifted = append_arrow(catalog, "bank.loans", loans(6000, 6000, ["travel", "wedding", "cruise"]), source="test")
+    spec = ReadSpec(features=("income", "purpose", "verified"), categorical=("verified",))
+
+    table = load_table(catalog, "bank.loans")
+    for snapshot_id, drifts in ((steady, False), (shifted, True)):
+        pinned = resolve_snapshot(table, SnapshotRequest("bank.loans", snapshot_id=snapshot_id), settings.catalog_name)
+        quality, _ = assess_snapshot(table, pinned, spec, before)
+        contract, complete, drift = judge(quality, max_psi=0.25, max_null_fraction=0.0)
+        assert complete.passed, "a null category is the missing category, not a gap"
+        assert drift.passed is not drifts and (("purpose PSI" in drift.description) is drifts), drift.description
+    purpose = quality.profiles["purpose"]
+    assert purpose.categorical and set(purpose.categories) == set(PURPOSES), "the reference's categories are the bins"
+    assert 0.3 < purpose.unknown_share < 0.5, "wedding and cruise are not among the reference's categories"
+    assert purpose.top(1)[0][0] == "travel"

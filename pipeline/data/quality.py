@@ -15,29 +15,38 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.conversions import from_bytes
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.types import BooleanType, DoubleType, FloatType, IntegerType, LongType
 
+from pipeline.data.encoding import as_text
 from pipeline.data.reading import PreparedRead, prepare_read, snapshot_schema
 from pipeline.data.snapshots import PinnedSnapshot
 from pipeline.data.specs import LoaderConfig, ReadSpec
 from pipeline.data.tensors import image_bytes
 
 BINS = 10
+TOP_CATEGORIES = 50
 _FLOOR = 1e-4
 _NUMERIC = (IntegerType, LongType, FloatType, DoubleType, BooleanType)
 
 
 @dataclass(frozen=True)
 class FeatureProfile:
-    """One feature's completeness, mean and histogram over the bins of a reference."""
+    """One feature's completeness, mean and histogram over the bins of a reference.
+
+    A categorical feature's bins are the reference's most frequent categories (``top``, up to
+    ``TOP_CATEGORIES``), then *unknown* (every other category), then *missing* (null); its
+    ``mean`` is NaN and its nulls are the missing category, not gaps.
+    """
 
     name: str
     rows: int
@@ -45,6 +54,18 @@ class FeatureProfile:
     nans: int
     mean: float
     counts: tuple[int, ...] = field(default=())
+    categories: tuple[str, ...] = field(default=())
+    categorical: bool = False
+
+    @property
+    def unknown_share(self) -> float:
+        """Categorical: the share of rows in none of the reference's top categories (nor null)."""
+        return self.counts[-2] / self.rows if self.categorical and self.rows and len(self.counts) >= 2 else 0.0
+
+    def top(self, count: int = 5) -> list[tuple[str, int]]:
+        """Categorical: the most frequent of the binned categories and their rows."""
+        pairs = zip(self.categories, self.counts, strict=False)
+        return sorted(pairs, key=lambda pair: (-pair[1], pair[0]))[:count]
 
     def fractions(self) -> np.ndarray:
         counts = np.asarray(self.counts, dtype=np.float64)
@@ -95,11 +116,19 @@ def bin_edges(table: Table, snapshot_id: int, schema: Schema, features: tuple[st
     }
 
 
-def profile_features(read: PreparedRead, edges: dict[str, np.ndarray]) -> dict[str, FeatureProfile]:
-    """Rows, nulls, NaNs, mean and (given edges) a histogram of each feature, in one pass over the row groups."""
+def profile_features(
+    read: PreparedRead, edges: dict[str, np.ndarray], categories: dict[str, tuple[str, ...]] | None = None
+) -> dict[str, FeatureProfile]:
+    """Rows, nulls, NaNs, mean and (given edges) a histogram of each feature, in one pass over the row groups.
+
+    Categorical features are binned over ``categories[name]`` (the reference's), else over their
+    own most frequent categories.
+    """
     source = read.source(LoaderConfig())
     features = read.layout.features
+    categorical = set(read.layout.categorical)
     totals = {name: [0, 0, 0, 0.0, np.zeros(BINS + 2, dtype=np.int64), 0] for name in features}
+    seen: dict[str, Counter[str]] = {name: Counter() for name in categorical}
     for unit in range(len(read.plan.row_groups)):
         batch = source.rows(unit)
         for name in features:
@@ -107,6 +136,12 @@ def profile_features(read: PreparedRead, edges: dict[str, np.ndarray]) -> dict[s
             entry = totals[name]
             entry[0] += len(column)
             entry[1] += column.null_count
+            if name in categorical:
+                text = as_text(column).drop_null()
+                if len(text):
+                    for found in pc.value_counts(text).to_pylist():
+                        seen[name][found["values"]] += int(found["counts"])
+                continue
             values = _values(column, name, read)
             finite = values[~np.isnan(values)]
             entry[2] += len(values) - len(finite)
@@ -116,12 +151,23 @@ def profile_features(read: PreparedRead, edges: dict[str, np.ndarray]) -> dict[s
                 entry[4] += np.bincount(np.searchsorted(edges[name], finite, side="right"), minlength=BINS + 2)[
                     : BINS + 2
                 ]
-    return {
+    profiles = {
         name: FeatureProfile(
             name, rows, nulls, nans, total / max(values, 1), tuple(int(c) for c in counts) if name in edges else ()
         )
         for name, (rows, nulls, nans, total, counts, values) in totals.items()
+        if name not in categorical
     }
+    for name in categorical:
+        rows, nulls = totals[name][0], totals[name][1]
+        counter = seen[name]
+        bins = (categories or {}).get(name) or tuple(
+            value for value, _ in sorted(counter.items(), key=lambda item: (-item[1], item[0]))[:TOP_CATEGORIES]
+        )
+        binned = [counter.get(value, 0) for value in bins]
+        counts = (*binned, rows - nulls - sum(binned), nulls)
+        profiles[name] = FeatureProfile(name, rows, nulls, 0, float("nan"), counts, tuple(bins), categorical=True)
+    return {name: profiles[name] for name in features}
 
 
 def _values(column: pa.ChunkedArray | pa.Array, name: str, read: PreparedRead) -> np.ndarray:
@@ -159,14 +205,16 @@ class QualityReport:
 
     def worst_null_fraction(self) -> float:
         """The largest share of null or NaN values of any feature (0 with no rows)."""
-        return max(((p.nulls + p.nans) / p.rows for p in self.profiles.values() if p.rows), default=0.0)
+        return max(
+            ((p.nulls + p.nans) / p.rows for p in self.profiles.values() if p.rows and not p.categorical), default=0.0
+        )
 
     def incomplete(self, max_fraction: float) -> dict[str, float]:
         """Features whose share of null or NaN values exceeds ``max_fraction``."""
         return {
             name: (p.nulls + p.nans) / p.rows
             for name, p in self.profiles.items()
-            if p.rows and (p.nulls + p.nans) / p.rows > max_fraction
+            if p.rows and not p.categorical and (p.nulls + p.nans) / p.rows > max_fraction
         }
 
     def drifted(self, max_psi: float) -> dict[str, float]:
@@ -182,7 +230,12 @@ class QualityReport:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> QualityReport:
         def profiles(found: dict[str, dict[str, Any]]) -> dict[str, FeatureProfile]:
-            return {name: FeatureProfile(**{**p, "counts": tuple(p["counts"])}) for name, p in found.items()}
+            return {
+                name: FeatureProfile(
+                    **{**p, "counts": tuple(p["counts"]), "categories": tuple(p.get("categories", ()))}
+                )
+                for name, p in found.items()
+            }
 
         reference = values["reference_snapshot"]
         return cls(
@@ -257,13 +310,23 @@ def assess_snapshot(
 
 
 def assess(table: Table, read: PreparedRead, reference: PreparedRead | None) -> QualityReport:
-    """Profile the pinned rows' features and, with a reference read, their drift (one pass over each)."""
+    """Profile the pinned rows' features and, with a reference read, their drift (one pass over each).
+
+    Categorical features are binned over the reference's most frequent categories, with
+    unknown and missing as bins of their own.
+    """
     if reference is None:
         return QualityReport(None, (), profile_features(read, {}))
     features = tuple(name for name in read.layout.features if name in reference.layout.features)
     edges = feature_edges(table, reference, features)
-    current, before = profile_features(read, edges), profile_features(reference, edges)
-    drift = {name: psi(before[name], current[name]) for name in features if name in edges}
+    before = profile_features(reference, edges)
+    bins = {name: profile.categories for name, profile in before.items() if profile.categorical}
+    current = profile_features(read, edges, bins)
+    drift = {
+        name: psi(before[name], current[name])
+        for name in features
+        if name in edges or (before[name].categorical and current[name].categorical)
+    }
     return QualityReport(reference.plan.pinned.snapshot_id, (), current, drift, before)
 
 

@@ -10,8 +10,9 @@ backfill of a date range writes exactly what a daily run would have written. Col
   ``avg_amount_30d``, ``amount_to_avg``, ``chargebacks_90d``, ``email_age_days``,
   ``ip_risk``, ``shipping_mismatch``, ``items``, ``discount``, ``tenure_months``,
   ``prior_fraud``, ``session_seconds``;
-- categorical codes ``channel`` (0 web, 1 app, 2 pos, 3 phone) and ``merchant_category``
-  (0-11), small integers, and a text column ``country`` (not a default feature);
+- text categories, as a payments table holds them: ``channel`` (web, app, pos, phone),
+  ``merchant_category`` (12 kinds of merchant) and ``country`` (home country ``DE``, else
+  where a foreign card is used);
 - ``is_fraud``, the label.
 
 The hidden function: ``is_fraud`` is drawn with probability ``sigmoid(z)`` where
@@ -40,6 +41,11 @@ TRANSACTIONS_TABLE = "demo.transactions"
 DAY_PROPERTY = "icetrain.partition"
 IDENTIFIER = "transaction_id"
 COUNTRIES = np.array(["DE", "FR", "NL", "ES", "IT", "PL", "SE", "US", "GB", "BR"])
+CHANNELS = np.array(["web", "app", "pos", "phone"])
+MERCHANT_CATEGORIES = np.array(
+    ["grocery", "fuel", "restaurants", "travel", "electronics", "fashion", "digital goods", "pharmacy",
+     "gambling", "jewelry", "utilities", "marketplace"]
+)  # fmt: skip
 
 
 def transactions_day(day: date, rows: int = 2000, *, drift_from: date | None = None, drift: float = 1.8) -> pa.Table:
@@ -96,8 +102,8 @@ def transactions_day(day: date, rows: int = 2000, *, drift_from: date | None = N
         "tenure_months": rng.integers(0, 120, rows).astype(np.int64),
         "prior_fraud": prior_fraud,
         "session_seconds": rng.gamma(2.0, 90.0, rows),
-        "channel": channel.astype(np.int64),
-        "merchant_category": rng.integers(0, 12, rows).astype(np.int64),
+        "channel": CHANNELS[channel],
+        "merchant_category": MERCHANT_CATEGORIES[rng.integers(0, 12, rows)],
         "country": COUNTRIES[np.where(foreign == 1, rng.integers(1, len(COUNTRIES), rows), 0)],
         "is_fraud": is_fraud,
     }
