@@ -121,7 +121,7 @@ def quality_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
                 metadata={
                     "nulls": MetadataValue.json({n: p.nulls for n, p in quality.profiles.items()}),
                     "nans": MetadataValue.json({n: p.nans for n, p in quality.profiles.items()}),
-                    "worst_null_fraction": MetadataValue.float(quality.worst_null_fraction()),
+                    "worst_null_fraction": MetadataValue.float(quality.worst_null_fraction(training_data.imputed)),
                     "max_null_fraction": MetadataValue.text(f"{training_data.config.gates.max_null_fraction:g}"),
                 },
             ),

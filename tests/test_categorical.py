@@ -87,6 +87,8 @@ def test_a_newer_snapshot_with_an_unseen_category_trains_and_a_replay_maps_it_to
     second = train(settings, config_for("bank.loans", *QUICK), pipeline="loans")
     params = {r.info.run_id: r.data.params for r in all_runs(settings)}
     assert params[second.run_id]["resolved.encoding.categories"] == str(len(PURPOSES) + 3), "wedding is learned"
+    tags = MlflowClient(settings.tracking_uri).get_run(second.run_id).data.tags
+    assert tags["icetrain.encoding.changes"] == f"since run {first.run_id}: purpose: +1 ('wedding')"
 
     assert main(["train", "--from-run", first.run_id, "--set", "data.snapshot_id=" + str(second.pinned.snapshot_id), "--no-progress"]) == 0  # fmt: skip
     replay = next(r for r in all_runs(settings) if r.data.tags.get("icetrain.replays") == first.run_id)
@@ -191,7 +193,7 @@ def test_categorical_drift_is_measured_over_the_references_categories_with_unkno
         pinned = resolve_snapshot(table, SnapshotRequest("bank.loans", snapshot_id=snapshot_id), settings.catalog_name)
         quality, _ = assess_snapshot(table, pinned, spec, before)
         contract, complete, drift = judge(quality, max_psi=0.25, max_null_fraction=0.0)
-        assert complete.passed, "a null category is the missing category, not a gap"
+        assert contract.passed and complete.passed, "a null category is the missing category, not a gap"
         assert drift.passed is not drifts and (("purpose PSI" in drift.description) is drifts), drift.description
     purpose = quality.profiles["purpose"]
     assert purpose.categorical and set(purpose.categories) == set(PURPOSES), "the reference's categories are the bins"

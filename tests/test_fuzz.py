@@ -156,7 +156,7 @@ def test_as_of_values_resolve_or_fail_in_one_line(settings, rows, value: str) ->
 
 
 KEYS = ["seed", "data.table", "data.snapshot_id", "data.ref", "data.as_of", "data.filter", "data.sql", "data.label", "data.features", "data.classes", "data.val_fraction",
-        "data.categorical", "data.max_categories", "data.min_frequency",
+        "data.categorical", "data.max_categories", "data.min_frequency", "data.impute", "data.impute_indicator",
         "loader.batch_size", "loader.num_workers", "optim.lr", "optim.epochs", "optim.optimizer", "model.factory", "model.kwargs", "compute.nproc", "compute.device",
         "retrain.schedule", "gates.max_psi", "optim.early_stopping.patience", "nope.key", "optim"]  # fmt: skip
 
@@ -437,13 +437,27 @@ def test_filters_that_once_gave_tracebacks_are_one_line(rows, text: str) -> None
     only_icetrain_errors(parse_filter, text, snapshot_schema(table, pinned), pinned)
 
 
-CATEGORY_COLUMNS = ["x1", "plan", "flag", "tags", "code", "label", "id", "nope", "plan,flag", "x1,plan,code", "x1,tags"]
-CATEGORY_KEYS = ["data.features", "data.categorical", "data.max_categories", "data.min_frequency", "model.factory"]
+CATEGORY_COLUMNS = [
+    "x1",
+    "plan",
+    "flag",
+    "tags",
+    "code",
+    "label",
+    "id",
+    "nope",
+    "plan,flag",
+    "x1,plan,code",
+    "x1,tags",
+    "x1,gap",
+]
+CATEGORY_KEYS = ["data.features", "data.categorical", "data.max_categories", "data.min_frequency", "model.factory",
+                 "data.impute", "data.impute_indicator"]  # fmt: skip
 
 
 @pytest.fixture
 def category_rows(catalog):
-    """A table whose columns need encoding: text (with nulls), a boolean, a list, and a text column of 1200 values."""
+    """A table whose columns need encoding: text (with nulls), a boolean, a list, a text column of 1200 values, a number with gaps."""
     count = 1200
     rows = tabular_rows(0, count).append_column(
         "plan", pa.array([None if i % 7 == 0 else f"p{i % 4}" for i in range(count)])
@@ -451,6 +465,7 @@ def category_rows(catalog):
     rows = rows.append_column("flag", pa.array([i % 3 == 0 for i in range(count)]))
     rows = rows.append_column("tags", pa.array([["a", "b"]] * count))
     rows = rows.append_column("code", pa.array([f"c{i}" for i in range(count)]))
+    rows = rows.append_column("gap", pa.array([None if i % 9 == 0 else float(i) for i in range(count)]))
     append_arrow(catalog, "demo.kinds", rows, source="test", identifier_fields=("id",))
 
 

@@ -31,11 +31,12 @@ from pipeline.data.quality import GateResult, QualityReport, assess_snapshot, ju
 from pipeline.data.reading import PreparedRead, prepare_read
 from pipeline.data.snapshots import PinnedSnapshot, resolve_snapshot
 from pipeline.data.vocabulary import learn_encoding
-from pipeline.errors import ConfigError, GateError, SnapshotNotFoundError
+from pipeline.errors import ConfigError, EncodingError, GateError, SnapshotNotFoundError
 from pipeline.lake.catalog import load_table, open_catalog
 from pipeline.tracking.client import tracking_client
-from pipeline.tracking.reference import reference_snapshot
-from pipeline.tracking.tags import GATES_TAG
+from pipeline.tracking.lineage import replay_encoding
+from pipeline.tracking.reference import last_finished_run, reference_snapshot
+from pipeline.tracking.tags import ENCODING_CHANGES_TAG, GATES_TAG
 from training.liveness import check_tracking
 
 FORMAT = 1
@@ -90,7 +91,14 @@ class PreparedRun:
         if self.quality is None:
             return ()
         gates = self.config.gates
-        return judge(self.quality, gates.max_psi, gates.max_null_fraction)
+        return judge(self.quality, gates.max_psi, gates.max_null_fraction, self.imputed)
+
+    @property
+    def imputed(self) -> tuple[str, ...]:
+        """The numeric features whose nulls are filled (``data.impute``)."""
+        if self.encoding is not None:
+            return self.encoding.filled
+        return tuple(name for name, _ in self.read.layout.imputed) if self.read is not None else ()
 
     def raise_if_blocked(self) -> None:
         """Refuse data a gate blocks, in one line naming the gate, the feature and the number.
@@ -244,8 +252,8 @@ def prepare_run(
             min_rows=config.data.min_rows,
             count_classes=classification and (config.optim.class_weights == "balanced" or gates == "judge"),
         )
-        if read.layout.categorical and encoding is None and report.passed:
-            log.info("learning the vocabularies of %s", ", ".join(read.layout.categorical))
+        if read.layout.needs_encoding and encoding is None and report.passed:
+            log.info("learning the encoding of %s", ", ".join((*read.layout.categorical, *dict(read.layout.imputed))))
             encoding = learn_encoding(
                 read,
                 config.loader_config("train" if config.data.val_fraction > 0 else "all"),
@@ -253,9 +261,34 @@ def prepare_run(
                 max_categories=config.data.max_categories,
                 threads=config.loader.decode_threads,
             )
-        if encoding is not None or not read.layout.categorical:
+            if origin.pipeline:
+                origin = replace(
+                    origin, tags={**encoding_changes(settings, origin.pipeline, pinned.table, encoding), **origin.tags}
+                )
+        if encoding is not None or not read.layout.needs_encoding:
             read = replace(read, layout=read.layout.with_encoding(encoding))
     return PreparedRun(config, pinned, origin, report, quality, gates, encoding, table=table, read=read)
+
+
+def encoding_changes(settings: Settings, pipeline: str, table_name: str, encoding: Encoding) -> dict[str, str]:
+    """How a freshly learned encoding differs from the pipeline's last finished run's, as the run's tag (and said on the log).
+
+    Raises:
+        TrackingError: MLflow could not be asked.
+    """
+    previous = last_finished_run(tracking_client(settings), pipeline, table_name)
+    if previous is None or previous.data.params.get("resolved.encoding.digest") in (None, encoding.digest):
+        return {}
+    try:
+        before = replay_encoding(settings, previous.info.run_id)
+    except EncodingError:  # that run's vocabularies are unreadable: nothing to compare with
+        return {}
+    changes = encoding.changes_since(before) if before is not None else []
+    if not changes:
+        return {}
+    text = f"since run {previous.info.run_id}: " + "; ".join(changes)
+    log.info("the categories changed %s", text)
+    return {ENCODING_CHANGES_TAG: text[:5000]}
 
 
 def attached(settings: Settings, prepared: PreparedRun) -> PreparedRun:

@@ -251,7 +251,7 @@ def _train(
             config.optim.early_stopping,
             config.checkpoint.every_steps,
             progress_bar,
-            data.layout.numeric if data.layout.image_shape is None else data.layout.features,
+            data.layout.numeric_columns if data.layout.image_shape is None else data.layout.features,
         )
         progress = fit(
             run, data.train, data.val, progress, lambda m: recorder.log_metrics(m.as_dict(), m.epoch), save_checkpoint
@@ -409,14 +409,17 @@ def start_record(
 
 
 def encoding_params(encoding: Encoding | None) -> dict[str, str]:
-    """The encoding's size and digest as params (the vocabularies themselves are an artifact)."""
+    """The encoding's size, fills and digest as params (the whole encoding is an artifact)."""
     if encoding is None:
         return {}
-    return {
+    params = {
         "resolved.encoding.columns": ",".join(encoding.columns),
         "resolved.encoding.categories": str(encoding.size),
         "resolved.encoding.digest": encoding.digest,
     }
+    if encoding.fills:
+        params["resolved.encoding.fills"] = ",".join(f"{f.column}={f.strategy}:{f.value:.6g}" for f in encoding.fills)
+    return params
 
 
 def _dataset(data: TrainingData, config: PipelineConfig, loader: IcebergLoader) -> IcebergSnapshotDataset:

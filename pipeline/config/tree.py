@@ -107,6 +107,11 @@ class DataConfig(Section):
         ge=1,
         description="Keep only categories seen at least this often in the training rows (the rest are unknown).",
     )
+    impute: dict[str, Literal["mean", "median", "zero"]] | Literal["mean", "median", "zero"] | None = Field(
+        None,
+        description="Fill numeric features' nulls from the training rows: {column: mean|median|zero}, or one strategy for all.",
+    )
+    impute_indicator: bool = Field(False, description="Add a feature <column>_missing marking the filled rows.")
 
     @field_validator("features", "classes", "categorical", mode="before")
     @classmethod
@@ -191,6 +196,12 @@ class DataConfig(Section):
             split_by=self.split_by,
             since_snapshot_id=self.since_snapshot_id,
             categorical=self.categorical,
+            impute=tuple(self.impute.items())
+            if isinstance(self.impute, dict)
+            else (("*", self.impute),)
+            if self.impute
+            else (),
+            impute_indicator=self.impute_indicator,
         )
 
 

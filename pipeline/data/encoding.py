@@ -75,10 +75,28 @@ class Vocabulary:
 
 
 @dataclass(frozen=True)
+class Fill:
+    """How a numeric column's nulls are filled: the strategy, the value it gave on the training rows, and an indicator feature."""
+
+    column: str
+    strategy: str
+    value: float
+    indicator: bool = False
+
+
+@dataclass(frozen=True)
 class Encoding:
-    """Every categorical column's vocabulary, in the order of the categorical tensor's columns."""
+    """Every categorical column's vocabulary (in the categories tensor's column order) and every imputed column's fill."""
 
     vocabularies: tuple[Vocabulary, ...]
+    fills: tuple[Fill, ...] = ()
+
+    @property
+    def filled(self) -> tuple[str, ...]:
+        return tuple(f.column for f in self.fills)
+
+    def fill(self, column: str) -> Fill | None:
+        return next((f for f in self.fills if f.column == column), None)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -120,10 +138,21 @@ class Encoding:
         return changes
 
     def __repr__(self) -> str:  # short, for logs and the decoded cache's key
-        return f"Encoding({', '.join(f'{v.column}:{v.cardinality}' for v in self.vocabularies)}; {self.digest})"
+        parts = [f"{v.column}:{v.cardinality}" for v in self.vocabularies] + [
+            f"{f.column}={f.value!r}" for f in self.fills
+        ]
+        return f"Encoding({', '.join(parts)}; {self.digest})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"columns": [{"column": v.column, "categories": list(v.categories)} for v in self.vocabularies]}
+        values: dict[str, Any] = {
+            "columns": [{"column": v.column, "categories": list(v.categories)} for v in self.vocabularies]
+        }
+        if self.fills:
+            values["fills"] = [
+                {"column": f.column, "strategy": f.strategy, "value": f.value, "indicator": f.indicator}
+                for f in self.fills
+            ]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Encoding:
@@ -136,7 +165,11 @@ class Encoding:
             if list(categories) != sorted(set(categories)):
                 raise ValueError(f"categories of {entry['column']!r} are not sorted and distinct")
             vocabularies.append(Vocabulary(entry["column"], tuple(categories)))
-        return cls(tuple(vocabularies))
+        fills = tuple(
+            Fill(str(f["column"]), str(f["strategy"]), float(f["value"]), bool(f["indicator"]))
+            for f in values.get("fills", [])
+        )
+        return cls(tuple(vocabularies), fills)
 
 
 def _few(values: list[str], shown: int = 3) -> str:
@@ -152,6 +185,7 @@ __all__ = [
     "MISSING",
     "UNKNOWN",
     "Encoding",
+    "Fill",
     "Vocabulary",
     "as_text",
     "is_categorical_type",

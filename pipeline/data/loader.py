@@ -229,7 +229,7 @@ class IcebergLoader(IterableDataset):
         """``(features, labels)``, or ``(numeric, categories, labels)`` when some features are categories."""
         if not self.layout.categorical:
             return features, labels
-        numeric = len(self.layout.numeric)
+        numeric = len(self.layout.numeric_columns)
         return features[:, :numeric].contiguous(), features[:, numeric:].to(torch.int64), labels
 
     def _counted_nulls(self, exc: NullFeatureError) -> NullFeatureError:

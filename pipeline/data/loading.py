@@ -49,7 +49,7 @@ def open_loader(
         FilterError, ColumnError, TransformError: the spec does not fit the snapshot.
     """
     read = prepared or prepare_read(table, pinned, spec)
-    if read.layout.categorical and read.layout.encoding is None:  # learned from the training rows
+    if read.layout.needs_encoding and read.layout.encoding is None:  # learned from the training rows
         training = replace(config, split="all" if config.split == "all" else "train")
         learned = learn_encoding(read, training, threads=config.decode_threads)
         read = replace(read, layout=read.layout.with_encoding(learned))

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -203,18 +204,20 @@ class QualityReport:
     drift: dict[str, float] = field(default_factory=dict)
     reference_profiles: dict[str, FeatureProfile] = field(default_factory=dict)
 
-    def worst_null_fraction(self) -> float:
-        """The largest share of null or NaN values of any feature (0 with no rows)."""
-        return max(
-            ((p.nulls + p.nans) / p.rows for p in self.profiles.values() if p.rows and not p.categorical), default=0.0
-        )
+    def worst_null_fraction(self, imputed: Collection[str] = ()) -> float:
+        """The largest share of null or NaN values of any numeric feature not imputed (0 with no rows)."""
+        return max(self._gaps(imputed).values(), default=0.0)
 
-    def incomplete(self, max_fraction: float) -> dict[str, float]:
-        """Features whose share of null or NaN values exceeds ``max_fraction``."""
+    def incomplete(self, max_fraction: float, imputed: Collection[str] = ()) -> dict[str, float]:
+        """Numeric features (not imputed) whose share of null or NaN values exceeds ``max_fraction``."""
+        return {name: share for name, share in self._gaps(imputed).items() if share > max_fraction}
+
+    def _gaps(self, imputed: Collection[str]) -> dict[str, float]:
+        """Each numeric feature's share of null or NaN values; a category's nulls and an imputed column's are no gaps."""
         return {
             name: (p.nulls + p.nans) / p.rows
             for name, p in self.profiles.items()
-            if p.rows and not p.categorical and (p.nulls + p.nans) / p.rows > max_fraction
+            if p.rows and not p.categorical and name not in imputed
         }
 
     def drifted(self, max_psi: float) -> dict[str, float]:
@@ -256,15 +259,20 @@ class GateResult:
     description: str
 
 
-def judge(quality: QualityReport, max_psi: float, max_null_fraction: float) -> tuple[GateResult, ...]:
-    """The three quality gates' verdicts on a report: the one set of rules for Dagster's checks and ``icetrain train``."""
+def judge(
+    quality: QualityReport, max_psi: float, max_null_fraction: float, imputed: Collection[str] = ()
+) -> tuple[GateResult, ...]:
+    """The three quality gates' verdicts on a report: the one set of rules for Dagster's checks and ``icetrain train``.
+
+    ``imputed`` columns have their nulls filled (``data.impute``), so completeness does not count them.
+    """
     contract = GateResult(
         "schema_contract",
         not quality.contract,
         "; ".join(quality.contract)
         or ("no reference snapshot yet" if quality.reference_snapshot is None else "features unchanged"),
     )
-    incomplete = quality.incomplete(max_null_fraction)
+    incomplete = quality.incomplete(max_null_fraction, imputed)
     complete = GateResult(
         "features_complete",
         not incomplete and not quality.contract,

@@ -99,6 +99,9 @@ class ReadSpec:
             (identifier fields when the table has them).
         since_snapshot_id: read only the rows appended after this snapshot (incremental training).
         categorical: feature columns read as categories besides text ones (booleans, integer codes).
+        impute: (column, strategy) pairs: fill a numeric feature's nulls with its training
+            rows' 'mean', 'median' or 'zero'; the column '*' means every numeric feature.
+        impute_indicator: add a feature ``<column>_missing`` (1.0 where a value was filled).
     """
 
     label: str = "label"
@@ -112,6 +115,8 @@ class ReadSpec:
     split_by: str = "auto"
     since_snapshot_id: int | None = None
     categorical: tuple[str, ...] = ()
+    impute: tuple[tuple[str, str], ...] = ()
+    impute_indicator: bool = False
 
     def __post_init__(self) -> None:
         if self.features is not None and self.label in self.features:

@@ -52,11 +52,14 @@ class TensorLayout:
         image_shape: per-row shape when the single feature is an image column, e.g. (1, 8, 8).
         image_scale: image values are divided by this (the declared maximum) to land in [0, 1].
         categorical: the features that are categories (text, or named in ``data.categorical``).
-        encoding: their vocabularies, once learned (``pipeline.data.vocabulary``).
+        imputed: the numeric features whose nulls are filled (``data.impute``), with strategies.
+        indicator: whether each imputed column gets a ``<column>_missing`` feature.
+        encoding: the vocabularies and fill values, once learned (``pipeline.data.vocabulary``).
 
-    Inside the loader one float32 matrix holds the numeric columns, then the categorical
-    columns' indices (exact in float32: vocabularies hold far fewer than 2^24 categories); the
-    loader hands them out as two tensors, ``(numeric, categories, labels)``.
+    Inside the loader one float32 matrix holds the numeric columns, the missing-value
+    indicators, then the categorical columns' indices (exact in float32: vocabularies hold far
+    fewer than 2^24 categories); the loader hands them out as two tensors, ``(numeric,
+    categories, labels)``.
     """
 
     label: str
@@ -64,27 +67,44 @@ class TensorLayout:
     image_shape: tuple[int, ...] | None = None
     image_scale: float = 255.0
     categorical: tuple[str, ...] = ()
+    imputed: tuple[tuple[str, str], ...] = ()
+    indicator: bool = False
     encoding: Encoding | None = None
 
     @property
+    def needs_encoding(self) -> bool:
+        """Whether some features are categories or imputed, which an ``Encoding`` learned from the rows decides."""
+        return bool(self.categorical or self.imputed)
+
+    @property
     def numeric(self) -> tuple[str, ...]:
-        """The numeric features, in the order of the numeric tensor's columns."""
+        """The numeric feature columns, in the order of the numeric tensor's first columns."""
         return tuple(name for name in self.features if name not in self.categorical)
 
     @property
+    def indicators(self) -> tuple[str, ...]:
+        """The missing-value indicator features, after the numeric columns."""
+        return tuple(f"{name}_missing" for name, _ in self.imputed) if self.indicator else ()
+
+    @property
+    def numeric_columns(self) -> tuple[str, ...]:
+        """The numeric tensor's columns: the numeric features, then the indicators."""
+        return (*self.numeric, *self.indicators)
+
+    @property
     def tensor_columns(self) -> tuple[str, ...]:
-        """The columns of the loader's internal matrix: the numeric ones, then the categorical ones."""
-        return (*self.numeric, *self.categorical)
+        """The columns of the loader's internal matrix: the numeric tensor's, then the categorical ones."""
+        return (*self.numeric_columns, *self.categorical)
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
-        """Per-row shape of the internal feature matrix: the image shape, or (number of features,)."""
-        return self.image_shape if self.image_shape is not None else (len(self.features),)
+        """Per-row shape of the internal feature matrix: the image shape, or (its columns,)."""
+        return self.image_shape if self.image_shape is not None else (len(self.tensor_columns),)
 
     @property
     def numeric_shape(self) -> tuple[int, ...]:
-        """Per-row shape of the numeric tensor a model receives: the image shape, or (numeric features,)."""
-        return self.image_shape if self.image_shape is not None else (len(self.numeric),)
+        """Per-row shape of the numeric tensor a model receives: the image shape, or (numeric columns,)."""
+        return self.image_shape if self.image_shape is not None else (len(self.numeric_columns),)
 
     def with_encoding(self, encoding: Encoding | None) -> TensorLayout:
         """This layout with its categorical columns' vocabularies.
@@ -92,12 +112,18 @@ class TensorLayout:
         Raises:
             ColumnError: the encoding does not cover exactly the categorical columns.
         """
-        if encoding is None and not self.categorical:
+        if encoding is None and not self.categorical and not self.imputed:
             return self
         if encoding is None or encoding.columns != self.categorical:
             held = ", ".join(encoding.columns) if encoding is not None else "none"
             raise ColumnError(
-                f"the recorded encoding holds vocabularies for {held}, but the categorical columns are {', '.join(self.categorical) or 'none'}"
+                f"the recorded encoding holds vocabularies for {held or 'none'}, but the categorical columns are {', '.join(self.categorical) or 'none'}"
+            )
+        imputed = tuple(name for name, _ in self.imputed)
+        if encoding.filled != imputed or any(f.indicator != self.indicator for f in encoding.fills):
+            raise ColumnError(
+                f"the recorded encoding fills {', '.join(encoding.filled) or 'no column'}, but data.impute asks for {', '.join(imputed) or 'none'}"
+                f" (indicators {'on' if self.indicator else 'off'})"
             )
         return replace(self, encoding=encoding)
 
@@ -166,7 +192,36 @@ def layout_for(
             else float(properties.get(IMAGE_MAX_KEY.format(column=name), 255))
         )
         return TensorLayout(label=spec.label, features=features, image_shape=images[name], image_scale=scale)
-    return TensorLayout(label=spec.label, features=features, categorical=_categorical(schema, spec, features))
+    categorical = _categorical(schema, spec, features)
+    return TensorLayout(
+        label=spec.label,
+        features=features,
+        categorical=categorical,
+        imputed=_imputed(spec, features, categorical),
+        indicator=spec.impute_indicator,
+    )
+
+
+def _imputed(spec: ReadSpec, features: tuple[str, ...], categorical: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The numeric features whose nulls are filled, and how ('*' names every numeric feature).
+
+    Raises:
+        ColumnError: ``data.impute`` names a column that is not a numeric feature.
+    """
+    numeric = [name for name in features if name not in categorical]
+    strategies: dict[str, str] = {}
+    for name, strategy in spec.impute:
+        if name == "*":
+            strategies.update(dict.fromkeys(numeric, strategy))
+        elif name in categorical:
+            raise ColumnError(
+                f"data.impute names {name!r}, a categorical feature (its nulls are already the missing category); impute numeric features only"
+            )
+        elif name not in features:
+            raise ColumnError(f"data.impute names {name!r}, which is not among the features {', '.join(features)}")
+        else:
+            strategies[name] = strategy
+    return tuple((name, strategies[name]) for name in numeric if name in strategies)
 
 
 def _categorical(schema: pa.Schema, spec: ReadSpec, features: tuple[str, ...]) -> tuple[str, ...]:
@@ -206,8 +261,9 @@ def features_to_tensor(batch: pa.RecordBatch, layout: TensorLayout) -> torch.Ten
     Raises:
         ColumnError: a numeric feature column has nulls, or image bytes do not match the declared shape.
     """
+    filled = layout.encoding.filled if layout.encoding is not None else ()
     for name in layout.numeric:
-        if batch.column(name).null_count:
+        if batch.column(name).null_count and name not in filled:
             raise NullFeatureError(
                 f"feature column {name!r} has {batch.column(name).null_count} null values in one row group", name
             )
@@ -218,13 +274,20 @@ def features_to_tensor(batch: pa.RecordBatch, layout: TensorLayout) -> torch.Ten
         return torch.from_numpy(images)
     # Filling rows of a [F, B] matrix is contiguous (column j is one Arrow buffer); one
     # transposing copy then gives the row-major [B, F] that models want, faster than strided writes.
-    columns = np.empty((len(layout.features), batch.num_rows), dtype=np.float32)
+    columns = np.empty((len(layout.tensor_columns), batch.num_rows), dtype=np.float32)
     for j, name in enumerate(layout.numeric):
-        columns[j] = batch.column(name).to_numpy(zero_copy_only=False)
-    if layout.categorical:
-        if layout.encoding is None:
-            raise ColumnError("the categorical columns have no vocabularies yet (learn the encoding first)")
-        for j, vocabulary in enumerate(layout.encoding.vocabularies, start=len(layout.numeric)):
+        column = batch.column(name)
+        if column.null_count and name in filled:
+            fill = layout.encoding.fill(name) if layout.encoding is not None else None
+            assert fill is not None
+            column = column.cast(pa.float64()).fill_null(fill.value)
+        columns[j] = column.to_numpy(zero_copy_only=False)
+    if layout.needs_encoding and layout.encoding is None:
+        raise ColumnError("the categorical and imputed columns have no encoding yet (learn it first)")
+    for j, (name, _) in enumerate(layout.imputed if layout.indicator else (), start=len(layout.numeric)):
+        columns[j] = batch.column(name).is_null().to_numpy(zero_copy_only=False)
+    if layout.encoding is not None:
+        for j, vocabulary in enumerate(layout.encoding.vocabularies, start=len(layout.numeric_columns)):
             columns[j] = vocabulary.encode(batch.column(vocabulary.column))
     return torch.from_numpy(np.ascontiguousarray(columns.T))
 

@@ -9,6 +9,7 @@ against the same reference. An MLflow that cannot be asked is an error, never "n
 
 from __future__ import annotations
 
+from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -60,7 +61,12 @@ def _champion_snapshot(client: MlflowClient, model: str) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-def _last_finished_run_snapshot(client: MlflowClient, pipeline: str, table_name: str) -> int | None:
+def last_finished_run(client: MlflowClient, pipeline: str, table_name: str) -> Run | None:
+    """The pipeline's newest finished run on ``table_name``; None when it has none.
+
+    Raises:
+        TrackingError: MLflow could not be asked.
+    """
     try:
         experiments = [e.experiment_id for e in client.search_experiments()]
         query = f"tags.`{PIPELINE_TAG}` = '{pipeline}' and tags.`{TABLE_TAG}` = '{table_name}' and attributes.status = 'FINISHED'"
@@ -71,8 +77,13 @@ def _last_finished_run_snapshot(client: MlflowClient, pipeline: str, table_name:
         )
     except MlflowException as exc:
         raise tracking_error(f"look up the last finished run of pipeline {pipeline!r}", exc) from exc
-    value = runs[0].data.tags.get(SNAPSHOT_ID_TAG) if runs else None
+    return runs[0] if runs else None
+
+
+def _last_finished_run_snapshot(client: MlflowClient, pipeline: str, table_name: str) -> int | None:
+    run = last_finished_run(client, pipeline, table_name)
+    value = run.data.tags.get(SNAPSHOT_ID_TAG) if run is not None else None
     return int(value) if value and value.isdigit() else None
 
 
-__all__ = ["CHAMPION_ALIAS", "champion_version", "reference_snapshot"]
+__all__ = ["CHAMPION_ALIAS", "champion_version", "last_finished_run", "reference_snapshot"]

@@ -8,10 +8,12 @@ LAUNCHED_BY_TAG = "icetrain.launched_by"
 GIT_DIRTY_TAG = "icetrain.git_dirty"
 REPRODUCES_TAG = "icetrain.reproduces"
 GATES_TAG = "icetrain.gates"
+ENCODING_CHANGES_TAG = "icetrain.encoding.changes"
 NOTE_TAG = "mlflow.note.content"
 
 __all__ = [
     "DAGSTER_RUN_TAG",
+    "ENCODING_CHANGES_TAG",
     "GATES_TAG",
     "GIT_DIRTY_TAG",
     "LAUNCHED_BY_TAG",
