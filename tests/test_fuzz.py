@@ -156,7 +156,7 @@ def test_as_of_values_resolve_or_fail_in_one_line(settings, rows, value: str) ->
 
 
 KEYS = ["seed", "data.table", "data.snapshot_id", "data.ref", "data.as_of", "data.filter", "data.sql", "data.label", "data.features", "data.classes", "data.val_fraction",
-        "data.categorical", "data.max_categories", "data.min_frequency", "data.impute", "data.impute_indicator",
+        "data.categorical", "data.max_categories", "data.min_frequency", "data.impute", "data.impute_indicator", "data.time_parts",
         "loader.batch_size", "loader.num_workers", "optim.lr", "optim.epochs", "optim.optimizer", "model.factory", "model.kwargs", "compute.nproc", "compute.device",
         "retrain.schedule", "gates.max_psi", "optim.early_stopping.patience", "nope.key", "optim"]  # fmt: skip
 

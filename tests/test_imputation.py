@@ -80,7 +80,7 @@ def test_a_replay_fills_with_the_recorded_value_not_the_new_snapshots(settings, 
 @pytest.mark.parametrize(
     ("assignments", "message"),
     [
-        (("data.impute={segment: median}",), "data.impute names 'segment', a categorical feature"),
+        (("data.impute={segment: median}",), "data.impute names 'segment', a categorical or time feature"),
         (("data.features=age", "data.impute={income: zero}"), "data.impute names 'income', which is not among the features age"),
         (("data.impute=mode",), "data.impute"),
     ],

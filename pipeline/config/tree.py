@@ -112,6 +112,10 @@ class DataConfig(Section):
         description="Fill numeric features' nulls from the training rows: {column: mean|median|zero}, or one strategy for all.",
     )
     impute_indicator: bool = Field(False, description="Add a feature <column>_missing marking the filled rows.")
+    time_parts: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="Calendar parts of date/timestamp features as extra features: {created_at: [hour, dow, month]}.",
+    )
 
     @field_validator("features", "classes", "categorical", mode="before")
     @classmethod
@@ -202,6 +206,7 @@ class DataConfig(Section):
             if self.impute
             else (),
             impute_indicator=self.impute_indicator,
+            time_parts=tuple((name, tuple(parts)) for name, parts in self.time_parts.items()),
         )
 
 

@@ -74,6 +74,51 @@ class Vocabulary:
         return index
 
 
+TIME_PARTS = ("year", "month", "day", "dow", "hour", "minute")
+_PER_DAY = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
+
+
+def is_time(data_type: pa.DataType) -> bool:
+    """Dates and timestamps: encoded as days since the training rows' earliest, plus calendar parts."""
+    return pa.types.is_date(data_type) or pa.types.is_timestamp(data_type)
+
+
+def days(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A date or timestamp column as float64 days since 1970-01-01 (nulls as NaN), in bulk."""
+    data_type = column.type
+    if pa.types.is_date32(data_type):
+        raw, per_day = pc.cast(column, pa.int32()), 1
+    elif pa.types.is_date64(data_type):
+        raw, per_day = pc.cast(column, pa.int64()), _PER_DAY["ms"]
+    else:
+        raw, per_day = pc.cast(column, pa.int64()), _PER_DAY[data_type.unit]
+    values = raw.to_numpy(zero_copy_only=False).astype(np.float64)
+    if column.null_count:
+        values[column.is_null().to_numpy(zero_copy_only=False)] = np.nan
+    return values / per_day
+
+
+def time_part(column: pa.Array | pa.ChunkedArray, part: str) -> np.ndarray:
+    """One calendar part of a date or timestamp column (``dow``: 0 Monday .. 6 Sunday), as float64."""
+    function = {
+        "year": pc.year,
+        "month": pc.month,
+        "day": pc.day,
+        "dow": pc.day_of_week,
+        "hour": pc.hour,
+        "minute": pc.minute,
+    }
+    return function[part](column).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """A time column's zero: the training rows' earliest day, so its values stay small and exact in float32."""
+
+    column: str
+    day: float
+
+
 @dataclass(frozen=True)
 class Fill:
     """How a numeric column's nulls are filled: the strategy, the value it gave on the training rows, and an indicator feature."""
@@ -90,6 +135,10 @@ class Encoding:
 
     vocabularies: tuple[Vocabulary, ...]
     fills: tuple[Fill, ...] = ()
+    origins: tuple[Origin, ...] = ()
+
+    def origin(self, column: str) -> float:
+        return next(o.day for o in self.origins if o.column == column)
 
     @property
     def filled(self) -> tuple[str, ...]:
@@ -147,6 +196,8 @@ class Encoding:
         values: dict[str, Any] = {
             "columns": [{"column": v.column, "categories": list(v.categories)} for v in self.vocabularies]
         }
+        if self.origins:
+            values["origins"] = [{"column": o.column, "day": o.day} for o in self.origins]
         if self.fills:
             values["fills"] = [
                 {"column": f.column, "strategy": f.strategy, "value": f.value, "indicator": f.indicator}
@@ -169,7 +220,8 @@ class Encoding:
             Fill(str(f["column"]), str(f["strategy"]), float(f["value"]), bool(f["indicator"]))
             for f in values.get("fills", [])
         )
-        return cls(tuple(vocabularies), fills)
+        origins = tuple(Origin(str(o["column"]), float(o["day"])) for o in values.get("origins", []))
+        return cls(tuple(vocabularies), fills, origins)
 
 
 def _few(values: list[str], shown: int = 3) -> str:
@@ -183,11 +235,16 @@ __all__ = [
     "DEFAULT_LIMIT",
     "FIRST",
     "MISSING",
+    "TIME_PARTS",
     "UNKNOWN",
     "Encoding",
     "Fill",
+    "Origin",
     "Vocabulary",
     "as_text",
+    "days",
     "is_categorical_type",
     "is_text",
+    "is_time",
+    "time_part",
 ]

@@ -102,6 +102,8 @@ class ReadSpec:
         impute: (column, strategy) pairs: fill a numeric feature's nulls with its training
             rows' 'mean', 'median' or 'zero'; the column '*' means every numeric feature.
         impute_indicator: add a feature ``<column>_missing`` (1.0 where a value was filled).
+        time_parts: (column, parts) pairs: calendar parts of a date or timestamp feature
+            ('year', 'month', 'day', 'dow', 'hour', 'minute') added as features.
     """
 
     label: str = "label"
@@ -117,6 +119,7 @@ class ReadSpec:
     categorical: tuple[str, ...] = ()
     impute: tuple[tuple[str, str], ...] = ()
     impute_indicator: bool = False
+    time_parts: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.features is not None and self.label in self.features:

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.data.encoding import Encoding, is_categorical_type, is_text
+from pipeline.data.encoding import TIME_PARTS, Encoding, days, is_categorical_type, is_text, is_time, time_part
 from pipeline.data.specs import ReadSpec
 from pipeline.errors import ColumnError, LabelError, NullFeatureError
 
@@ -53,6 +53,8 @@ class TensorLayout:
         image_scale: image values are divided by this (the declared maximum) to land in [0, 1].
         categorical: the features that are categories (text, or named in ``data.categorical``).
         imputed: the numeric features whose nulls are filled (``data.impute``), with strategies.
+        times: the date and timestamp features (days since the training rows' earliest, in the
+            numeric columns) and their calendar parts (``data.time_parts``), extra columns.
         indicator: whether each imputed column gets a ``<column>_missing`` feature.
         encoding: the vocabularies and fill values, once learned (``pipeline.data.vocabulary``).
 
@@ -69,12 +71,13 @@ class TensorLayout:
     categorical: tuple[str, ...] = ()
     imputed: tuple[tuple[str, str], ...] = ()
     indicator: bool = False
+    times: tuple[tuple[str, tuple[str, ...]], ...] = ()
     encoding: Encoding | None = None
 
     @property
     def needs_encoding(self) -> bool:
         """Whether some features are categories or imputed, which an ``Encoding`` learned from the rows decides."""
-        return bool(self.categorical or self.imputed)
+        return bool(self.categorical or self.imputed or self.times)
 
     @property
     def numeric(self) -> tuple[str, ...]:
@@ -87,9 +90,14 @@ class TensorLayout:
         return tuple(f"{name}_missing" for name, _ in self.imputed) if self.indicator else ()
 
     @property
+    def parts(self) -> tuple[tuple[str, str], ...]:
+        """Every (time column, calendar part) pair, in the order of their tensor columns."""
+        return tuple((name, part) for name, parts in self.times for part in parts)
+
+    @property
     def numeric_columns(self) -> tuple[str, ...]:
-        """The numeric tensor's columns: the numeric features, then the indicators."""
-        return (*self.numeric, *self.indicators)
+        """The numeric tensor's columns: the numeric features, the indicators, then the calendar parts."""
+        return (*self.numeric, *self.indicators, *(f"{name}_{part}" for name, part in self.parts))
 
     @property
     def tensor_columns(self) -> tuple[str, ...]:
@@ -118,6 +126,11 @@ class TensorLayout:
             held = ", ".join(encoding.columns) if encoding is not None else "none"
             raise ColumnError(
                 f"the recorded encoding holds vocabularies for {held or 'none'}, but the categorical columns are {', '.join(self.categorical) or 'none'}"
+            )
+        if tuple(o.column for o in encoding.origins) != tuple(name for name, _ in self.times):
+            raise ColumnError(
+                f"the recorded encoding has origins for {', '.join(o.column for o in encoding.origins) or 'no column'},"
+                f" but the time features are {', '.join(name for name, _ in self.times) or 'none'}"
             )
         imputed = tuple(name for name, _ in self.imputed)
         if encoding.filled != imputed or any(f.indicator != self.indicator for f in encoding.fills):
@@ -175,7 +188,7 @@ def layout_for(
         features = tuple(
             f.name
             for f in schema
-            if f.name not in skip and (_is_numeric(f.type) or is_text(f.type) or f.name in declared)
+            if f.name not in skip and (_is_numeric(f.type) or is_text(f.type) or is_time(f.type) or f.name in declared)
         )
         if not features:
             raise ColumnError(
@@ -193,13 +206,46 @@ def layout_for(
         )
         return TensorLayout(label=spec.label, features=features, image_shape=images[name], image_scale=scale)
     categorical = _categorical(schema, spec, features)
+    times = _times(schema, spec, features)
     return TensorLayout(
         label=spec.label,
         features=features,
         categorical=categorical,
-        imputed=_imputed(spec, features, categorical),
+        imputed=_imputed(spec, features, (*categorical, *(name for name, _ in times))),
         indicator=spec.impute_indicator,
+        times=times,
     )
+
+
+def _times(schema: pa.Schema, spec: ReadSpec, features: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The date and timestamp features and the calendar parts asked of each.
+
+    Raises:
+        ColumnError: ``data.time_parts`` names a column that is not a time feature, or a part
+            the column cannot have (an hour of a date) or that does not exist.
+    """
+    asked = dict(spec.time_parts)
+    found = []
+    for name in features:
+        data_type = schema.field(name).type
+        if not is_time(data_type):
+            continue
+        parts = tuple(asked.pop(name, ()))
+        unknown = [p for p in parts if p not in TIME_PARTS]
+        if unknown:
+            raise ColumnError(
+                f"data.time_parts: {unknown[0]!r} is not a calendar part; choose from {', '.join(TIME_PARTS)}"
+            )
+        if pa.types.is_date(data_type) and {"hour", "minute"} & set(parts):
+            raise ColumnError(f"data.time_parts: column {name!r} is a date; it has no hour or minute")
+        found.append((name, parts))
+    if asked:
+        name = next(iter(asked))
+        what = f"has type {schema.field(name).type}" if name in schema.names else "is not a column"
+        raise ColumnError(
+            f"data.time_parts names {name!r}, which {what}; calendar parts are asked of date and timestamp features"
+        )
+    return tuple(found)
 
 
 def _imputed(spec: ReadSpec, features: tuple[str, ...], categorical: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -215,7 +261,7 @@ def _imputed(spec: ReadSpec, features: tuple[str, ...], categorical: tuple[str, 
             strategies.update(dict.fromkeys(numeric, strategy))
         elif name in categorical:
             raise ColumnError(
-                f"data.impute names {name!r}, a categorical feature (its nulls are already the missing category); impute numeric features only"
+                f"data.impute names {name!r}, a categorical or time feature; impute numeric features only"
             )
         elif name not in features:
             raise ColumnError(f"data.impute names {name!r}, which is not among the features {', '.join(features)}")
@@ -247,9 +293,9 @@ def _categorical(schema: pa.Schema, spec: ReadSpec, features: tuple[str, ...]) -
             categorical.append(name)
         elif is_text(data_type):
             categorical.append(name)  # text is categorical by default
-        elif not _is_numeric(data_type):
+        elif not _is_numeric(data_type) and not is_time(data_type):
             raise ColumnError(
-                f"feature column {name!r} has type {data_type}, which icetrain cannot encode; features are numbers, or text, boolean or integer categories (data.categorical)"
+                f"feature column {name!r} has type {data_type}, which icetrain cannot encode; features are numbers, dates and timestamps, or text, boolean or integer categories (data.categorical)"
             )
     return tuple(categorical)
 
@@ -275,8 +321,12 @@ def features_to_tensor(batch: pa.RecordBatch, layout: TensorLayout) -> torch.Ten
     # Filling rows of a [F, B] matrix is contiguous (column j is one Arrow buffer); one
     # transposing copy then gives the row-major [B, F] that models want, faster than strided writes.
     columns = np.empty((len(layout.tensor_columns), batch.num_rows), dtype=np.float32)
+    origins = {o.column: o.day for o in layout.encoding.origins} if layout.encoding is not None else {}
     for j, name in enumerate(layout.numeric):
         column = batch.column(name)
+        if name in origins:
+            columns[j] = days(column) - origins[name]
+            continue
         if column.null_count and name in filled:
             fill = layout.encoding.fill(name) if layout.encoding is not None else None
             assert fill is not None
@@ -286,6 +336,9 @@ def features_to_tensor(batch: pa.RecordBatch, layout: TensorLayout) -> torch.Ten
         raise ColumnError("the categorical and imputed columns have no encoding yet (learn it first)")
     for j, (name, _) in enumerate(layout.imputed if layout.indicator else (), start=len(layout.numeric)):
         columns[j] = batch.column(name).is_null().to_numpy(zero_copy_only=False)
+    first_part = len(layout.numeric) + len(layout.indicators)
+    for j, (name, part) in enumerate(layout.parts, start=first_part):
+        columns[j] = time_part(batch.column(name), part)
     if layout.encoding is not None:
         for j, vocabulary in enumerate(layout.encoding.vocabularies, start=len(layout.numeric_columns)):
             columns[j] = vocabulary.encode(batch.column(vocabulary.column))

@@ -1,4 +1,4 @@
-"""Learning a read's encoding from the training split of a pinned snapshot: vocabularies and fill values.
+"""Learning a read's encoding from the training split of a pinned snapshot: vocabularies, fill values, time origins.
 
 Each row group of the training split (after filter, deletes, split and SQL: exactly the rows
 the loader will train on) is read once by a few threads; the categories of every categorical
@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.data.encoding import DEFAULT_LIMIT, Encoding, Fill, Vocabulary, as_text
+from pipeline.data.encoding import DEFAULT_LIMIT, Encoding, Fill, Origin, Vocabulary, as_text, days
 from pipeline.data.reading import PreparedRead
 from pipeline.data.specs import LoaderConfig
 from pipeline.errors import ColumnError
@@ -49,8 +49,9 @@ def learn_encoding(
         return None
     source = read.source(split)
     columns, imputed = layout.categorical, [name for name, _ in layout.imputed]
+    times = [name for name, _ in layout.times]
 
-    def count(unit: int) -> tuple[list[Counter[str]], list[tuple[int, float, float, float]]]:
+    def count(unit: int) -> tuple[list[Counter[str]], list[tuple[int, float, float, float]], list[float]]:
         rows = source.rows(unit)
         found = []
         for name in columns:
@@ -60,12 +61,17 @@ def learn_encoding(
                 for entry in pc.value_counts(values.drop_null()).to_pylist():
                     counts[entry["values"]] += int(entry["counts"])
             found.append(counts)
-        return found, [_moments(rows.column(name)) for name in imputed]
+        earliest = [
+            float(np.nanmin(d)) if np.isfinite(d).any() else np.inf for d in (days(rows.column(n)) for n in times)
+        ]
+        return found, [_moments(rows.column(name)) for name in imputed], earliest
 
     totals = [Counter[str]() for _ in columns]
     moments = [(0, 0.0, np.inf, -np.inf) for _ in imputed]
+    origins = [np.inf for _ in times]
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for found, seen in pool.map(count, range(len(read.plan.row_groups))):
+        for found, seen, earliest in pool.map(count, range(len(read.plan.row_groups))):
+            origins = [min(a, b) for a, b in zip(origins, earliest, strict=True)]
             for total, counts in zip(totals, found, strict=True):
                 total.update(counts)
             moments = [
@@ -88,7 +94,14 @@ def learn_encoding(
         else:
             value = _median(source, read, name, n, low, high, threads)
         fills.append(Fill(name, strategy, float(value), layout.indicator))
-    return Encoding(vocabularies, tuple(fills))
+    return Encoding(
+        vocabularies,
+        tuple(fills),
+        tuple(
+            Origin(name, float(np.floor(day)) if np.isfinite(day) else 0.0)
+            for name, day in zip(times, origins, strict=True)
+        ),
+    )
 
 
 def _vocabulary(name: str, counts: Counter[str], min_frequency: int, max_categories: int | None) -> Vocabulary:
