@@ -16,6 +16,7 @@ from pipeline.data.specs import LoaderConfig, ReadSpec, SnapshotRequest
 from pipeline.lake.catalog import load_table
 from pipeline.lake.ingest import append_arrow
 from tests.conftest import all_runs, config_for
+from training.prepare import PreparedRun
 from training.reproduce import reproduce
 from training.train import train
 
@@ -83,6 +84,9 @@ def test_a_newer_snapshot_with_an_unseen_category_trains_and_a_replay_maps_it_to
     settings, catalog, loan_table, capsys
 ) -> None:
     first = train(settings, config_for("bank.loans", *QUICK), pipeline="loans")
+    state = torch.load(settings.home / "checkpoints" / first.run_id / "last.pt", weights_only=False)
+    resumable = PreparedRun.from_json(state["prepared"])
+    assert resumable.encoding.vocabulary("purpose").categories == tuple(PURPOSES), "--resume takes the recorded one"
     append_arrow(catalog, "bank.loans", loans(3000, 2000, [*PURPOSES, "wedding"]), source="test")
     second = train(settings, config_for("bank.loans", *QUICK), pipeline="loans")
     params = {r.info.run_id: r.data.params for r in all_runs(settings)}
@@ -199,3 +203,22 @@ def test_categorical_drift_is_measured_over_the_references_categories_with_unkno
     assert purpose.categorical and set(purpose.categories) == set(PURPOSES), "the reference's categories are the bins"
     assert 0.3 < purpose.unknown_share < 0.5, "wedding and cruise are not among the reference's categories"
     assert purpose.top(1)[0][0] == "travel"
+
+
+def test_two_ddp_processes_train_on_a_text_category_the_sql_transform_makes(settings, catalog) -> None:
+    from tests.test_cli import icetrain
+    from tests.test_train_script import numbered_rows
+
+    for start in (0, 100, 200):
+        append_arrow(catalog, "demo.numbered", numbered_rows(start, 100), source="test")
+    sql = "SELECT *, CASE WHEN x > 0 THEN 'up' ELSE 'down' END AS side FROM snapshot"
+    out = icetrain(
+        "train", "--table", "demo.numbered", "--nproc", "2", "--epochs", "2", "--batch-size", "16",
+        "--features", "row,x,side", "--sql", sql, "--model", "mlp", "--no-progress",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "300 rows, 2 processes" in out.stdout
+    (run,) = all_runs(settings)
+    assert run.data.params["resolved.encoding.columns"] == "side"
+    assert run.data.params["resolved.encoding.categories"] == "2", "up and down, learned once by the launcher"
+    assert run.data.metrics["val_accuracy"] > 0.8, "the category the SQL made carries the label"
