@@ -14,6 +14,7 @@ and replayed from there, never learned again for the same run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -64,10 +65,21 @@ class Vocabulary:
         """How many indices the column takes: the categories plus missing and unknown."""
         return len(self.categories) + FIRST
 
+    @functools.cached_property
+    def _lookup(self) -> pc.SetLookupOptions:
+        """The categories as Arrow's lookup set, built once per process (it does not pickle)."""
+        return pc.SetLookupOptions(pa.array(self.categories, type=pa.large_string()))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {name: value for name, value in self.__dict__.items() if name != "_lookup"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def encode(self, column: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """The column's indices as int64, in bulk (no per-row Python)."""
         values = as_text(column)
-        found = pc.index_in(values, value_set=pa.array(self.categories, type=pa.large_string()))
+        found = pc.index_in(values, options=self._lookup)
         index = found.fill_null(UNKNOWN - FIRST).to_numpy(zero_copy_only=False).astype(np.int64) + FIRST
         if values.null_count:
             index[values.is_null().to_numpy(zero_copy_only=False)] = MISSING

@@ -272,8 +272,13 @@ def _sql_count_query(source: RowSource, label: str) -> tuple[RowSource, Schema] 
 
 def _label_schema(plan: ScanPlan, label: str) -> Schema | None:
     """The read schema without feature columns: the label plus whatever the filter needs."""
+    return narrowed_schema(plan, (label,))
+
+
+def narrowed_schema(plan: ScanPlan, columns: tuple[str, ...]) -> Schema | None:
+    """The read schema narrowed to ``columns`` plus whatever the filter and the split need (None: a column is not read as such)."""
     names = [f.name for f in plan.read_schema.fields]
-    if label not in names:
+    if not set(columns) <= set(names):
         return None
-    keep = {label, *plan.filter_columns(), *plan.split_key}
+    keep = {*columns, *plan.filter_columns(), *plan.split_key}
     return plan.read_schema.select(*[name for name in names if name in keep])

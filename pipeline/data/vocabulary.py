@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from pipeline.data.encoding import DEFAULT_LIMIT, Encoding, Fill, Origin, Vocabulary, as_text, days
 from pipeline.data.reading import PreparedRead
+from pipeline.data.rows import narrowed_schema
 from pipeline.data.specs import LoaderConfig
 from pipeline.errors import ColumnError
 
@@ -50,9 +51,10 @@ def learn_encoding(
     source = read.source(split)
     columns, imputed = layout.categorical, [name for name, _ in layout.imputed]
     times = [name for name, _ in layout.times]
+    needed = narrowed_schema(read.plan, (*columns, *imputed, *times))  # only these columns are decoded (no SQL)
 
     def count(unit: int) -> tuple[list[Counter[str]], list[tuple[int, float, float, float]], list[float]]:
-        rows = source.rows(unit)
+        rows = source.rows(unit, needed)
         found = []
         for name in columns:
             counts: Counter[str] = Counter()
@@ -134,8 +136,10 @@ def _median(source: Any, read: PreparedRead, name: str, count: int, low: float, 
         return low
     edges = np.linspace(low, high, MEDIAN_BINS + 1)
 
+    needed = narrowed_schema(read.plan, (name,))
+
     def histogram(unit: int) -> np.ndarray:
-        values = _finite(source.rows(unit).column(name))
+        values = _finite(source.rows(unit, needed).column(name))
         return np.histogram(values, bins=edges)[0]
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
