@@ -222,3 +222,26 @@ def test_two_ddp_processes_train_on_a_text_category_the_sql_transform_makes(sett
     assert run.data.params["resolved.encoding.columns"] == "side"
     assert run.data.params["resolved.encoding.categories"] == "2", "up and down, learned once by the launcher"
     assert run.data.metrics["val_accuracy"] > 0.8, "the category the SQL made carries the label"
+
+
+def test_decode_workers_and_the_cache_hand_out_the_same_categories_as_one_process(
+    settings, catalog, loan_table, tmp_path
+) -> None:
+    table = load_table(catalog, "bank.loans")
+    pinned = resolve_snapshot(table, SnapshotRequest("bank.loans"), settings.catalog_name)
+    spec = ReadSpec(features=("income", "purpose", "verified"), categorical=("verified",))
+
+    def epoch(**config) -> list[torch.Tensor]:
+        loader = open_loader(table, pinned, spec, LoaderConfig(batch_size=256, seed=3, **config))
+        return [
+            torch.cat([numeric, categories.double(), labels[:, None].double()], 1)
+            for numeric, categories, labels in loader
+        ]
+
+    alone = epoch(num_workers=0, cache_mb=0)
+    for other in (
+        epoch(num_workers=2, cache_mb=0),
+        epoch(cache_dir=str(tmp_path), cache_mb=64),
+        epoch(cache_dir=str(tmp_path), cache_mb=64),
+    ):
+        assert len(other) == len(alone) and all(torch.equal(a, b) for a, b in zip(alone, other, strict=True))
