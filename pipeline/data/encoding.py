@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,25 @@ def as_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     if pa.types.is_large_string(column.type):
         return column
     return pc.cast(column, pa.large_string())
+
+
+def count_categories(column: pa.Array | pa.ChunkedArray) -> Counter[str]:
+    """How often each category occurs (nulls left out), counting a dictionary column by its indices."""
+    counts: Counter[str] = Counter()
+    for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
+        if pa.types.is_dictionary(chunk.type):
+            indices = chunk.indices.drop_null().to_numpy(zero_copy_only=False)
+            if len(indices):
+                per_value = np.bincount(indices, minlength=len(chunk.dictionary))
+                for value, count in zip(as_text(chunk.dictionary).to_pylist(), per_value.tolist(), strict=True):
+                    if count:
+                        counts[value] += count
+            continue
+        values = as_text(chunk).drop_null()
+        if len(values):
+            for entry in pc.value_counts(values).to_pylist():
+                counts[entry["values"]] += int(entry["counts"])
+    return counts
 
 
 def is_categorical_type(data_type: pa.DataType) -> bool:
@@ -77,12 +97,28 @@ class Vocabulary:
         self.__dict__.update(state)
 
     def encode(self, column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """The column's indices as int64, in bulk (no per-row Python)."""
+        """The column's indices as int64, in bulk (no per-row Python); a dictionary column's distinct values are looked up once."""
+        if pa.types.is_dictionary(column.type):
+            chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+            return (
+                np.concatenate([self._encode_dictionary(chunk) for chunk in chunks])
+                if chunks
+                else np.empty(0, np.int64)
+            )
         values = as_text(column)
         found = pc.index_in(values, options=self._lookup)
         index = found.fill_null(UNKNOWN - FIRST).to_numpy(zero_copy_only=False).astype(np.int64) + FIRST
         if values.null_count:
             index[values.is_null().to_numpy(zero_copy_only=False)] = MISSING
+        return index
+
+    def _encode_dictionary(self, chunk: pa.DictionaryArray) -> np.ndarray:
+        if not len(chunk.dictionary):
+            return np.full(len(chunk), MISSING, dtype=np.int64)
+        mapped = self.encode(chunk.dictionary)
+        index = mapped[chunk.indices.fill_null(0).to_numpy(zero_copy_only=False)]
+        if chunk.null_count:
+            index[chunk.is_null().to_numpy(zero_copy_only=False)] = MISSING
         return index
 
 
@@ -254,6 +290,7 @@ __all__ = [
     "Origin",
     "Vocabulary",
     "as_text",
+    "count_categories",
     "days",
     "is_categorical_type",
     "is_text",

@@ -22,13 +22,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyiceberg.conversions import from_bytes
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.types import BooleanType, DoubleType, FloatType, IntegerType, LongType
 
-from pipeline.data.encoding import as_text
+from pipeline.data.encoding import count_categories
 from pipeline.data.reading import PreparedRead, prepare_read, snapshot_schema
 from pipeline.data.snapshots import PinnedSnapshot
 from pipeline.data.specs import LoaderConfig, ReadSpec
@@ -138,10 +137,7 @@ def profile_features(
             entry[0] += len(column)
             entry[1] += column.null_count
             if name in categorical:
-                text = as_text(column).drop_null()
-                if len(text):
-                    for found in pc.value_counts(text).to_pylist():
-                        seen[name][found["values"]] += int(found["counts"])
+                seen[name].update(count_categories(column))
                 continue
             values = _values(column, name, read)
             finite = values[~np.isnan(values)]

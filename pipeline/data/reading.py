@@ -19,6 +19,7 @@ from pyiceberg.table import Table
 from pyiceberg.types import IntegerType, LongType
 from pyparsing import ParseException
 
+from pipeline.data.encoding import is_text
 from pipeline.data.rows import RowProfile, RowSource, profile_from_metadata, profile_rows
 from pipeline.data.scan import ScanPlan, plan_scan
 from pipeline.data.snapshots import PinnedSnapshot, schema_at
@@ -39,7 +40,21 @@ class PreparedRead:
     output_schema: pa.Schema
 
     def source(self, config: LoaderConfig) -> RowSource:
-        return RowSource(self.plan, self.spec.sql, config.split, config.split_seed, config.val_fraction)
+        return RowSource(
+            self.plan, self.spec.sql, config.split, config.split_seed, config.val_fraction, dictionary=self.dictionary
+        )
+
+    @property
+    def dictionary(self) -> tuple[str, ...]:
+        """The text categories read as Parquet dictionaries: not with SQL, not a filter or split-key column."""
+        if self.spec.sql:
+            return ()
+        busy = {*self.plan.filter_columns(), *self.plan.split_key}
+        return tuple(
+            name
+            for name in self.layout.categorical
+            if name not in busy and is_text(self.output_schema.field(name).type)
+        )
 
 
 def snapshot_schema(table: Table, pinned: PinnedSnapshot) -> Schema:

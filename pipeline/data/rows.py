@@ -36,6 +36,8 @@ class RowSource:
     filters, expressions; aggregates or ORDER BY would see one row group at a time), which is
     what lets row groups be decoded in parallel and counted exactly. ``only`` keeps just that
     output column of the transform (counting needs the label alone, so reads less).
+    ``dictionary`` names text columns read as Parquet dictionaries (categories: only each row
+    group's distinct values are decoded and looked up).
     """
 
     plan: ScanPlan
@@ -44,6 +46,7 @@ class RowSource:
     split_seed: int = 0
     val_fraction: float = 0.0
     only: str | None = None
+    dictionary: tuple[str, ...] = ()
     _local: threading.local = field(default_factory=threading.local, compare=False, repr=False)
     _arrow_schema: pa.Schema | None = field(default=None, compare=False, repr=False)
 
@@ -58,7 +61,9 @@ class RowSource:
             schema: narrows the columns read (ignored with SQL, which may use any column).
             split: overrides the source's split ('all' for the label vocabulary).
         """
-        batch, positions = read_row_group(self.plan, self.plan.row_groups[unit], None if self.sql else schema)
+        batch, positions = read_row_group(
+            self.plan, self.plan.row_groups[unit], None if self.sql else schema, self.dictionary
+        )
         return self.after_read(unit, batch, positions, split or self.split)
 
     def after_read(self, unit: int, batch: pa.Table, positions: np.ndarray, split: str) -> pa.Table | pa.RecordBatch:

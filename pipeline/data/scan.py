@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -271,12 +272,16 @@ def _projection(plan: ScanPlan, file_index: int, physical: pa.Schema, wanted: Sc
     return projection
 
 
-def read_row_group(plan: ScanPlan, group: RowGroup, schema: Schema | None = None) -> tuple[pa.Table, np.ndarray]:
+def read_row_group(
+    plan: ScanPlan, group: RowGroup, schema: Schema | None = None, dictionary: tuple[str, ...] = ()
+) -> tuple[pa.Table, np.ndarray]:
     """Read one row group with deletes and filter applied.
 
     Args:
         schema: the columns to return (a subset of ``plan.read_schema`` that keeps the filter
             columns); the plan's read schema by default.
+        dictionary: text columns to read as dictionaries (by their name in the file; a renamed
+            column is simply read plainly).
 
     Returns:
         The rows (columns named and typed by the snapshot's schema) and each row's position
@@ -285,9 +290,10 @@ def read_row_group(plan: ScanPlan, group: RowGroup, schema: Schema | None = None
     ref = plan.files[group.file_index]
     wanted = schema if schema is not None else plan.read_schema
     with _reading(ref.path, plan.pinned), plan.io().new_input(ref.path).open() as source:
-        fragment = _get_file_format(FileFormat.PARQUET, pre_buffer=True).make_fragment(
-            source, row_groups=[group.row_group]
-        )
+        options: dict[str, Any] = {"pre_buffer": True}
+        if dictionary:
+            options["dictionary_columns"] = tuple(dictionary)  # hashable: PyIceberg caches the format
+        fragment = _get_file_format(FileFormat.PARQUET, **options).make_fragment(source, row_groups=[group.row_group])
         physical = fragment.physical_schema
         projection = _projection(plan, group.file_index, physical, wanted)
         table = fragment.to_table(

@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from pipeline.data.encoding import DEFAULT_LIMIT, Encoding, Fill, Origin, Vocabulary, as_text, days
+from pipeline.data.encoding import DEFAULT_LIMIT, Encoding, Fill, Origin, Vocabulary, count_categories, days
 from pipeline.data.reading import PreparedRead
 from pipeline.data.rows import narrowed_schema
 from pipeline.data.specs import LoaderConfig
@@ -57,12 +56,7 @@ def learn_encoding(
         rows = source.rows(unit, needed)
         found = []
         for name in columns:
-            counts: Counter[str] = Counter()
-            values = as_text(rows.column(name))
-            if values.null_count < len(values):
-                for entry in pc.value_counts(values.drop_null()).to_pylist():
-                    counts[entry["values"]] += int(entry["counts"])
-            found.append(counts)
+            found.append(count_categories(rows.column(name)))
         earliest = [
             float(np.nanmin(d)) if np.isfinite(d).any() else np.inf for d in (days(rows.column(n)) for n in times)
         ]
