@@ -37,6 +37,7 @@ CATEGORIES = {"c10": 10, "c100": 100, "c1k": 1_000, "c10k": 10_000}
 TABLES = {
     "tabular": "bench.tabular",
     "categorical": "bench.categorical",
+    "whole_files": "bench.whole_files",
     "images": "bench.images",
     "images_list": "bench.images_list",
     "tabular_20m": "bench.tabular_20m",
@@ -56,6 +57,7 @@ def build_tables(warehouse: Path, rows: int) -> None:
     catalog = _catalog(warehouse)
     build_tabular(catalog, TABLES["tabular"], rows, seed=0)
     build_tabular(catalog, TABLES["categorical"], rows, seed=0, categorical=True)
+    build_tabular(catalog, TABLES["whole_files"], rows, seed=0, row_group_rows=rows // 16)
     rng = np.random.default_rng(0)
     layout = {"write.parquet.row-group-limit": str(ROW_GROUP_ROWS)}
     images = max(rows // 20, 8)
@@ -84,7 +86,9 @@ def build_tables(warehouse: Path, rows: int) -> None:
         )
 
 
-def build_tabular(catalog, identifier: str, rows: int, seed: int, categorical: bool = False) -> None:
+def build_tabular(
+    catalog, identifier: str, rows: int, seed: int, categorical: bool = False, row_group_rows: int = ROW_GROUP_ROWS
+) -> None:
     """rows x 32 float32 features + label + id (+ 4 text columns of 10 to 10,000 categories), in 16 appends
     of row groups of ROW_GROUP_ROWS."""
     import pyarrow as pa
@@ -103,7 +107,7 @@ def build_tabular(catalog, identifier: str, rows: int, seed: int, categorical: b
                 columns[name] = pa.DictionaryArray.from_arrays(indices, dictionary).cast(pa.string())
         columns["label"] = np.argmax(features[:, :10], axis=1).astype(np.int64)
         columns["id"] = np.arange(part * per_append, (part + 1) * per_append, dtype=np.int64)
-        layout = {"write.parquet.row-group-limit": str(ROW_GROUP_ROWS)}
+        layout = {"write.parquet.row-group-limit": str(row_group_rows)}
         append_arrow(
             catalog, identifier, pa.table(columns), source="bench", table_properties=layout, identifier_fields=()
         )
@@ -155,6 +159,15 @@ def _to_features(batch, kind: str):
 def _slices(features, labels) -> Iterator:
     for start in range(0, len(labels), BATCH):
         yield features[start : start + BATCH], labels[start : start + BATCH]
+
+
+def whole_files(table) -> Iterator:
+    """PyArrow's default read of each data file (``pq.read_table``: every column, all cores, no Iceberg), then tensors."""
+    import pyarrow.parquet as pq
+
+    for path in _files(table):
+        batch = pq.read_table(path, columns=[*FEATURES, "label"]).combine_chunks().to_batches()[0]
+        yield from _slices(*_to_features(batch, "tabular"))
 
 
 def limit(table, kind: str, shuffle: bool = False) -> Iterator:
@@ -398,6 +411,9 @@ ROWS: dict[str, tuple[str, Callable[..., Iterator]]] = {
     "icetrain_shuffled_w0_images": ("images", lambda w: icetrain(w, "images", shuffle=True)),
     "limit_images_list": ("images_list", lambda w: limit(w, "images_list")),
     "icetrain_images_list": ("images_list", lambda w: icetrain(w, "images_list", shuffle=False)),
+    "limit_whole_files": ("whole_files", whole_files),
+    "icetrain_whole_files": ("whole_files", lambda w: icetrain(w, "tabular", shuffle=False)),
+    "icetrain_shuffled_whole_files": ("whole_files", lambda w: icetrain(w, "tabular", shuffle=True)),
     "icetrain_numeric_of_categorical": ("categorical", lambda w: categorical(w, with_categories=False)),
     "icetrain_categorical": ("categorical", lambda w: categorical(w, with_categories=True)),
     "train_mlp": ("tabular", lambda w: training(w, "tabular", max_rows=TRAIN_ROWS["tabular"])),
@@ -680,6 +696,18 @@ def report(results: list[dict], out: Path | None) -> None:
     )
     ratio("SQL transform (declared classes) >= 0.7 x plain", "icetrain_sql", "icetrain", 0.7)
     ratio(f"{SCALE_ROW} rows/s >= 0.9 x the 4 M-row table's", SCALE_ROW, "icetrain_shuffled_w0", 0.9)
+    ratio(
+        "16 files of one row group: icetrain >= 1.0 x PyArrow's own read",
+        "icetrain_whole_files",
+        "limit_whole_files",
+        1.0,
+    )
+    ratio(
+        "16 files of one row group: shuffled >= 1.0 x PyArrow's own read",
+        "icetrain_shuffled_whole_files",
+        "limit_whole_files",
+        1.0,
+    )
     ratio(
         "4 text columns (10..10,000 categories) >= 0.7 x numbers only",
         "icetrain_categorical",
