@@ -1,4 +1,4 @@
-"""The ``icetrain`` command: demo, ingest, snapshots, tag, train, pipelines, reproduce, register, unregister, expire, ui.
+"""The ``icetrain`` command: demo, ingest, snapshots, tag, train, pipelines, reproduce, register, promote, unregister, expire, ui.
 
 User mistakes end with one line on stderr and exit code 1; ``--debug`` shows the traceback.
 """
@@ -207,7 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     register.add_argument("run_id")
     register.add_argument("--name", required=True, help="registered model name")
+    register.add_argument(
+        "--alias", help="also point this alias at the version (champion: what models:/NAME@champion loads)"
+    )
     register.set_defaults(handler=cmd_register)
+
+    promote = commands.add_parser(
+        "promote",
+        help="point a registered model's champion alias (or --alias) at a version, as Dagster's evaluation does",
+    )
+    promote.add_argument("name")
+    promote.add_argument("version")
+    promote.add_argument("--alias", default="champion", help="the alias to move (default: champion)")
+    promote.set_defaults(handler=cmd_promote)
 
     unregister = commands.add_parser("unregister", help="delete a registered model version and drop its snapshot tag")
     unregister.add_argument("name")
@@ -480,20 +492,45 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from pipeline.names import check_tracking_name
+    from pipeline.names import check_alias_name, check_tracking_name
 
     check_tracking_name(args.name, "registered model")  # at the edge, before MLflow is even imported
+    if args.alias is not None:
+        check_alias_name(args.alias)
     from pipeline.tracking.registry import register
 
-    done = register(Settings.from_env(), args.run_id, args.name)
+    settings = Settings.from_env()
+    done = register(settings, args.run_id, args.name)
     if done.already:
         print(
-            f"run {args.run_id} is already {done.name} version {done.version} (snapshot {done.snapshot_id} of {done.table}, tag {done.iceberg_tag!r}); nothing changed"
+            f"run {args.run_id} is already {done.name} version {done.version} (snapshot {done.snapshot_id} of {done.table}, tag {done.iceberg_tag!r})"
         )
-        return 0
-    print(
-        f"registered {done.name} version {done.version} (run {args.run_id}); tagged snapshot {done.snapshot_id} of {done.table} as {done.iceberg_tag!r}"
-    )
+    else:
+        print(
+            f"registered {done.name} version {done.version} (run {args.run_id}); tagged snapshot {done.snapshot_id} of {done.table} as {done.iceberg_tag!r}"
+        )
+    if args.alias is not None:
+        return _report_promotion(settings, done.name, done.version, args.alias)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from pipeline.names import check_alias_name, check_tracking_name
+
+    check_tracking_name(args.name, "registered model")
+    check_alias_name(args.alias)
+    return _report_promotion(Settings.from_env(), args.name, args.version, args.alias)
+
+
+def _report_promotion(settings: Settings, name: str, version: str, alias: str) -> int:
+    from pipeline.tracking.registry import promote
+
+    moved = promote(settings, name, version, alias)
+    if moved.already:
+        print(f"{name}@{alias} is already version {version}; nothing changed")
+    else:
+        before = f" (was version {moved.previous})" if moved.previous else ""
+        print(f"{name}@{alias} is now version {version}{before}: models:/{name}@{alias} loads it")
     return 0
 
 

@@ -112,3 +112,25 @@ def _part_problem(part: str) -> str:
 def _show(text: str) -> str:
     """A name as Python writes it, so tabs, newlines and spaces are visible in the one-line message."""
     return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+_ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,254}")
+
+
+def check_alias_name(alias: str) -> str:
+    """Validate a registered-model alias (``champion``): a letter or ``_``, then letters, digits, ``_`` or ``-``;
+    not ``latest`` and not ``v<number>`` (MLflow reserves both).
+
+    Raises:
+        InvalidNameError: the alias is not one MLflow accepts.
+    """
+    if (
+        not isinstance(alias, str)
+        or not _ALIAS.fullmatch(alias)
+        or alias.lower() == "latest"
+        or re.fullmatch(r"[vV]\d+", alias)
+    ):
+        raise InvalidNameError(
+            f"alias {_show(alias) if isinstance(alias, str) else repr(alias)} is not valid: use a letter or '_', then letters, digits, '_' or '-' (not 'latest' or 'v<number>')"
+        )
+    return alias

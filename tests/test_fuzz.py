@@ -278,6 +278,8 @@ def subcommands(run_id: str) -> st.SearchStrategy[list[str]]:
         st.tuples(table, duration).map(lambda t: ["expire", t[0], "--older-than", t[1]]),
         st.tuples(ident, name).map(lambda t: ["register", t[0], "--name", t[1]]),
         st.tuples(name, ident).map(lambda t: ["unregister", t[0], t[1]]),
+        st.tuples(ident, name, name).map(lambda t: ["register", t[0], "--name", "fraud-model", "--alias", t[2]]),
+        st.tuples(name, ident, name).map(lambda t: ["promote", t[0], t[1], "--alias", t[2]]),
         st.tuples(table, ident, ident).map(lambda t: ["diff", t[0], t[1], t[2]]),
         st.tuples(ident, ident).map(lambda t: ["compare", t[0], t[1]]),
         st.tuples(ident).map(lambda t: ["reproduce", t[0], "--no-progress"]),

@@ -41,18 +41,19 @@ def reference_snapshot(
     )
 
 
-def champion_version(client: MlflowClient, model: str) -> ModelVersion | None:
-    """The version of ``model`` holding the ``champion`` alias; None only when the registry answers that there is none.
+def champion_version(client: MlflowClient, model: str, alias: str = CHAMPION_ALIAS) -> ModelVersion | None:
+    """The version of ``model`` holding ``alias`` (the champion); None only when the registry answers that there is none.
 
     Raises:
         TrackingError: MLflow could not be asked (an error is not an absence).
     """
     try:
-        return client.get_model_version_by_alias(model, CHAMPION_ALIAS)
+        return client.get_model_version_by_alias(model, alias)
     except MlflowException as exc:
         if is_absence(exc):
             return None  # the registry answered: no such model or alias
-        raise tracking_error(f"look up the champion of registered model {model!r}", exc) from exc
+        what = "the champion" if alias == CHAMPION_ALIAS else f"alias {alias!r}"
+        raise tracking_error(f"look up {what} of registered model {model!r}", exc) from exc
 
 
 def _champion_snapshot(client: MlflowClient, model: str) -> int | None:

@@ -10,6 +10,7 @@ leaves nothing behind.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -17,9 +18,10 @@ from mlflow.tracking import MlflowClient
 from pipeline.config.settings import Settings
 from pipeline.errors import RegistryError, SnapshotNotFoundError
 from pipeline.lake.catalog import load_table, open_catalog
-from pipeline.names import check_ref_name, check_tracking_name
+from pipeline.names import check_alias_name, check_ref_name, check_tracking_name
 from pipeline.tracking.client import tracking_client
 from pipeline.tracking.lineage import SNAPSHOT_ID_TAG, TABLE_TAG, get_run, is_absence, tracking_error
+from pipeline.tracking.reference import CHAMPION_ALIAS, champion_version
 
 TAG_PREFIX = "icetrain/"
 MODEL_TABLE_TAG = "icetrain.table"
@@ -121,6 +123,65 @@ def unregister(settings: Settings, name: str, version: str) -> Registered:
     return Registered(name, str(version), table_name or "", snapshot_id, tag or "")
 
 
+@dataclass(frozen=True)
+class Promoted:
+    """Which version of a registered model an alias now points at, and which it pointed at before."""
+
+    name: str
+    version: str
+    alias: str
+    previous: str | None
+    already: bool = False
+
+
+def promote(settings: Settings, name: str, version: str, alias: str = CHAMPION_ALIAS) -> Promoted:
+    """Point ``alias`` (the champion, by default) of registered model ``name`` at ``version``, as Dagster's champion/challenger does.
+
+    Moving the champion also rewrites the versions' ``icetrain.eval.role`` and ``.decision``
+    tags, so they say what is true now.
+
+    Raises:
+        InvalidNameError: a bad model or alias name. RegistryError: no such version.
+        TrackingError: MLflow could not be asked.
+    """
+    check_tracking_name(name, "registered model")
+    check_alias_name(alias)
+    client = tracking_client(settings)
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if not is_absence(exc):
+            raise tracking_error(f"look up version {version!r} of registered model {name!r}", exc) from exc
+        raise RegistryError(f"no version {version!r} of registered model {name!r}") from exc
+    current = champion_version(client, name, alias)
+    previous = str(current.version) if current is not None else None
+    if previous == str(version):
+        return Promoted(name, str(version), alias, previous, already=True)
+    try:
+        client.set_registered_model_alias(name, alias, str(version))
+        if alias == CHAMPION_ALIAS:
+            when = datetime.now(tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+            replacing = f", replacing version {previous}" if previous else ""
+            client.set_model_version_tag(name, str(version), "icetrain.eval.role", "champion")
+            client.set_model_version_tag(
+                name,
+                str(version),
+                "icetrain.eval.decision",
+                f"champion by hand (icetrain promote) since {when}{replacing}",
+            )
+            if previous:
+                client.set_model_version_tag(name, previous, "icetrain.eval.role", "former champion")
+                client.set_model_version_tag(
+                    name,
+                    previous,
+                    "icetrain.eval.decision",
+                    f"replaced by version {version} by hand (icetrain promote) at {when}",
+                )
+    except MlflowException as exc:
+        raise tracking_error(f"move alias {alias!r} of registered model {name!r} to version {version}", exc) from exc
+    return Promoted(name, str(version), alias, previous)
+
+
 def check_registrable(client: MlflowClient, name: str, table_name: str) -> None:
     """Refuse, before a run starts, a model name that holds another table's models.
 
@@ -154,4 +215,4 @@ def _ensure_registered_model(client: MlflowClient, name: str, table_name: str) -
     return True
 
 
-__all__ = ["Registered", "check_registrable", "iceberg_tag_name", "register", "unregister"]
+__all__ = ["Promoted", "Registered", "check_registrable", "iceberg_tag_name", "promote", "register", "unregister"]
