@@ -76,13 +76,15 @@ def open_training_data(prepared: PreparedRun) -> TrainingData:
         )
     split = config.data.val_fraction > 0
     train = open_loader(table, pinned, read.spec, config.loader_config("train" if split else "all"), prepared=read)
-    val = None
-    if split:
-        val_config = config.loader_config(
-            "val", shuffle=False, batch_size=max(config.loader.batch_size, VAL_BATCH_ROWS)
-        )
-        val = open_loader(table, pinned, read.spec, val_config, prepared=read)
-    return TrainingData(read, report, train, val)
+    return TrainingData(read, report, train, validation_loader(prepared) if split else None)
+
+
+def validation_loader(prepared: PreparedRun) -> IcebergLoader:
+    """The ordered loader of a prepared run's validation rows (as its read encodes them)."""
+    table, read, config = prepared.table, prepared.read, prepared.config
+    assert table is not None and read is not None, "attach the prepared run first"
+    val_config = config.loader_config("val", shuffle=False, batch_size=max(config.loader.batch_size, VAL_BATCH_ROWS))
+    return open_loader(table, prepared.pinned, read.spec, val_config, prepared=read)
 
 
 def feature_sample(loader: IcebergLoader, rows: int = 4096) -> tuple[torch.Tensor, ...]:
@@ -99,4 +101,4 @@ def feature_sample(loader: IcebergLoader, rows: int = 4096) -> tuple[torch.Tenso
     return tuple(torch.cat(parts)[:rows] for parts in zip(*taken, strict=True))
 
 
-__all__ = ["TrainingData", "feature_sample", "open_training_data"]
+__all__ = ["TrainingData", "feature_sample", "open_training_data", "validation_loader"]

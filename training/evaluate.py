@@ -28,7 +28,7 @@ from pipeline.tracking.reference import CHAMPION_ALIAS
 from pipeline.tracking.reference import champion_version as champion_of
 from pipeline.tracking.registry import register
 from training.compute import Compute
-from training.data import TrainingData, open_training_data
+from training.data import TrainingData, open_training_data, validation_loader
 from training.loop import evaluate
 from training.prepare import PreparedRun, RunOrigin, prepare_run
 from training.tasks import lower_is_better
@@ -155,9 +155,7 @@ def _encoded_for(settings: Settings, prepared: PreparedRun, run_id: str, data: T
         return data.val
     assert prepared.read is not None
     read = replace(prepared.read, layout=prepared.read.layout.with_encoding(encoding))
-    rows = open_training_data(replace(prepared, encoding=encoding, read=read)).val
-    assert rows is not None
-    return rows
+    return validation_loader(replace(prepared, encoding=encoding, read=read))
 
 
 def _load(client: MlflowClient, run_id: str) -> torch.nn.Module:

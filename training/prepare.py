@@ -35,6 +35,7 @@ from pipeline.errors import ConfigError, EncodingError, GateError, SnapshotNotFo
 from pipeline.lake.catalog import load_table, open_catalog
 from pipeline.tracking.client import tracking_client
 from pipeline.tracking.lineage import replay_encoding
+from pipeline.tracking.params import ENCODING_DIGEST_PARAM
 from pipeline.tracking.reference import last_finished_run, reference_snapshot
 from pipeline.tracking.tags import ENCODING_CHANGES_TAG, GATES_TAG
 from training.liveness import check_tracking
@@ -277,7 +278,7 @@ def encoding_changes(settings: Settings, pipeline: str, table_name: str, encodin
         TrackingError: MLflow could not be asked.
     """
     previous = last_finished_run(tracking_client(settings), pipeline, table_name)
-    if previous is None or previous.data.params.get("resolved.encoding.digest") in (None, encoding.digest):
+    if previous is None or previous.data.params.get(ENCODING_DIGEST_PARAM) in (None, encoding.digest):
         return {}
     try:
         before = replay_encoding(settings, previous.info.run_id)

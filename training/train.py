@@ -29,7 +29,6 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline.config.settings import Settings
 from pipeline.config.tree import PipelineConfig, parse_config
 from pipeline.data.encoding import ARTIFACT_PATH as ENCODING_ARTIFACT
-from pipeline.data.encoding import Encoding
 from pipeline.data.loader import IcebergLoader
 from pipeline.data.snapshots import PinnedSnapshot
 from pipeline.errors import CheckpointError, ConfigError, IcetrainError
@@ -43,7 +42,7 @@ from pipeline.tracking.lineage import (
     run_name,
     source_tags,
 )
-from pipeline.tracking.params import to_params
+from pipeline.tracking.params import encoding_params, to_params
 from pipeline.tracking.registry import check_registrable, register
 from pipeline.tracking.tags import NOTE_TAG
 from training import checkpoint
@@ -229,7 +228,7 @@ def _train(
         else:
             start_record(recorder, settings, config, data, model, compute, prepared)
         run_id = compute.share(lambda: recorder.run_id)
-        recorded = replace(prepared, config=config)
+        recorded = replace(prepared, config=config).to_json()  # once: every checkpoint carries the same text
 
         def save_checkpoint(position: Progress) -> None:
             if compute.is_main:
@@ -408,20 +407,6 @@ def start_record(
     recorder.start_model(context.pipeline or pinned.table, identities)
 
 
-def encoding_params(encoding: Encoding | None) -> dict[str, str]:
-    """The encoding's size, fills and digest as params (the whole encoding is an artifact)."""
-    if encoding is None:
-        return {}
-    params = {
-        "resolved.encoding.columns": ",".join(encoding.columns),
-        "resolved.encoding.categories": str(encoding.size),
-        "resolved.encoding.digest": encoding.digest,
-    }
-    if encoding.fills:
-        params["resolved.encoding.fills"] = ",".join(f"{f.column}={f.strategy}:{f.value:.6g}" for f in encoding.fills)
-    return params
-
-
 def _dataset(data: TrainingData, config: PipelineConfig, loader: IcebergLoader) -> IcebergSnapshotDataset:
     """One split of the run's rows as an MLflow dataset whose source can load exactly those rows."""
     spec, pinned = data.read.spec, data.pinned
@@ -442,7 +427,7 @@ def _dataset(data: TrainingData, config: PipelineConfig, loader: IcebergLoader) 
 
 
 def checkpoint_state(
-    prepared: PreparedRun,
+    prepared: str,
     data: TrainingData,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -450,9 +435,10 @@ def checkpoint_state(
     scaler: torch.amp.GradScaler,
     progress: Progress,
 ) -> dict[str, Any]:
-    """Everything a resumed run needs (see ``training.checkpoint``): the prepared run with its resolved config, and the states."""
+    """Everything a resumed run needs (see ``training.checkpoint``): the prepared run (its JSON, with the
+    resolved config) and the states."""
     return {
-        "prepared": prepared.to_json(),
+        "prepared": prepared,
         "classes": list(data.classes),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),

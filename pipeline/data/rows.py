@@ -157,7 +157,7 @@ def profile_rows(source: RowSource, label: str, threads: int = 2, *, count_value
         LabelError: the label column is missing from the rows (e.g. the SQL dropped it).
     """
     plan = source.plan
-    schema = _label_schema(plan, label)
+    schema = narrowed_schema(plan, (label,))
     counting, schema = _sql_count_query(source, label) or (source, None if source.sql else schema)
 
     def count(unit: int) -> tuple[int, Counter[object], int, int]:
@@ -273,11 +273,6 @@ def _sql_count_query(source: RowSource, label: str) -> tuple[RowSource, Schema] 
     keep = {*reduced.sources, *plan.filter_columns(), *plan.split_key}
     names = [f.name for f in plan.read_schema.fields]
     return replace(source, only=label), plan.read_schema.select(*[name for name in names if name in keep])
-
-
-def _label_schema(plan: ScanPlan, label: str) -> Schema | None:
-    """The read schema without feature columns: the label plus whatever the filter needs."""
-    return narrowed_schema(plan, (label,))
 
 
 def narrowed_schema(plan: ScanPlan, columns: tuple[str, ...]) -> Schema | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from functools import cached_property
 from math import prod
 
 import numpy as np
@@ -79,27 +80,27 @@ class TensorLayout:
         """Whether some features are categories or imputed, which an ``Encoding`` learned from the rows decides."""
         return bool(self.categorical or self.imputed or self.times)
 
-    @property
+    @cached_property  # asked per batch: derived once
     def numeric(self) -> tuple[str, ...]:
         """The numeric feature columns, in the order of the numeric tensor's first columns."""
         return tuple(name for name in self.features if name not in self.categorical)
 
-    @property
+    @cached_property  # asked per batch: derived once
     def indicators(self) -> tuple[str, ...]:
         """The missing-value indicator features, after the numeric columns."""
         return tuple(f"{name}_missing" for name, _ in self.imputed) if self.indicator else ()
 
-    @property
+    @cached_property  # asked per batch: derived once
     def parts(self) -> tuple[tuple[str, str], ...]:
         """Every (time column, calendar part) pair, in the order of their tensor columns."""
         return tuple((name, part) for name, parts in self.times for part in parts)
 
-    @property
+    @cached_property  # asked per batch: derived once
     def numeric_columns(self) -> tuple[str, ...]:
         """The numeric tensor's columns: the numeric features, the indicators, then the calendar parts."""
         return (*self.numeric, *self.indicators, *(f"{name}_{part}" for name, part in self.parts))
 
-    @property
+    @cached_property  # asked per batch: derived once
     def tensor_columns(self) -> tuple[str, ...]:
         """The columns of the loader's internal matrix: the numeric tensor's, then the categorical ones."""
         return (*self.numeric_columns, *self.categorical)
@@ -248,18 +249,18 @@ def _times(schema: pa.Schema, spec: ReadSpec, features: tuple[str, ...]) -> tupl
     return tuple(found)
 
 
-def _imputed(spec: ReadSpec, features: tuple[str, ...], categorical: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+def _imputed(spec: ReadSpec, features: tuple[str, ...], not_numeric: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     """The numeric features whose nulls are filled, and how ('*' names every numeric feature).
 
     Raises:
         ColumnError: ``data.impute`` names a column that is not a numeric feature.
     """
-    numeric = [name for name in features if name not in categorical]
+    numeric = [name for name in features if name not in not_numeric]
     strategies: dict[str, str] = {}
     for name, strategy in spec.impute:
         if name == "*":
             strategies.update(dict.fromkeys(numeric, strategy))
-        elif name in categorical:
+        elif name in not_numeric:
             raise ColumnError(
                 f"data.impute names {name!r}, a categorical or time feature; impute numeric features only"
             )

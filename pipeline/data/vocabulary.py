@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.data.encoding import DEFAULT_LIMIT, Encoding, Fill, Origin, Vocabulary, count_categories, days
 from pipeline.data.reading import PreparedRead
-from pipeline.data.rows import narrowed_schema
+from pipeline.data.rows import RowSource, narrowed_schema
 from pipeline.data.specs import LoaderConfig
 from pipeline.errors import ColumnError
 
@@ -124,7 +123,9 @@ def _moments(column: pa.ChunkedArray | pa.Array) -> tuple[int, float, float, flo
     return len(values), float(values.sum()), float(values.min()), float(values.max())
 
 
-def _median(source: Any, read: PreparedRead, name: str, count: int, low: float, high: float, threads: int) -> float:
+def _median(
+    source: RowSource, read: PreparedRead, name: str, count: int, low: float, high: float, threads: int
+) -> float:
     """The median of the column's finite values, interpolated within a histogram bin of [low, high]."""
     if high <= low:
         return low

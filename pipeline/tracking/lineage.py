@@ -29,7 +29,7 @@ from pipeline.data.specs import ReadSpec
 from pipeline.errors import EncodingError, RunNotFoundError, TrackingError
 from pipeline.names import check_tracking_name
 from pipeline.tracking.dataset_source import IcebergDatasetSource
-from pipeline.tracking.params import from_params
+from pipeline.tracking.params import ENCODING_DIGEST_PARAM, from_params
 
 # MLflow prints "View run ... at: <tracking URI>" when a run ends on a server, password and
 # all; icetrain prints its own (redacted) links instead.
@@ -274,7 +274,7 @@ def replay_encoding(settings: Settings, run_id: str) -> Encoding | None:
         TrackingError: MLflow could not be asked.
     """
     run = get_run(settings, run_id)
-    digest = run.data.params.get("resolved.encoding.digest")
+    digest = run.data.params.get(ENCODING_DIGEST_PARAM)
     if not digest:
         return None
     where = f"run {run_id}'s encoding ({ENCODING_ARTIFACT}, digest {digest})"

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from pipeline.config.tree import PipelineConfig, is_text_field, parse_config
+from pipeline.data.encoding import Encoding
 from pipeline.errors import ConfigError
 
 CONFIG_VERSION = 2
@@ -131,4 +132,21 @@ def _from_v1(params: dict[str, str]) -> dict[str, str]:
 MIGRATIONS: dict[int, Callable[[dict[str, str]], dict[str, str]]] = {0: _from_v0, 1: _from_v1}
 
 
-__all__ = ["CONFIG_VERSION", "VERSION_PARAM", "from_params", "to_params"]
+ENCODING_DIGEST_PARAM = "resolved.encoding.digest"
+
+
+def encoding_params(encoding: Encoding | None) -> dict[str, str]:
+    """A run's encoding as params: its columns, size, fills and digest (the whole encoding is an artifact)."""
+    if encoding is None:
+        return {}
+    params = {
+        "resolved.encoding.columns": ",".join(encoding.columns),
+        "resolved.encoding.categories": str(encoding.size),
+        ENCODING_DIGEST_PARAM: encoding.digest,
+    }
+    if encoding.fills:
+        params["resolved.encoding.fills"] = ",".join(f"{f.column}={f.strategy}:{f.value:.6g}" for f in encoding.fills)
+    return params
+
+
+__all__ = ["CONFIG_VERSION", "ENCODING_DIGEST_PARAM", "VERSION_PARAM", "encoding_params", "from_params", "to_params"]
