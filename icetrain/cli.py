@@ -14,13 +14,16 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from icetrain.training import TrainRequest
 from pipeline.config.secrets import redact, scrub
 from pipeline.config.settings import Settings
 from pipeline.config.tree import PipelineConfig, apply_overrides, parse_config
 from pipeline.errors import ConfigError, IcetrainError
+
+if TYPE_CHECKING:
+    from training.predict import PredictRequest
 
 # Config flags of ``icetrain train``: each sets one key path of the config tree.
 TRAIN_FLAGS = (
@@ -175,6 +178,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="train even if the pipeline's quality gates refuse the data (recorded on the run as the tag icetrain.gates)",
     )
     train.set_defaults(handler=cmd_train)
+
+    predict = commands.add_parser(
+        "predict", help="score a pinned snapshot with a model and write the predictions into an Iceberg table"
+    )
+    predict.add_argument(
+        "--pipeline",
+        help="a declared pipeline: its champion (tracking.registered_model), predict.table and predict.into",
+    )
+    predict.add_argument("--config", help="the pipelines file (default: $ICETRAIN_CONFIG or ./icetrain.yaml)")
+    predict.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or an MLflow run id")
+    predict.add_argument("--table", help="the table to score (default: the one the model trained on)")
+    predict.add_argument("--into", help="the predictions table, created on first write")
+    pin = predict.add_mutually_exclusive_group()
+    pin.add_argument("--snapshot-id", type=int, help="score this snapshot (default: the current one)")
+    pin.add_argument("--ref", help="score the snapshot a tag or branch points at")
+    pin.add_argument("--as-of", help="score the snapshot current at this time (ISO 8601 or epoch ms)")
+    predict.add_argument(
+        "--incremental", action="store_true", help="score only rows appended since the last snapshot this model scored"
+    )
+    predict.add_argument("--batch-rows", type=int, help="rows per forward pass (default: predict.batch_rows, 8192)")
+    predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    predict.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto: autocast on CUDA"
+    )
+    predict.set_defaults(handler=cmd_predict)
 
     pipelines = commands.add_parser(
         "pipelines", help="list the declared pipelines with their table, current snapshot and last run"
@@ -421,6 +449,51 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
             value = json.dumps([name.strip() for name in value.split(",") if name.strip()])
         overrides.append(f"{path}={value}")
     return overrides
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from training.predict import predict
+
+    print(predict(Settings.from_env(), predict_request(args)).report())
+    return 0
+
+
+def predict_request(args: argparse.Namespace) -> PredictRequest:
+    """What ``icetrain predict`` was asked: a model, an input and a predictions table, given or from a pipeline.
+
+    Raises:
+        ConfigError: something is missing or given twice.
+    """
+    from pipeline.data.specs import parse_as_of
+    from training.predict import PredictRequest
+
+    model, table, into, batch_rows = args.model, args.table, args.into, args.batch_rows
+    if args.pipeline:
+        from pipeline.config.project import load_project
+
+        pipeline = load_project(args.config).pipeline(args.pipeline)
+        registered = pipeline.config.tracking.registered_model
+        if model is None and not registered:
+            raise ConfigError(
+                f"pipeline {pipeline.name!r} registers no model (tracking.registered_model), so it has no champion; give --model"
+            )
+        model = model or f"models:/{registered}@champion"
+        table, into = table or pipeline.scoring_table, into or pipeline.predictions_table
+        batch_rows = batch_rows or pipeline.config.predict.batch_rows
+    if model is None or into is None:
+        raise ConfigError("give --model and --into (or --pipeline NAME)")
+    return PredictRequest(
+        model=model,
+        into=into,
+        table=table,
+        snapshot_id=args.snapshot_id,
+        ref=args.ref,
+        as_of=parse_as_of(args.as_of) if args.as_of else None,
+        incremental=args.incremental,
+        batch_rows=batch_rows or 8192,
+        device=args.device,
+        precision=args.precision,
+    )
 
 
 def cmd_pipelines(args: argparse.Namespace) -> int:

@@ -102,3 +102,7 @@ class GateError(IcetrainError):
 
 class EncodingError(IcetrainError):
     """A run's recorded encoding (the categorical columns' vocabularies) is missing or damaged."""
+
+
+class PredictionError(IcetrainError):
+    """Predictions cannot be written: the predictions table belongs to another model or schema, or the model cannot score the rows."""

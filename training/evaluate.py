@@ -11,13 +11,9 @@ the score).
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-import mlflow.pytorch
 import torch
-from mlflow.tracking import MlflowClient
 
 from pipeline.config.settings import Settings
 from pipeline.data.loader import IcebergLoader
@@ -30,6 +26,7 @@ from pipeline.tracking.registry import register
 from training.compute import Compute
 from training.data import TrainingData, open_training_data, validation_loader
 from training.loop import evaluate
+from training.predict import load_run_model
 from training.prepare import PreparedRun, RunOrigin, prepare_run
 from training.tasks import lower_is_better
 from training.train import make_task
@@ -75,14 +72,14 @@ def champion_challenger(settings: Settings, run_id: str, model_name: str, metric
     client = tracking_client(settings)
     challenger = register(settings, run_id, model_name).version  # the version it already is, when registered
     compute = Compute(torch.device("cpu"), "fp32")
-    challenger_score = evaluate(_load(client, run_id), task, data.val, compute)[name]
+    challenger_score = evaluate(load_run_model(client, run_id), task, data.val, compute)[name]
     current = champion_of(client, model_name)
     if current is None or str(current.version) == str(challenger):
         promoted, champion_version, champion_score, reason = True, None, None, "no champion yet"
     else:
         champion_version = str(current.version)
         rows = _encoded_for(settings, prepared, current.run_id, data)
-        champion_score = evaluate(_load(client, current.run_id), task, rows, compute)[name]
+        champion_score = evaluate(load_run_model(client, current.run_id), task, rows, compute)[name]
         gain = champion_score - challenger_score if lower_is_better(name) else challenger_score - champion_score
         promoted = gain > margin
         reason = f"{metric} {challenger_score:.4f} vs champion's {champion_score:.4f}: {'better' if promoted else 'not better'} by more than {margin}"
@@ -156,12 +153,6 @@ def _encoded_for(settings: Settings, prepared: PreparedRun, run_id: str, data: T
     assert prepared.read is not None
     read = replace(prepared.read, layout=prepared.read.layout.with_encoding(encoding))
     return validation_loader(replace(prepared, encoding=encoding, read=read))
-
-
-def _load(client: MlflowClient, run_id: str) -> torch.nn.Module:
-    """A run's logged model, through the explicit client (no global tracking URI)."""
-    folder = client.download_artifacts(run_id, "model", tempfile.mkdtemp(prefix="icetrain-evaluate-"))
-    return mlflow.pytorch.load_model(str(Path(folder)))
 
 
 __all__ = ["ALIAS", "Verdict", "champion_challenger"]

@@ -51,6 +51,17 @@ class Pipeline:
         return self.config.data.table
 
     @property
+    def scoring_table(self) -> str:
+        """The table the pipeline's champion scores (``predict.table``, else the training table)."""
+        return self.config.predict.table or self.table
+
+    @property
+    def predictions_table(self) -> str:
+        """Where its predictions go (``predict.into``, else ``NAME_predictions`` beside the training table)."""
+        namespace = self.table.rsplit(".", 1)[0]
+        return self.config.predict.into or f"{namespace}.{self.name}_predictions"
+
+    @property
     def declares_gates(self) -> bool:
         """Whether the pipelines file gives this pipeline a ``gates`` section (then ``icetrain train`` runs the quality gates too)."""
         return "gates" in self.config.model_fields_set

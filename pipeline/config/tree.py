@@ -130,12 +130,7 @@ class DataConfig(Section):
     @field_validator("table")
     @classmethod
     def _table_name(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                check_table_name(value)
-            except InvalidNameError as exc:
-                raise ValueError(str(exc)) from None
-        return value
+        return _valid_table_name(value)
 
     @field_validator("ref")
     @classmethod
@@ -348,6 +343,31 @@ class GatesSection(Section):
     max_null_fraction: float = Field(0.0, ge=0, le=1, description="Largest share of null or NaN values in any feature.")
 
 
+class PredictSection(Section):
+    """Where a pipeline's champion scores: ``icetrain predict --pipeline NAME`` and the ``NAME/predictions`` asset."""
+
+    table: str | None = Field(None, description="The table scored; default: data.table.")
+    into: str | None = Field(
+        None, description="The predictions table; default: NAME_predictions in data.table's namespace."
+    )
+    batch_rows: int = Field(8192, ge=1, le=1_000_000, description="Rows per forward pass.")
+
+    @field_validator("table", "into")
+    @classmethod
+    def _table_name(cls, value: str | None) -> str | None:
+        return _valid_table_name(value)
+
+
+def _valid_table_name(value: str | None) -> str | None:
+    """A table name, checked as the catalog layer does (pydantic reports the ValueError with the key path)."""
+    if value is not None:
+        try:
+            check_table_name(value)
+        except InvalidNameError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
 class PipelineConfig(Section):
     """The whole tree. ``seed`` seeds weight initialisation and the data order."""
 
@@ -361,6 +381,7 @@ class PipelineConfig(Section):
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     retrain: RetrainSection = Field(default_factory=RetrainSection)
     gates: GatesSection = Field(default_factory=GatesSection)
+    predict: PredictSection = Field(default_factory=PredictSection)
 
     def loader_config(self, split: str, *, shuffle: bool | None = None, batch_size: int | None = None) -> LoaderConfig:
         """The data library's loader settings for one split ('all', 'train' or 'val')."""

@@ -32,7 +32,7 @@ from pipeline.data.cache import DecodedCache, default_cache_dir
 from pipeline.data.order import Block, EpochPlan, block_permutation, locate, plan_epoch, unit_order
 from pipeline.data.rows import RowProfile, RowSource, count_nulls, piece_tensors
 from pipeline.data.specs import LoaderConfig
-from pipeline.data.tensors import LabelVocabulary, NumericTarget, TensorLayout
+from pipeline.data.tensors import LabelVocabulary, NumericTarget, TensorLayout, model_inputs
 from pipeline.data.workers import SlotLayout, decode_in_workers
 from pipeline.errors import ConfigError, EmptyDataError, NullFeatureError, ResumeError
 
@@ -227,10 +227,7 @@ class IcebergLoader(IterableDataset):
 
     def _handed_out(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(features, labels)``, or ``(numeric, categories, labels)`` when some features are categories."""
-        if not self.layout.categorical:
-            return features, labels
-        numeric = len(self.layout.numeric_columns)
-        return features[:, :numeric].contiguous(), features[:, numeric:].to(torch.int64), labels
+        return (*model_inputs(features, self.layout), labels)
 
     def _counted_nulls(self, exc: NullFeatureError) -> NullFeatureError:
         """The error with the number of null values in the whole selection, not one row group's."""

@@ -249,11 +249,11 @@ def piece_tensors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows [start, stop) of row group ``unit`` as (features, class indices)."""
     rows = source.rows(unit).slice(start, stop - start)
-    batch = rows if isinstance(rows, pa.RecordBatch) else _single_batch(rows)
+    batch = rows if isinstance(rows, pa.RecordBatch) else single_batch(rows)
     return features_to_tensor(batch, layout), vocabulary.encode(label_values(batch, layout))
 
 
-def _single_batch(table: pa.Table) -> pa.RecordBatch:
+def single_batch(table: pa.Table) -> pa.RecordBatch:
     """One record batch for the bulk conversions (a copy only when the row group came in several chunks)."""
     if table.num_rows == 0:
         return pa.RecordBatch.from_pylist([], schema=table.schema)

@@ -211,6 +211,8 @@ def _appended_since(table: Table, pinned: PinnedSnapshot, since: int) -> set[str
     between = lineage[
         : [snapshot.snapshot_id for snapshot in lineage].index(since)
     ]  # newer than ``since``, up to the pinned one
+    if not between:
+        return set()
     rewrites = [
         snapshot
         for snapshot in between

@@ -147,8 +147,13 @@ def layout_for(
     properties: Mapping[str, str],
     spec: ReadSpec,
     identifier_fields: Iterable[str] = (),
+    *,
+    scoring: bool = False,
 ) -> TensorLayout:
     """Decide the tensor layout for rows of ``schema`` read with ``spec``.
+
+    ``scoring``: the rows are scored by a trained model, so the label need not be there (its
+    classes come from the model's run) and ``spec.features`` must be given.
 
     Raises:
         LabelError: the label column is missing.
@@ -156,19 +161,10 @@ def layout_for(
             with other features.
     """
     names = schema.names
-    if spec.label not in names:
-        raise LabelError(f"label column {spec.label!r} not found; columns: {', '.join(names)}")
-    label_type = schema.field(spec.label).type
-    if spec.task == "regression" and not _is_numeric(label_type):
-        raise LabelError(f"regression needs a numeric label; column {spec.label!r} has type {label_type}")
-    if spec.task == "classification" and pa.types.is_floating(label_type):
-        raise LabelError(
-            f"label column {spec.label!r} holds {label_type} numbers, not classes; set data.task=regression to predict it, or cast it to integers"
-        )
-    if spec.task == "classification" and not _is_class_type(label_type):
-        raise LabelError(
-            f"label column {spec.label!r} has type {label_type}, which cannot hold classes; use integers, booleans or text (in SQL, e.g. label::BIGINT or label::VARCHAR)"
-        )
+    if scoring:
+        assert spec.features is not None, "a model's features are known"
+    else:
+        _check_label(schema, spec)
     if spec.image_shape is not None and spec.features is not None:
         images = {spec.features[0]: spec.image_shape}
     else:
@@ -216,6 +212,27 @@ def layout_for(
         indicator=spec.impute_indicator,
         times=times,
     )
+
+
+def _check_label(schema: pa.Schema, spec: ReadSpec) -> None:
+    """The label is there, and of a type the task can learn.
+
+    Raises:
+        LabelError: it is missing or of the wrong type.
+    """
+    if spec.label not in schema.names:
+        raise LabelError(f"label column {spec.label!r} not found; columns: {', '.join(schema.names)}")
+    label_type = schema.field(spec.label).type
+    if spec.task == "regression" and not _is_numeric(label_type):
+        raise LabelError(f"regression needs a numeric label; column {spec.label!r} has type {label_type}")
+    if spec.task == "classification" and pa.types.is_floating(label_type):
+        raise LabelError(
+            f"label column {spec.label!r} holds {label_type} numbers, not classes; set data.task=regression to predict it, or cast it to integers"
+        )
+    if spec.task == "classification" and not _is_class_type(label_type):
+        raise LabelError(
+            f"label column {spec.label!r} has type {label_type}, which cannot hold classes; use integers, booleans or text (in SQL, e.g. label::BIGINT or label::VARCHAR)"
+        )
 
 
 def _times(schema: pa.Schema, spec: ReadSpec, features: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -344,6 +361,14 @@ def features_to_tensor(batch: pa.RecordBatch, layout: TensorLayout) -> torch.Ten
         for j, vocabulary in enumerate(layout.encoding.vocabularies, start=len(layout.numeric_columns)):
             columns[j] = vocabulary.encode(batch.column(vocabulary.column))
     return torch.from_numpy(np.ascontiguousarray(columns.T))
+
+
+def model_inputs(features: torch.Tensor, layout: TensorLayout) -> tuple[torch.Tensor, ...]:
+    """What a model is called with: ``(features,)``, or ``(numeric, categories)`` when some features are categories."""
+    if not layout.categorical:
+        return (features,)
+    numeric = len(layout.numeric_columns)
+    return features[:, :numeric].contiguous(), features[:, numeric:].to(torch.int64)
 
 
 def label_values(batch: pa.RecordBatch, layout: TensorLayout) -> np.ndarray:

@@ -126,7 +126,7 @@ def append_arrow(
                     f"append to {identifier!r} kept conflicting with concurrent commits for {deadline_s:.0f}s ({attempt + 1} attempts);"
                     f" nothing was written; re-run with append id {append_id!r} to be safe ({_first_line(exc)})"
                 ) from exc
-            time.sleep(_backoff(attempt))
+            time.sleep(backoff(attempt))
         except (ValueError, TypeError, pa.ArrowInvalid, UnsupportedPyArrowTypeException) as exc:
             raise IngestError(f"cannot append to {identifier!r}: {_explain(catalog, identifier, data, exc)}") from exc
     raise AssertionError("unreachable")  # pragma: no cover
@@ -278,7 +278,7 @@ def _append_once(
     return table
 
 
-def _backoff(attempt: int) -> float:
+def backoff(attempt: int) -> float:
     """Seconds before attempt ``attempt + 1``: exponential from 50 ms, capped at 2 s, with jitter."""
     return random.uniform(0.5, 1.5) * min(0.05 * 2**attempt, 2.0)
 

@@ -1,0 +1,194 @@
+"""Batch predictions into Iceberg: pinned, exact, recorded, once per model and input."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import yaml
+
+from icetrain.cli import main
+from pipeline.demo.applications import applications
+from pipeline.lake.catalog import load_table
+from pipeline.lake.ingest import append_arrow
+from pipeline.lake.predictions import INPUT_SNAPSHOT, MODEL_RUN, MODEL_VERSION
+from tests.conftest import all_runs
+
+PROJECT = Path(__file__).resolve().parents[1] / "icetrain.yaml"
+TABLE = "bank.applications"
+
+
+@pytest.fixture
+def champion(settings, catalog, monkeypatch, tmp_path):
+    """The quick start's loans pipeline, registering its models as 'loans': trained from the CLI, made champion."""
+    project = yaml.safe_load(PROJECT.read_text())
+    project["pipelines"]["loans"]["tracking"] = {"registered_model": "loans"}
+    (tmp_path / "icetrain.yaml").write_text(yaml.safe_dump(project))
+    monkeypatch.setenv("ICETRAIN_CONFIG", str(tmp_path / "icetrain.yaml"))
+    append_arrow(catalog, TABLE, applications(3000), source="test", identifier_fields=("application_id",))
+    assert main(["train", "--pipeline", "loans", "--epochs", "2", "--no-progress"]) == 0
+    (run,) = all_runs(settings)
+    assert main(["promote", "loans", "1"]) == 0
+    return run.info.run_id
+
+
+def predictions(catalog, name="bank.loans_predictions", snapshot_id=None) -> pa.Table:
+    return load_table(catalog, name).scan(snapshot_id=snapshot_id).to_arrow().sort_by("application_id")
+
+
+def test_the_champion_scores_a_pinned_snapshot_into_a_new_predictions_table(
+    settings, catalog, champion, capsys
+) -> None:
+    assert main(["predict", "--model", "models:/loans@champion", "--into", "bank.loans_predictions"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 3000 predictions of loans version 1" in out, out
+    scored = predictions(catalog)
+    assert scored.num_rows == 3000
+    assert scored.column("application_id").to_pylist() == sorted(
+        applications(3000).column("application_id").to_pylist()
+    )
+    assert set(scored.column("prediction").to_pylist()) <= {0, 1}
+    probabilities = np.array(scored.column("probabilities").to_pylist())
+    assert probabilities.shape == (3000, 2) and np.allclose(probabilities.sum(axis=1), 1.0)
+    assert (scored.column("prediction").to_numpy() == probabilities.argmax(axis=1)).all()
+    assert set(scored.column("model_version").to_pylist()) == {"1"}
+    assert set(scored.column("model_run_id").to_pylist()) == {champion}
+
+    table = load_table(catalog, "bank.loans_predictions")
+    (snapshot,) = table.snapshots()
+    summary = snapshot.summary.additional_properties
+    source = load_table(catalog, TABLE).current_snapshot().snapshot_id
+    assert summary[MODEL_RUN] == champion and summary[MODEL_VERSION] == "1"
+    assert summary[INPUT_SNAPSHOT] == str(source)
+    assert table.properties["icetrain.predictions.classes"] == '["0", "1"]'
+
+
+def test_scoring_the_same_input_with_the_same_model_again_makes_no_second_snapshot(
+    settings, catalog, champion, capsys
+) -> None:
+    args = ["predict", "--model", "models:/loans/1", "--into", "bank.loans_predictions"]
+    assert main(args) == 0
+    assert main([*args, "--model", champion]) == 0  # the same model, asked by run id, is another scorer
+    assert main(args) == 0
+    assert "already held 3000 predictions" in capsys.readouterr().out
+    table = load_table(catalog, "bank.loans_predictions")
+    assert len(table.snapshots()) == 2
+    assert table.scan().to_arrow().num_rows == 6000
+
+
+def test_incremental_scores_only_the_rows_appended_since_the_last_scored_snapshot(
+    settings, catalog, champion, capsys
+) -> None:
+    args = ["predict", "--pipeline", "loans", "--incremental"]
+    assert main(args) == 0
+    more = applications(4000).slice(3000)
+    append_arrow(catalog, TABLE, more, source="test")
+    assert main(args) == 0
+    assert "1000 predictions" in capsys.readouterr().out
+    scored = predictions(catalog)
+    assert scored.num_rows == 4000
+    assert pc.count_distinct(scored.column("application_id")).as_py() == 4000
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("icetrain: error:") and "no rows appended since snapshot" in err and "\n" not in err
+
+
+def test_predictions_are_the_models_own_outputs_on_exactly_the_pinned_rows(settings, catalog, champion) -> None:
+    from pipeline.data.snapshots import list_snapshots
+    from pipeline.tracking.client import tracking_client
+    from training.predict import load_run_model
+
+    first = list_snapshots(load_table(catalog, TABLE))[-1].snapshot_id
+    append_arrow(catalog, TABLE, applications(3500).slice(3000), source="test")
+    assert main(["predict", "--pipeline", "loans", "--snapshot-id", str(first)]) == 0
+    scored = predictions(catalog)
+    assert scored.num_rows == 3000  # the pinned snapshot's rows, not the 500 committed since
+
+    from pipeline.data.loading import open_loader
+    from pipeline.data.snapshots import resolve_snapshot
+    from pipeline.data.specs import LoaderConfig, SnapshotRequest
+    from pipeline.tracking.lineage import replay_config, replay_encoding
+
+    config = replay_config(settings, champion)
+    table = load_table(catalog, TABLE)
+    pinned = resolve_snapshot(table, SnapshotRequest(TABLE, first), settings.catalog_name)
+    from dataclasses import replace
+
+    from pipeline.data.reading import prepare_read
+
+    read = prepare_read(table, pinned, config.data.read_spec())
+    read = replace(read, layout=read.layout.with_encoding(replay_encoding(settings, champion)))
+    loader = open_loader(
+        table, pinned, config.data.read_spec(), LoaderConfig(batch_size=4096, shuffle=False), prepared=read
+    )
+    model = load_run_model(tracking_client(settings), champion).eval()
+    import torch
+
+    with torch.inference_mode():
+        expected = np.concatenate([torch.softmax(model(*batch[:-1]), 1).numpy() for batch in loader])
+    mine = np.array(load_table(catalog, "bank.loans_predictions").scan().to_arrow().column("probabilities").to_pylist())
+    assert np.allclose(np.sort(mine[:, 1]), np.sort(expected[:, 1]), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "models:/nobody@champion"], "no registered model 'nobody'"),
+        (["--model", "models:/loans@gold"], "registered model 'loans' has no alias 'gold'"),
+        (["--model", "models:/loans/7"], "registered model 'loans' has no version '7'"),
+        (["--model", "0123456789abcdef0123456789abcdef"], "no MLflow run '0123456789abcdef0123456789abcdef'"),
+        (["--model", "champion"], "give models:/NAME@ALIAS"),
+        (["--model", "models:/loans@champion", "--table", "bank.nothing"], "bank.nothing"),
+    ],
+)
+def test_a_model_or_table_that_is_not_there_is_one_line_and_writes_nothing(
+    settings, catalog, champion, capsys, args, message
+) -> None:
+    capsys.readouterr()
+    assert main(["predict", *args, "--into", "bank.loans_predictions"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("icetrain: error:") and message in err and "\n" not in err, err
+    assert not catalog.table_exists("bank.loans_predictions")
+
+
+def test_a_table_without_a_feature_the_model_needs_is_refused_naming_it(settings, catalog, champion, capsys) -> None:
+    rows = applications(200).drop_columns(["income"])
+    append_arrow(catalog, "bank.new_applications", rows, source="test", identifier_fields=("application_id",))
+    capsys.readouterr()
+    assert main(["predict", "--pipeline", "loans", "--table", "bank.new_applications"]) == 1
+    err = capsys.readouterr().err
+    assert "'income' not found" in err and err.count("\n") == 1, err
+
+    table = load_table(catalog, TABLE)
+    with table.update_schema() as update:
+        update.rename_column("income", "salary")
+    renamed = applications(3100).slice(3000).rename_columns({"income": "salary"})
+    append_arrow(catalog, TABLE, renamed.select(load_table(catalog, TABLE).schema().column_names), source="test")
+    assert main(["predict", "--pipeline", "loans"]) == 1
+    err = capsys.readouterr().err
+    assert "feature income (field" in err and "renamed to salary" in err, err
+    assert not catalog.table_exists("bank.loans_predictions")
+
+
+def test_a_predictions_table_of_another_owner_or_schema_is_refused(settings, catalog, champion, capsys) -> None:
+    append_arrow(catalog, "bank.other", applications(10), source="test")
+    assert main(["predict", "--pipeline", "loans", "--into", "bank.other"]) == 1
+    assert "not an icetrain predictions table" in capsys.readouterr().err
+    assert main(["predict", "--pipeline", "loans"]) == 0
+    table = load_table(catalog, "bank.loans_predictions")
+    with table.transaction() as transaction:
+        transaction.set_properties({"icetrain.predictions.owner": "fraud"})
+    assert main(["predict", "--pipeline", "loans"]) == 1
+    err = capsys.readouterr().err
+    assert "holds the predictions of 'fraud', not of 'loans'" in err and "--into" in err, err
+    assert len(load_table(catalog, "bank.loans_predictions").snapshots()) == 1
+
+
+def test_an_empty_input_snapshot_commits_nothing(settings, catalog, champion, capsys) -> None:
+    table = load_table(catalog, TABLE)
+    table.delete("application_id >= 0")
+    assert main(["predict", "--pipeline", "loans"]) == 1
+    err = capsys.readouterr().err
+    assert "no rows" in err and "nothing was written" in err, err
+    assert not catalog.table_exists("bank.loans_predictions")

@@ -1,0 +1,355 @@
+"""Batch predictions: a trained model scores a pinned snapshot, and its predictions land in an Iceberg table.
+
+``predict`` resolves the model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a run
+id) to its MLflow run, replays that run's resolved config and recorded encoding, pins the
+input snapshot once, reads it as the run read its training rows (``pipeline.data.scoring``),
+and streams the model's outputs into data files of the predictions table
+(``pipeline.lake.predictions``), committed as one snapshot at the end. Under torchrun each
+rank scores every ``world_size``-th row group and writes its own files; rank 0 commits them all.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow.pytorch
+import numpy as np
+import pyarrow as pa
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+
+from pipeline.config.settings import Settings
+from pipeline.config.tree import ComputeSection, PipelineConfig
+from pipeline.data.scoring import ScoringRead, prepare_scoring, scoring_chunks
+from pipeline.data.snapshots import PinnedSnapshot, resolve_snapshot, schema_at
+from pipeline.data.specs import SnapshotRequest
+from pipeline.errors import ConfigError, PredictionError, RegistryError, SnapshotNotFoundError
+from pipeline.lake.catalog import load_table, open_catalog
+from pipeline.lake.predictions import (
+    FileWriter,
+    PredictionsTarget,
+    ScoredInput,
+    Scorer,
+    commit_predictions,
+    last_scored,
+    open_predictions,
+    prediction_type,
+    predictions_schema,
+)
+from pipeline.names import check_table_name, check_tracking_name
+from pipeline.tracking.client import tracking_client
+from pipeline.tracking.lineage import get_run, is_absence, replay_config, replay_encoding, tracking_error
+from pipeline.tracking.tags import PIPELINE_TAG
+from training.compute import Compute, close_compute, init_compute
+
+MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))")
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+BATCH_ROWS = 8192
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A model as asked for, resolved to the run that trained it (and its registered name and version)."""
+
+    asked: str
+    run_id: str
+    name: str | None = None
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """One scoring job.
+
+    Attributes:
+        model: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or an MLflow run id.
+        into: the predictions table ('namespace.table'); created on first write.
+        table: the input table; default: the table the model trained on.
+        snapshot_id, ref, as_of: which snapshot of it (default: the current one).
+        incremental: score only the rows appended since the last input snapshot this model scored into ``into``.
+        batch_rows: rows per forward pass. device: auto, cpu, cuda or cuda:N.
+        precision: auto (bf16 or fp16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16.
+        dagster_run_id: recorded in the predictions snapshot's summary.
+    """
+
+    model: str
+    into: str
+    table: str | None = None
+    snapshot_id: int | None = None
+    ref: str | None = None
+    as_of: datetime | None = None
+    incremental: bool = False
+    batch_rows: int = BATCH_ROWS
+    device: str = "auto"
+    precision: str = "auto"
+    dagster_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What a scoring job wrote: the predictions snapshot, how many rows, by which model, from which input."""
+
+    into: str
+    snapshot_id: int
+    rows: int
+    already: bool
+    model: ModelChoice
+    scorer: Scorer
+    scored: ScoredInput
+    pinned: PinnedSnapshot
+    files: int
+
+    def report(self) -> str:
+        since = (
+            f" (rows appended since snapshot {self.scored.since_snapshot_id})"
+            if self.scored.since_snapshot_id is not None
+            else ""
+        )
+        what = "already held" if self.already else "wrote"
+        return (
+            f"{self.into}: {what} {self.rows} predictions of {self.scorer.label} (run {self.model.run_id}) on"
+            f" snapshot {self.pinned.snapshot_id} of {self.pinned.table}{since} in snapshot {self.snapshot_id}"
+        )
+
+
+def resolve_model(client: MlflowClient, asked: str) -> ModelChoice:
+    """The run behind ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a run id.
+
+    Raises:
+        RegistryError: no such registered model, alias or version (what exists is named).
+        RunNotFoundError: no such run.
+        ConfigError: the text is none of the three forms.
+        TrackingError: MLflow could not be asked.
+    """
+    text = asked.strip()
+    if RUN_ID.fullmatch(text):
+        return ModelChoice(asked, text)
+    found = MODEL_URI.fullmatch(text)
+    if not found:
+        raise ConfigError(
+            f"model {asked[:80]!r}: give models:/NAME@ALIAS, models:/NAME/VERSION or an MLflow run id (32 hex digits)"
+        )
+    name = found["name"]
+    check_tracking_name(name, "registered model")
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as exc:
+        if not is_absence(exc):
+            raise tracking_error(f"look up registered model {name!r}", exc) from exc
+        raise RegistryError(f"no registered model {name!r}") from exc
+    try:
+        if found["alias"]:
+            version = client.get_model_version_by_alias(name, found["alias"])
+        else:
+            version = client.get_model_version(name, found["version"])
+    except MlflowException as exc:
+        if not is_absence(exc) and "INVALID_PARAMETER_VALUE" not in str(exc.error_code):
+            raise tracking_error(f"look up {text}", exc) from exc
+        if found["alias"]:
+            aliases = ", ".join(sorted(registered.aliases)) or "none"
+            raise RegistryError(
+                f"registered model {name!r} has no alias {found['alias']!r} (aliases: {aliases}); set one with icetrain promote"
+            ) from exc
+        versions = ", ".join(sorted((str(v.version) for v in registered.latest_versions or ()), key=int)) or "none"
+        raise RegistryError(
+            f"registered model {name!r} has no version {found['version']!r} (latest: {versions})"
+        ) from exc
+    if not version.run_id:
+        raise RegistryError(f"{text} was not logged by a run, so its data cannot be traced; register an icetrain run")
+    return ModelChoice(asked, version.run_id, name, str(version.version))
+
+
+def load_run_model(client: MlflowClient, run_id: str) -> torch.nn.Module:
+    """A run's logged model (its ``model/`` artifact), through the explicit client (no global tracking URI)."""
+    folder = client.download_artifacts(run_id, "model", tempfile.mkdtemp(prefix="icetrain-model-"))
+    return mlflow.pytorch.load_model(str(Path(folder)))
+
+
+def predict(settings: Settings, request: PredictRequest) -> Predictions:
+    """Score a pinned snapshot with a model and write the predictions into an Iceberg table, once.
+
+    Raises:
+        ConfigError, RegistryError, RunNotFoundError: the model cannot be found as asked.
+        TableNotFoundError, SnapshotNotFoundError: the input cannot be pinned.
+        ColumnError: the input lacks a feature the model needs (named), or identifier fields.
+        EmptyDataError: nothing to score (nothing is written).
+        PredictionError: the predictions table holds another schema or owner's predictions.
+        EncodingError, TrackingError: the run's records cannot be read.
+    """
+    check_table_name(request.into)
+    if request.batch_rows < 1:
+        raise ConfigError(f"batch rows must be at least 1, not {request.batch_rows}")
+    compute = init_compute(ComputeSection(device=request.device, precision="fp32"), seed=0)
+    try:
+        job = compute.share(lambda: _plan(settings, request))
+        compute = replace(compute, precision=_precision(request.precision, compute.device))
+        paths, rows = _score(settings, job, request, compute)
+        return compute.share(lambda: _commit(settings, job, paths, rows, request))
+    finally:
+        close_compute(compute)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A planned scoring job, handed from rank 0 to every rank."""
+
+    model: ModelChoice
+    config: PipelineConfig
+    scorer: Scorer
+    read: ScoringRead
+    target: PredictionsTarget
+    scored: ScoredInput
+
+
+def _plan(settings: Settings, request: PredictRequest) -> _Job:
+    client = tracking_client(settings)
+    model = resolve_model(client, request.model)
+    run = get_run(settings, model.run_id)
+    config = replay_config(settings, model.run_id)
+    encoding = replay_encoding(settings, model.run_id)
+    catalog = open_catalog(settings)
+    name = request.table or config.data.table
+    assert name is not None, "a replayed config names its table"
+    table = load_table(catalog, name)
+    pinned = resolve_snapshot(
+        table, SnapshotRequest(name, request.snapshot_id, request.ref, request.as_of), settings.catalog_name
+    )
+    trained_on = None
+    if name == config.data.table and config.data.snapshot_id is not None:
+        try:
+            trained_on = schema_at(table, config.data.snapshot_id)
+        except SnapshotNotFoundError:
+            trained_on = None  # expired since: features are matched by name
+    scorer = Scorer(
+        run_id=model.run_id,
+        name=model.name,
+        version=model.version,
+        owner=run.data.tags.get(PIPELINE_TAG) or config.data.table or name,
+        task=config.data.task,
+        classes=config.data.classes if config.data.task == "classification" else None,
+    )
+    if scorer.task == "classification" and not scorer.classes:
+        raise PredictionError(f"run {model.run_id} recorded no classes (data.classes), so its outputs cannot be named")
+    since = None
+    if request.incremental:
+        since = _last_scored(catalog, request.into, str(table.metadata.table_uuid), model.run_id)
+    spec = replace(config.data.read_spec(), row_filter=None, since_snapshot_id=since)
+    read = prepare_scoring(table, pinned, spec, encoding, trained_on=trained_on)
+    keys = [pa.field(n, t) for n, t in zip(read.identifiers, read.identifier_types, strict=True)]
+    target = open_predictions(catalog, request.into, predictions_schema(keys, scorer), scorer, name)
+    scored = ScoredInput(name, str(table.metadata.table_uuid), pinned.snapshot_id, since)
+    return _Job(model, config, scorer, read, target, scored)
+
+
+def _last_scored(catalog: Catalog, into: str, input_uuid: str, run_id: str) -> int | None:
+    try:
+        predictions = catalog.load_table(into)
+    except (NoSuchTableError, NoSuchNamespaceError):
+        return None  # no predictions yet: every row is new
+    return last_scored(predictions, input_uuid, run_id)
+
+
+def _score(settings: Settings, job: _Job, request: PredictRequest, compute: Compute) -> tuple[list[str], int]:
+    """This rank's row groups scored and written into data files; every rank's paths and rows, gathered."""
+    model = load_run_model(tracking_client(settings), job.model.run_id).to(compute.device).eval()
+    writer = FileWriter(job.target)
+    scored_at = pa.scalar(datetime.now(tz=UTC), pa.timestamp("us", tz="UTC"))
+    try:
+        for chunk in scoring_chunks(job.read, compute.rank, compute.world_size, job.config.loader.decode_threads):
+            for start in range(0, chunk.rows, request.batch_rows):
+                inputs = tuple(t[start : start + request.batch_rows] for t in chunk.inputs)
+                outputs = _forward(model, inputs, compute)
+                keys = chunk.keys.slice(start, request.batch_rows)
+                writer.write(prediction_batch(keys, outputs, job.scorer, job.scored, scored_at))
+        writer.flush()
+    except BaseException:
+        writer.discard()
+        raise
+    if not compute.distributed:
+        return writer.paths, writer.rows
+    import torch.distributed as dist
+
+    parts: list[tuple[list[str], int] | None] = [None] * compute.world_size
+    dist.all_gather_object(parts, (writer.paths, writer.rows))
+    return [p for part in parts if part for p in part[0]], sum(part[1] for part in parts if part)
+
+
+def _forward(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], compute: Compute) -> torch.Tensor:
+    with torch.inference_mode(), compute.autocast():
+        outputs = model(*(t.to(compute.device, non_blocking=True) for t in inputs))
+    return outputs.float().cpu()
+
+
+def prediction_batch(
+    keys: pa.RecordBatch, outputs: torch.Tensor, scorer: Scorer, scored: ScoredInput, scored_at: pa.Scalar
+) -> pa.RecordBatch:
+    """The predictions of these rows: identifiers, prediction (class label and probabilities, or value), who scored what.
+
+    Classification: the class with the highest probability (the first on ties); probabilities
+    are the softmax of the model's outputs, in the run's class order.
+    """
+    rows = keys.num_rows
+    columns = dict(zip(keys.schema.names, keys.columns, strict=True))
+    columns.update(prediction_columns(outputs, scorer))
+    columns["model_name"] = pa.array([scorer.name] * rows, pa.string())
+    columns["model_version"] = pa.array([scorer.version] * rows, pa.string())
+    columns["model_run_id"] = pa.array([scorer.run_id] * rows, pa.string())
+    columns["input_snapshot_id"] = pa.array(np.full(rows, scored.snapshot_id, dtype=np.int64))
+    columns["scored_at"] = pa.array([scored_at.value] * rows, pa.timestamp("us", tz="UTC"))
+    return pa.RecordBatch.from_pydict(columns)
+
+
+def prediction_columns(outputs: torch.Tensor, scorer: Scorer) -> dict[str, pa.Array]:
+    """``prediction`` (and ``probabilities``) from a model's raw outputs, as the predictions table stores them."""
+    if scorer.task != "classification":
+        return {"prediction": pa.array(outputs.reshape(-1).double().numpy())}
+    assert scorer.classes is not None
+    probabilities = torch.softmax(outputs, dim=1).double().numpy()
+    if probabilities.shape[1] != len(scorer.classes):
+        raise PredictionError(
+            f"the model gives {probabilities.shape[1]} outputs for {len(scorer.classes)} classes ({', '.join(scorer.classes)})"
+        )
+    labels = np.asarray(scorer.classes, dtype=object)[probabilities.argmax(axis=1)]
+    kind = prediction_type(scorer)
+    prediction = pa.array(labels.astype(np.int64) if kind == pa.int64() else labels.astype(str), kind)
+    flat = pa.array(probabilities.reshape(-1))
+    offsets = pa.array(np.arange(0, probabilities.size + 1, probabilities.shape[1], dtype=np.int32))
+    return {"prediction": prediction, "probabilities": pa.ListArray.from_arrays(offsets, flat)}
+
+
+def _precision(asked: str, device: torch.device) -> str:
+    if asked == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if asked not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision {asked!r}: use auto, fp32, bf16 or fp16")
+    return asked
+
+
+def _commit(settings: Settings, job: _Job, paths: list[str], rows: int, request: PredictRequest) -> Predictions:
+    snapshot, already = commit_predictions(
+        open_catalog(settings), job.target, paths, job.scorer, job.scored, rows, run_id=request.dagster_run_id
+    )
+    return Predictions(
+        request.into, snapshot, rows, already, job.model, job.scorer, job.scored, job.read.pinned, len(paths)
+    )
+
+
+__all__ = [
+    "ModelChoice",
+    "PredictRequest",
+    "Predictions",
+    "load_run_model",
+    "predict",
+    "prediction_batch",
+    "prediction_columns",
+    "resolve_model",
+]
