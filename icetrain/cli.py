@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--incremental", action="store_true", help="score only rows appended since the last snapshot this model scored"
     )
     predict.add_argument("--batch-rows", type=int, help="rows per forward pass (default: predict.batch_rows, 8192)")
+    predict.add_argument("--file-mb", type=int, help="predictions buffered per data file (default: predict.file_mb, 128)")
     predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     predict.add_argument(
         "--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto: autocast on CUDA"
@@ -464,10 +465,11 @@ def predict_request(args: argparse.Namespace) -> PredictRequest:
     Raises:
         ConfigError: something is missing or given twice.
     """
+    from pipeline.config.tree import PredictSection
     from pipeline.data.specs import parse_as_of
     from training.predict import PredictRequest
 
-    model, table, into, batch_rows = args.model, args.table, args.into, args.batch_rows
+    model, table, into, section = args.model, args.table, args.into, PredictSection()
     if args.pipeline:
         from pipeline.config.project import load_project
 
@@ -479,7 +481,7 @@ def predict_request(args: argparse.Namespace) -> PredictRequest:
             )
         model = model or f"models:/{registered}@champion"
         table, into = table or pipeline.scoring_table, into or pipeline.predictions_table
-        batch_rows = batch_rows or pipeline.config.predict.batch_rows
+        section = pipeline.config.predict
     if model is None or into is None:
         raise ConfigError("give --model and --into (or --pipeline NAME)")
     return PredictRequest(
@@ -490,7 +492,8 @@ def predict_request(args: argparse.Namespace) -> PredictRequest:
         ref=args.ref,
         as_of=parse_as_of(args.as_of) if args.as_of else None,
         incremental=args.incremental,
-        batch_rows=batch_rows or 8192,
+        batch_rows=section.batch_rows if args.batch_rows is None else args.batch_rows,
+        file_mb=section.file_mb if args.file_mb is None else args.file_mb,
         device=args.device,
         precision=args.precision,
     )

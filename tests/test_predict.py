@@ -1,5 +1,10 @@
 """Batch predictions into Iceberg: pinned, exact, recorded, once per model and input."""
 
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +16,7 @@ import yaml
 from icetrain.cli import main
 from pipeline.demo.applications import applications
 from pipeline.lake.catalog import load_table
+from pipeline.lake.doctor import inspect_files
 from pipeline.lake.ingest import append_arrow
 from pipeline.lake.predictions import INPUT_SNAPSHOT, MODEL_RUN, MODEL_VERSION
 from tests.conftest import all_runs
@@ -192,3 +198,53 @@ def test_an_empty_input_snapshot_commits_nothing(settings, catalog, champion, ca
     err = capsys.readouterr().err
     assert "no rows" in err and "nothing was written" in err, err
     assert not catalog.table_exists("bank.loans_predictions")
+
+
+ICETRAIN = str(Path(sys.executable).parent / "icetrain")
+
+
+def test_two_processes_scoring_the_same_input_with_the_same_model_make_one_snapshot(settings, catalog, champion) -> None:
+    def race() -> None:
+        jobs = [
+            subprocess.Popen(
+                [ICETRAIN, "predict", "--pipeline", "loans", "--file-mb", "1"], stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
+        outputs = [job.communicate(timeout=300)[0] for job in jobs]
+        assert [job.returncode for job in jobs] == [0, 0], outputs
+        assert sorted("already held" in out for out in outputs) == [False, True], outputs
+
+    append_arrow(catalog, TABLE, applications(40_000).slice(3000), source="test")
+    race()  # both create the predictions table
+    append_arrow(catalog, TABLE, applications(60_000).slice(40_000), source="test")
+    race()  # both append to it
+    table = load_table(catalog, "bank.loans_predictions")
+    assert len(table.snapshots()) == 2
+    assert table.scan().to_arrow().num_rows == 40_000 + 60_000
+    assert inspect_files(table, timedelta(0)).orphans == (), "the job that found its predictions there removed its files"
+
+
+def test_a_killed_scoring_job_commits_nothing_and_doctor_lists_its_files(settings, catalog, champion) -> None:
+    assert main(["predict", "--pipeline", "loans"]) == 0
+    before = load_table(catalog, "bank.loans_predictions")
+    append_arrow(catalog, TABLE, applications(400_000).slice(3000), source="test")
+    data_dir = Path(before.location().removeprefix("file://")) / "data"
+    known = set(data_dir.iterdir())
+
+    job = subprocess.Popen([ICETRAIN, "predict", "--pipeline", "loans", "--file-mb", "1", "--batch-rows", "512"])
+    deadline = time.monotonic() + 120
+    while not set(data_dir.iterdir()) - known:
+        assert job.poll() is None and time.monotonic() < deadline, "the job ended before it wrote a data file"
+        time.sleep(0.01)
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=30)
+
+    after = load_table(catalog, "bank.loans_predictions")
+    assert [s.snapshot_id for s in after.snapshots()] == [s.snapshot_id for s in before.snapshots()]
+    stray = inspect_files(after, timedelta(0)).orphans
+    assert stray and all(Path(f.path.removeprefix("file://")) not in known for f in stray)
+    listed = subprocess.run(
+        [ICETRAIN, "doctor", "bank.loans_predictions", "--older-than", "0s"], capture_output=True, text=True, timeout=120
+    )
+    assert listed.returncode == 0 and all(f.path in listed.stdout for f in stray), listed.stderr

@@ -34,6 +34,7 @@ from pipeline.errors import ConfigError, PredictionError, RegistryError, Snapsho
 from pipeline.lake.catalog import load_table, open_catalog
 from pipeline.lake.predictions import (
     FileWriter,
+    TARGET_FILE_BYTES,
     PredictionsTarget,
     ScoredInput,
     Scorer,
@@ -74,7 +75,8 @@ class PredictRequest:
         table: the input table; default: the table the model trained on.
         snapshot_id, ref, as_of: which snapshot of it (default: the current one).
         incremental: score only the rows appended since the last input snapshot this model scored into ``into``.
-        batch_rows: rows per forward pass. device: auto, cpu, cuda or cuda:N.
+        batch_rows: rows per forward pass. file_mb: predictions buffered per data file (memory per rank).
+        device: auto, cpu, cuda or cuda:N.
         precision: auto (bf16 or fp16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16.
         dagster_run_id: recorded in the predictions snapshot's summary.
     """
@@ -87,6 +89,7 @@ class PredictRequest:
     as_of: datetime | None = None
     incremental: bool = False
     batch_rows: int = BATCH_ROWS
+    file_mb: int = TARGET_FILE_BYTES // 2**20
     device: str = "auto"
     precision: str = "auto"
     dagster_run_id: str | None = None
@@ -184,8 +187,8 @@ def predict(settings: Settings, request: PredictRequest) -> Predictions:
         EncodingError, TrackingError: the run's records cannot be read.
     """
     check_table_name(request.into)
-    if request.batch_rows < 1:
-        raise ConfigError(f"batch rows must be at least 1, not {request.batch_rows}")
+    if request.batch_rows < 1 or request.file_mb < 1:
+        raise ConfigError(f"batch rows and file megabytes must be at least 1, not {request.batch_rows} and {request.file_mb}")
     compute = init_compute(ComputeSection(device=request.device, precision="fp32"), seed=0)
     try:
         job = compute.share(lambda: _plan(settings, request))
@@ -259,7 +262,7 @@ def _last_scored(catalog: Catalog, into: str, input_uuid: str, run_id: str) -> i
 def _score(settings: Settings, job: _Job, request: PredictRequest, compute: Compute) -> tuple[list[str], int]:
     """This rank's row groups scored and written into data files; every rank's paths and rows, gathered."""
     model = load_run_model(tracking_client(settings), job.model.run_id).to(compute.device).eval()
-    writer = FileWriter(job.target)
+    writer = FileWriter(job.target, request.file_mb * 2**20)
     scored_at = pa.scalar(datetime.now(tz=UTC), pa.timestamp("us", tz="UTC"))
     try:
         for chunk in scoring_chunks(job.read, compute.rank, compute.world_size, job.config.loader.decode_threads):
