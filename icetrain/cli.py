@@ -198,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--incremental", action="store_true", help="score only rows appended since the last snapshot this model scored"
     )
     predict.add_argument("--batch-rows", type=int, help="rows per forward pass (default: predict.batch_rows, 8192)")
-    predict.add_argument("--file-mb", type=int, help="predictions buffered per data file (default: predict.file_mb, 128)")
+    predict.add_argument(
+        "--file-mb", type=int, help="predictions buffered per data file (default: predict.file_mb, 128)"
+    )
     predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     predict.add_argument(
         "--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto: autocast on CUDA"

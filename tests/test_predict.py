@@ -203,7 +203,9 @@ def test_an_empty_input_snapshot_commits_nothing(settings, catalog, champion, ca
 ICETRAIN = str(Path(sys.executable).parent / "icetrain")
 
 
-def test_two_processes_scoring_the_same_input_with_the_same_model_make_one_snapshot(settings, catalog, champion) -> None:
+def test_two_processes_scoring_the_same_input_with_the_same_model_make_one_snapshot(
+    settings, catalog, champion
+) -> None:
     def race() -> None:
         jobs = [
             subprocess.Popen(
@@ -222,7 +224,9 @@ def test_two_processes_scoring_the_same_input_with_the_same_model_make_one_snaps
     table = load_table(catalog, "bank.loans_predictions")
     assert len(table.snapshots()) == 2
     assert table.scan().to_arrow().num_rows == 40_000 + 60_000
-    assert inspect_files(table, timedelta(0)).orphans == (), "the job that found its predictions there removed its files"
+    assert inspect_files(table, timedelta(0)).orphans == (), (
+        "the job that found its predictions there removed its files"
+    )
 
 
 def test_a_killed_scoring_job_commits_nothing_and_doctor_lists_its_files(settings, catalog, champion) -> None:
@@ -245,6 +249,9 @@ def test_a_killed_scoring_job_commits_nothing_and_doctor_lists_its_files(setting
     stray = inspect_files(after, timedelta(0)).orphans
     assert stray and all(Path(f.path.removeprefix("file://")) not in known for f in stray)
     listed = subprocess.run(
-        [ICETRAIN, "doctor", "bank.loans_predictions", "--older-than", "0s"], capture_output=True, text=True, timeout=120
+        [ICETRAIN, "doctor", "bank.loans_predictions", "--older-than", "0s"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert listed.returncode == 0 and all(f.path in listed.stdout for f in stray), listed.stderr

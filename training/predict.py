@@ -33,8 +33,8 @@ from pipeline.data.specs import SnapshotRequest
 from pipeline.errors import ConfigError, PredictionError, RegistryError, SnapshotNotFoundError
 from pipeline.lake.catalog import load_table, open_catalog
 from pipeline.lake.predictions import (
-    FileWriter,
     TARGET_FILE_BYTES,
+    FileWriter,
     PredictionsTarget,
     ScoredInput,
     Scorer,
@@ -188,7 +188,9 @@ def predict(settings: Settings, request: PredictRequest) -> Predictions:
     """
     check_table_name(request.into)
     if request.batch_rows < 1 or request.file_mb < 1:
-        raise ConfigError(f"batch rows and file megabytes must be at least 1, not {request.batch_rows} and {request.file_mb}")
+        raise ConfigError(
+            f"batch rows and file megabytes must be at least 1, not {request.batch_rows} and {request.file_mb}"
+        )
     compute = init_compute(ComputeSection(device=request.device, precision="fp32"), seed=0)
     try:
         job = compute.share(lambda: _plan(settings, request))
