@@ -14,7 +14,6 @@ import re
 import tempfile
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 
 import mlflow.pytorch
 import numpy as np
@@ -26,11 +25,11 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 
 from pipeline.config.settings import Settings
-from pipeline.config.tree import ComputeSection, PipelineConfig
+from pipeline.config.tree import ComputeSection, LoaderSection
 from pipeline.data.scoring import ScoringRead, prepare_scoring, scoring_chunks
 from pipeline.data.snapshots import PinnedSnapshot, resolve_snapshot, schema_at
 from pipeline.data.specs import SnapshotRequest
-from pipeline.errors import ConfigError, PredictionError, RegistryError, SnapshotNotFoundError
+from pipeline.errors import ConfigError, RegistryError, SnapshotNotFoundError
 from pipeline.lake.catalog import load_table, open_catalog
 from pipeline.lake.predictions import (
     TARGET_FILE_BYTES,
@@ -41,14 +40,14 @@ from pipeline.lake.predictions import (
     commit_predictions,
     last_scored,
     open_predictions,
-    prediction_type,
     predictions_schema,
 )
 from pipeline.names import check_table_name, check_tracking_name
 from pipeline.tracking.client import tracking_client
-from pipeline.tracking.lineage import get_run, is_absence, replay_config, replay_encoding, tracking_error
+from pipeline.tracking.lineage import get_run, is_absence, tracking_error
 from pipeline.tracking.tags import PIPELINE_TAG
 from training.compute import Compute, close_compute, init_compute
+from training.serving import ScoringSpec, ServedModel
 
 MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))")
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -171,8 +170,20 @@ def resolve_model(client: MlflowClient, asked: str) -> ModelChoice:
 
 def load_run_model(client: MlflowClient, run_id: str) -> torch.nn.Module:
     """A run's logged model (its ``model/`` artifact), through the explicit client (no global tracking URI)."""
-    folder = client.download_artifacts(run_id, "model", tempfile.mkdtemp(prefix="icetrain-model-"))
-    return mlflow.pytorch.load_model(str(Path(folder)))
+    return mlflow.pytorch.load_model(_download_model(client, run_id))
+
+
+def load_served_model(client: MlflowClient, run_id: str) -> ServedModel:
+    """A run's logged model with its scoring spec (what it reads, its encoding, how its outputs are named).
+
+    Raises:
+        PredictionError: the model was saved without one (by an older icetrain).
+    """
+    return ServedModel.load(_download_model(client, run_id))
+
+
+def _download_model(client: MlflowClient, run_id: str) -> str:
+    return client.download_artifacts(run_id, "model", tempfile.mkdtemp(prefix="icetrain-model-"))
 
 
 def predict(settings: Settings, request: PredictRequest) -> Predictions:
@@ -206,51 +217,50 @@ class _Job:
     """A planned scoring job, handed from rank 0 to every rank."""
 
     model: ModelChoice
-    config: PipelineConfig
+    spec: ScoringSpec
     scorer: Scorer
     read: ScoringRead
     target: PredictionsTarget
     scored: ScoredInput
+    decode_threads: int
 
 
 def _plan(settings: Settings, request: PredictRequest) -> _Job:
     client = tracking_client(settings)
     model = resolve_model(client, request.model)
     run = get_run(settings, model.run_id)
-    config = replay_config(settings, model.run_id)
-    encoding = replay_encoding(settings, model.run_id)
+    spec = load_served_model(client, model.run_id).spec
+    trained = spec.data
     catalog = open_catalog(settings)
-    name = request.table or config.data.table
-    assert name is not None, "a replayed config names its table"
+    name = request.table or trained.table
+    assert name is not None, "a trained model's data section names its table"
     table = load_table(catalog, name)
     pinned = resolve_snapshot(
         table, SnapshotRequest(name, request.snapshot_id, request.ref, request.as_of), settings.catalog_name
     )
     trained_on = None
-    if name == config.data.table and config.data.snapshot_id is not None:
+    if name == trained.table and trained.snapshot_id is not None:
         try:
-            trained_on = schema_at(table, config.data.snapshot_id)
+            trained_on = schema_at(table, trained.snapshot_id)
         except SnapshotNotFoundError:
             trained_on = None  # expired since: features are matched by name
     scorer = Scorer(
         run_id=model.run_id,
         name=model.name,
         version=model.version,
-        owner=run.data.tags.get(PIPELINE_TAG) or config.data.table or name,
-        task=config.data.task,
-        classes=config.data.classes if config.data.task == "classification" else None,
+        owner=run.data.tags.get(PIPELINE_TAG) or trained.table or name,
+        task=spec.task,
+        classes=spec.classes,
     )
-    if scorer.task == "classification" and not scorer.classes:
-        raise PredictionError(f"run {model.run_id} recorded no classes (data.classes), so its outputs cannot be named")
     since = None
     if request.incremental:
         since = _last_scored(catalog, request.into, str(table.metadata.table_uuid), model.run_id)
-    spec = replace(config.data.read_spec(), row_filter=None, since_snapshot_id=since)
-    read = prepare_scoring(table, pinned, spec, encoding, trained_on=trained_on)
+    read = prepare_scoring(table, pinned, spec.read_spec(since), spec.encoding, trained_on=trained_on)
     keys = [pa.field(n, t) for n, t in zip(read.identifiers, read.identifier_types, strict=True)]
     target = open_predictions(catalog, request.into, predictions_schema(keys, scorer), scorer, name)
     scored = ScoredInput(name, str(table.metadata.table_uuid), pinned.snapshot_id, since)
-    return _Job(model, config, scorer, read, target, scored)
+    loader = LoaderSection()
+    return _Job(model, spec, scorer, read, target, scored, loader.decode_threads)
 
 
 def _last_scored(catalog: Catalog, into: str, input_uuid: str, run_id: str) -> int | None:
@@ -263,16 +273,16 @@ def _last_scored(catalog: Catalog, into: str, input_uuid: str, run_id: str) -> i
 
 def _score(settings: Settings, job: _Job, request: PredictRequest, compute: Compute) -> tuple[list[str], int]:
     """This rank's row groups scored and written into data files; every rank's paths and rows, gathered."""
-    model = load_run_model(tracking_client(settings), job.model.run_id).to(compute.device).eval()
+    model = load_served_model(tracking_client(settings), job.model.run_id).module.to(compute.device)
     writer = FileWriter(job.target, request.file_mb * 2**20)
     scored_at = pa.scalar(datetime.now(tz=UTC), pa.timestamp("us", tz="UTC"))
     try:
-        for chunk in scoring_chunks(job.read, compute.rank, compute.world_size, job.config.loader.decode_threads):
+        for chunk in scoring_chunks(job.read, compute.rank, compute.world_size, job.decode_threads):
             for start in range(0, chunk.rows, request.batch_rows):
                 inputs = tuple(t[start : start + request.batch_rows] for t in chunk.inputs)
                 outputs = _forward(model, inputs, compute)
                 keys = chunk.keys.slice(start, request.batch_rows)
-                writer.write(prediction_batch(keys, outputs, job.scorer, job.scored, scored_at))
+                writer.write(prediction_batch(keys, job.spec.outputs(outputs), job.scorer, job.scored, scored_at))
         writer.flush()
     except BaseException:
         writer.discard()
@@ -293,40 +303,18 @@ def _forward(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], compute: 
 
 
 def prediction_batch(
-    keys: pa.RecordBatch, outputs: torch.Tensor, scorer: Scorer, scored: ScoredInput, scored_at: pa.Scalar
+    keys: pa.RecordBatch, predicted: dict[str, pa.Array], scorer: Scorer, scored: ScoredInput, scored_at: pa.Scalar
 ) -> pa.RecordBatch:
-    """The predictions of these rows: identifiers, prediction (class label and probabilities, or value), who scored what.
-
-    Classification: the class with the highest probability (the first on ties); probabilities
-    are the softmax of the model's outputs, in the run's class order.
-    """
+    """The predictions of these rows: identifiers, ``predicted`` (``ScoringSpec.outputs``), who scored what."""
     rows = keys.num_rows
     columns = dict(zip(keys.schema.names, keys.columns, strict=True))
-    columns.update(prediction_columns(outputs, scorer))
+    columns.update(predicted)
     columns["model_name"] = pa.array([scorer.name] * rows, pa.string())
     columns["model_version"] = pa.array([scorer.version] * rows, pa.string())
     columns["model_run_id"] = pa.array([scorer.run_id] * rows, pa.string())
     columns["input_snapshot_id"] = pa.array(np.full(rows, scored.snapshot_id, dtype=np.int64))
     columns["scored_at"] = pa.array([scored_at.value] * rows, pa.timestamp("us", tz="UTC"))
     return pa.RecordBatch.from_pydict(columns)
-
-
-def prediction_columns(outputs: torch.Tensor, scorer: Scorer) -> dict[str, pa.Array]:
-    """``prediction`` (and ``probabilities``) from a model's raw outputs, as the predictions table stores them."""
-    if scorer.task != "classification":
-        return {"prediction": pa.array(outputs.reshape(-1).double().numpy())}
-    assert scorer.classes is not None
-    probabilities = torch.softmax(outputs, dim=1).double().numpy()
-    if probabilities.shape[1] != len(scorer.classes):
-        raise PredictionError(
-            f"the model gives {probabilities.shape[1]} outputs for {len(scorer.classes)} classes ({', '.join(scorer.classes)})"
-        )
-    labels = np.asarray(scorer.classes, dtype=object)[probabilities.argmax(axis=1)]
-    kind = prediction_type(scorer)
-    prediction = pa.array(labels.astype(np.int64) if kind == pa.int64() else labels.astype(str), kind)
-    flat = pa.array(probabilities.reshape(-1))
-    offsets = pa.array(np.arange(0, probabilities.size + 1, probabilities.shape[1], dtype=np.int32))
-    return {"prediction": prediction, "probabilities": pa.ListArray.from_arrays(offsets, flat)}
 
 
 def _precision(asked: str, device: torch.device) -> str:
@@ -353,8 +341,8 @@ __all__ = [
     "PredictRequest",
     "Predictions",
     "load_run_model",
+    "load_served_model",
     "predict",
     "prediction_batch",
-    "prediction_columns",
     "resolve_model",
 ]

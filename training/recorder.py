@@ -24,6 +24,7 @@ from pipeline.config.settings import Settings
 from pipeline.errors import CheckpointError
 from pipeline.tracking.lineage import IcebergSnapshotDataset, ensure_experiment, register_sources
 from training.liveness import ENDED_BY_TAG, Heartbeat, end_dead_runs, process_tags
+from training.serving import ScoringSpec, save_served
 
 MODEL_ARTIFACT = "model"
 _BATCH = 100
@@ -139,8 +140,13 @@ class MlflowRecorder:
             path.write_text(json.dumps(values, indent=1, sort_keys=True))
             self.client.log_artifact(self.run_id, str(path), folder or None)
 
-    def log_model(self, model: torch.nn.Module, example: tuple[torch.Tensor, ...], step: int) -> str:
+    def log_model(
+        self, model: torch.nn.Module, example: tuple[torch.Tensor, ...], step: int, served: ScoringSpec | None = None
+    ) -> str:
         """Save the model in MLflow's pytorch format (pickle: the pt2 default needs torch.export).
+
+        With ``served`` (a run's scoring spec) it is also a pyfunc over a DataFrame of the
+        table's raw columns (``training.serving``), whose signature names them.
 
         It goes to the logged model made by ``start_model`` (``models:/<id>``), which becomes
         READY, and to the run's ``model/`` artifacts (so ``runs:/<run>/model`` loads it too).
@@ -158,6 +164,8 @@ class MlflowRecorder:
                 signature=infer_signature(example[0].numpy(), output.float().numpy()) if len(example) == 1 else None,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )
+            if served is not None:
+                save_served(target, served)
             self.client.log_artifacts(self.run_id, str(target), MODEL_ARTIFACT)
             if self.model_id:
                 self.client.log_model_artifacts(self.model_id, str(target))
@@ -204,7 +212,9 @@ class NullRecorder(MlflowRecorder):
 
     def log_json(self, values: Any, artifact_path: str) -> None: ...
 
-    def log_model(self, model: torch.nn.Module, example: tuple[torch.Tensor, ...], step: int) -> str:
+    def log_model(
+        self, model: torch.nn.Module, example: tuple[torch.Tensor, ...], step: int, served: ScoringSpec | None = None
+    ) -> str:
         return ""
 
     def finish(self, status: str = "FINISHED") -> None: ...

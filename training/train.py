@@ -52,6 +52,7 @@ from training.loop import EpochMetrics, Fit, Progress, fit
 from training.models import build_model
 from training.prepare import PreparedRun, RunOrigin, attached, prepare_run
 from training.recorder import MlflowRecorder, NullRecorder
+from training.serving import scoring_spec
 from training.tasks import Classification, Regression, Task, balanced_weights
 
 # Steps a person waits for (MLflow answering, pinning, planning the read, training), as INFO;
@@ -256,7 +257,13 @@ def _train(
             run, data.train, data.val, progress, lambda m: recorder.log_metrics(m.as_dict(), m.epoch), save_checkpoint
         )
         model.to("cpu").eval()
-        recorder.log_model(model, tuple(t[:4] for t in sample), progress.epoch)
+        served = scoring_spec(
+            config,
+            data.read.plan.snapshot_schema,
+            data.layout.encoding,
+            task.class_weights if isinstance(task, Classification) else None,
+        )
+        recorder.log_model(model, tuple(t[:4] for t in sample), progress.epoch, served)
         recorder.finish("FINISHED")
     except BaseException as exc:
         recorder.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

@@ -97,12 +97,17 @@ class ScoredInput:
 
 
 def prediction_type(scorer: Scorer) -> pa.DataType:
-    """Class labels as integers when every class is one (``0``, ``1``), else as text; regression values as float64."""
+    """Class labels as ``class_label_type`` says; regression values as float64."""
     if scorer.task != "classification":
         return pa.float64()
     assert scorer.classes is not None
+    return class_label_type(scorer.classes)
+
+
+def class_label_type(classes: Sequence[str]) -> pa.DataType:
+    """Class labels as integers when every class is one (``0``, ``1``), else as text."""
     try:
-        [int(c) for c in scorer.classes]
+        [int(c) for c in classes]
     except ValueError:
         return pa.string()
     return pa.int64()
@@ -394,6 +399,7 @@ __all__ = [
     "ScoredInput",
     "Scorer",
     "append_id",
+    "class_label_type",
     "commit_predictions",
     "last_scored",
     "open_predictions",

@@ -180,7 +180,7 @@ class IcebergSnapshotDataset(Dataset):
 
     @property
     def schema(self) -> Schema:
-        specs = [ColSpec(_mlflow_type(field.type), field.name) for field in self._arrow_schema]
+        specs = [ColSpec(mlflow_type(field.type), field.name) for field in self._arrow_schema]
         return Schema(specs)
 
     def to_dict(self) -> dict[str, str]:
@@ -295,7 +295,8 @@ def replay_encoding(settings: Settings, run_id: str) -> Encoding | None:
     return encoding
 
 
-def _mlflow_type(data_type: pa.DataType) -> DataType:
+def mlflow_type(data_type: pa.DataType) -> DataType:
+    """The MLflow column type of an Arrow type (dataset and model signatures)."""
     if pa.types.is_boolean(data_type):
         return DataType.boolean
     if pa.types.is_integer(data_type):
@@ -306,4 +307,6 @@ def _mlflow_type(data_type: pa.DataType) -> DataType:
         return DataType.double
     if pa.types.is_string(data_type) or pa.types.is_large_string(data_type):
         return DataType.string
+    if pa.types.is_timestamp(data_type) or pa.types.is_date(data_type):
+        return DataType.datetime
     return DataType.binary
