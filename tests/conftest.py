@@ -97,3 +97,22 @@ def write_appends(catalog: Catalog, identifier: str, sizes: list[int]) -> list[i
         snapshot_ids.append(append_arrow(catalog, identifier, rows, source="test", identifier_fields=("id",)))
         start += size
     return snapshot_ids
+
+
+@pytest.fixture
+def loans_champion(settings, catalog, monkeypatch, tmp_path):
+    """The quick start's loans pipeline, registering its models as 'loans': trained from the CLI, made champion."""
+    import yaml
+
+    from icetrain.cli import main
+    from pipeline.demo.applications import applications
+
+    project = yaml.safe_load((Path(__file__).resolve().parents[1] / "icetrain.yaml").read_text())
+    project["pipelines"]["loans"]["tracking"] = {"registered_model": "loans"}
+    (tmp_path / "icetrain.yaml").write_text(yaml.safe_dump(project))
+    monkeypatch.setenv("ICETRAIN_CONFIG", str(tmp_path / "icetrain.yaml"))
+    append_arrow(catalog, "bank.applications", applications(3000), source="test", identifier_fields=("application_id",))
+    assert main(["train", "--pipeline", "loans", "--epochs", "2", "--no-progress"]) == 0
+    (run,) = all_runs(settings)
+    assert main(["promote", "loans", "1"]) == 0
+    return run.info.run_id

@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-import yaml
 
 from icetrain.cli import main
 from pipeline.demo.applications import applications
@@ -19,24 +18,9 @@ from pipeline.lake.catalog import load_table
 from pipeline.lake.doctor import inspect_files
 from pipeline.lake.ingest import append_arrow
 from pipeline.lake.predictions import INPUT_SNAPSHOT, MODEL_RUN, MODEL_VERSION
-from tests.conftest import all_runs
 
 PROJECT = Path(__file__).resolve().parents[1] / "icetrain.yaml"
 TABLE = "bank.applications"
-
-
-@pytest.fixture
-def champion(settings, catalog, monkeypatch, tmp_path):
-    """The quick start's loans pipeline, registering its models as 'loans': trained from the CLI, made champion."""
-    project = yaml.safe_load(PROJECT.read_text())
-    project["pipelines"]["loans"]["tracking"] = {"registered_model": "loans"}
-    (tmp_path / "icetrain.yaml").write_text(yaml.safe_dump(project))
-    monkeypatch.setenv("ICETRAIN_CONFIG", str(tmp_path / "icetrain.yaml"))
-    append_arrow(catalog, TABLE, applications(3000), source="test", identifier_fields=("application_id",))
-    assert main(["train", "--pipeline", "loans", "--epochs", "2", "--no-progress"]) == 0
-    (run,) = all_runs(settings)
-    assert main(["promote", "loans", "1"]) == 0
-    return run.info.run_id
 
 
 def predictions(catalog, name="bank.loans_predictions", snapshot_id=None) -> pa.Table:
@@ -44,7 +28,7 @@ def predictions(catalog, name="bank.loans_predictions", snapshot_id=None) -> pa.
 
 
 def test_the_champion_scores_a_pinned_snapshot_into_a_new_predictions_table(
-    settings, catalog, champion, capsys
+    settings, catalog, loans_champion, capsys
 ) -> None:
     assert main(["predict", "--model", "models:/loans@champion", "--into", "bank.loans_predictions"]) == 0
     out = capsys.readouterr().out
@@ -57,25 +41,26 @@ def test_the_champion_scores_a_pinned_snapshot_into_a_new_predictions_table(
     assert set(scored.column("prediction").to_pylist()) <= {0, 1}
     probabilities = np.array(scored.column("probabilities").to_pylist())
     assert probabilities.shape == (3000, 2) and np.allclose(probabilities.sum(axis=1), 1.0)
-    assert (scored.column("prediction").to_numpy() == probabilities.argmax(axis=1)).all()
+    called = scored.column("prediction").to_numpy() == 1  # the positive class from the decision threshold up
+    assert not called.any() or probabilities[called, 1].min() > probabilities[~called, 1].max()
     assert set(scored.column("model_version").to_pylist()) == {"1"}
-    assert set(scored.column("model_run_id").to_pylist()) == {champion}
+    assert set(scored.column("model_run_id").to_pylist()) == {loans_champion}
 
     table = load_table(catalog, "bank.loans_predictions")
     (snapshot,) = table.snapshots()
     summary = snapshot.summary.additional_properties
     source = load_table(catalog, TABLE).current_snapshot().snapshot_id
-    assert summary[MODEL_RUN] == champion and summary[MODEL_VERSION] == "1"
+    assert summary[MODEL_RUN] == loans_champion and summary[MODEL_VERSION] == "1"
     assert summary[INPUT_SNAPSHOT] == str(source)
     assert table.properties["icetrain.predictions.classes"] == '["0", "1"]'
 
 
 def test_scoring_the_same_input_with_the_same_model_again_makes_no_second_snapshot(
-    settings, catalog, champion, capsys
+    settings, catalog, loans_champion, capsys
 ) -> None:
     args = ["predict", "--model", "models:/loans/1", "--into", "bank.loans_predictions"]
     assert main(args) == 0
-    assert main([*args, "--model", champion]) == 0  # the same model, asked by run id, is another scorer
+    assert main([*args, "--model", loans_champion]) == 0  # the same model, asked by run id, is another scorer
     assert main(args) == 0
     assert "already held 3000 predictions" in capsys.readouterr().out
     table = load_table(catalog, "bank.loans_predictions")
@@ -84,7 +69,7 @@ def test_scoring_the_same_input_with_the_same_model_again_makes_no_second_snapsh
 
 
 def test_incremental_scores_only_the_rows_appended_since_the_last_scored_snapshot(
-    settings, catalog, champion, capsys
+    settings, catalog, loans_champion, capsys
 ) -> None:
     args = ["predict", "--pipeline", "loans", "--incremental"]
     assert main(args) == 0
@@ -100,7 +85,7 @@ def test_incremental_scores_only_the_rows_appended_since_the_last_scored_snapsho
     assert err.startswith("icetrain: error:") and "no rows appended since snapshot" in err and "\n" not in err
 
 
-def test_predictions_are_the_models_own_outputs_on_exactly_the_pinned_rows(settings, catalog, champion) -> None:
+def test_predictions_are_the_models_own_outputs_on_exactly_the_pinned_rows(settings, catalog, loans_champion) -> None:
     from pipeline.data.snapshots import list_snapshots
     from pipeline.tracking.client import tracking_client
     from training.predict import load_run_model
@@ -116,7 +101,7 @@ def test_predictions_are_the_models_own_outputs_on_exactly_the_pinned_rows(setti
     from pipeline.data.specs import LoaderConfig, SnapshotRequest
     from pipeline.tracking.lineage import replay_config, replay_encoding
 
-    config = replay_config(settings, champion)
+    config = replay_config(settings, loans_champion)
     table = load_table(catalog, TABLE)
     pinned = resolve_snapshot(table, SnapshotRequest(TABLE, first), settings.catalog_name)
     from dataclasses import replace
@@ -124,11 +109,11 @@ def test_predictions_are_the_models_own_outputs_on_exactly_the_pinned_rows(setti
     from pipeline.data.reading import prepare_read
 
     read = prepare_read(table, pinned, config.data.read_spec())
-    read = replace(read, layout=read.layout.with_encoding(replay_encoding(settings, champion)))
+    read = replace(read, layout=read.layout.with_encoding(replay_encoding(settings, loans_champion)))
     loader = open_loader(
         table, pinned, config.data.read_spec(), LoaderConfig(batch_size=4096, shuffle=False), prepared=read
     )
-    model = load_run_model(tracking_client(settings), champion).eval()
+    model = load_run_model(tracking_client(settings), loans_champion).eval()
     import torch
 
     with torch.inference_mode():
@@ -149,7 +134,7 @@ def test_predictions_are_the_models_own_outputs_on_exactly_the_pinned_rows(setti
     ],
 )
 def test_a_model_or_table_that_is_not_there_is_one_line_and_writes_nothing(
-    settings, catalog, champion, capsys, args, message
+    settings, catalog, loans_champion, capsys, args, message
 ) -> None:
     capsys.readouterr()
     assert main(["predict", *args, "--into", "bank.loans_predictions"]) == 1
@@ -158,7 +143,9 @@ def test_a_model_or_table_that_is_not_there_is_one_line_and_writes_nothing(
     assert not catalog.table_exists("bank.loans_predictions")
 
 
-def test_a_table_without_a_feature_the_model_needs_is_refused_naming_it(settings, catalog, champion, capsys) -> None:
+def test_a_table_without_a_feature_the_model_needs_is_refused_naming_it(
+    settings, catalog, loans_champion, capsys
+) -> None:
     rows = applications(200).drop_columns(["income"])
     append_arrow(catalog, "bank.new_applications", rows, source="test", identifier_fields=("application_id",))
     capsys.readouterr()
@@ -177,7 +164,7 @@ def test_a_table_without_a_feature_the_model_needs_is_refused_naming_it(settings
     assert not catalog.table_exists("bank.loans_predictions")
 
 
-def test_a_predictions_table_of_another_owner_or_schema_is_refused(settings, catalog, champion, capsys) -> None:
+def test_a_predictions_table_of_another_owner_or_schema_is_refused(settings, catalog, loans_champion, capsys) -> None:
     append_arrow(catalog, "bank.other", applications(10), source="test")
     assert main(["predict", "--pipeline", "loans", "--into", "bank.other"]) == 1
     assert "not an icetrain predictions table" in capsys.readouterr().err
@@ -191,7 +178,7 @@ def test_a_predictions_table_of_another_owner_or_schema_is_refused(settings, cat
     assert len(load_table(catalog, "bank.loans_predictions").snapshots()) == 1
 
 
-def test_an_empty_input_snapshot_commits_nothing(settings, catalog, champion, capsys) -> None:
+def test_an_empty_input_snapshot_commits_nothing(settings, catalog, loans_champion, capsys) -> None:
     table = load_table(catalog, TABLE)
     table.delete("application_id >= 0")
     assert main(["predict", "--pipeline", "loans"]) == 1
@@ -204,7 +191,7 @@ ICETRAIN = str(Path(sys.executable).parent / "icetrain")
 
 
 def test_two_processes_scoring_the_same_input_with_the_same_model_make_one_snapshot(
-    settings, catalog, champion
+    settings, catalog, loans_champion
 ) -> None:
     def race() -> None:
         jobs = [
@@ -229,7 +216,7 @@ def test_two_processes_scoring_the_same_input_with_the_same_model_make_one_snaps
     )
 
 
-def test_a_killed_scoring_job_commits_nothing_and_doctor_lists_its_files(settings, catalog, champion) -> None:
+def test_a_killed_scoring_job_commits_nothing_and_doctor_lists_its_files(settings, catalog, loans_champion) -> None:
     assert main(["predict", "--pipeline", "loans"]) == 0
     before = load_table(catalog, "bank.loans_predictions")
     append_arrow(catalog, TABLE, applications(400_000).slice(3000), source="test")

@@ -21,13 +21,13 @@ from pipeline.errors import PredictionError
 from pipeline.lake.catalog import load_table
 from pipeline.lake.ingest import append_arrow
 from tests.conftest import all_runs
-from tests.test_predict import TABLE, champion  # noqa: F401 - the fixture
+from tests.test_predict import TABLE
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
 
 @pytest.fixture
-def served(settings, champion):  # noqa: F811
+def served(settings, loans_champion):
     mlflow.set_tracking_uri(settings.tracking_uri)
     return mlflow.pyfunc.load_model("models:/loans@champion")
 
@@ -131,3 +131,46 @@ def test_mlflow_models_serve_answers_posted_rows_as_the_pyfunc_does(settings, ca
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_the_decision_threshold_and_the_validation_scores_profile_are_recorded_with_the_model(
+    settings, catalog, loans_champion
+) -> None:
+    from pipeline.tracking.client import tracking_client
+    from training.predict import load_served_model
+
+    spec = load_served_model(tracking_client(settings), loans_champion).spec
+    run = tracking_client(settings).get_run(loans_champion)
+    assert spec.threshold == pytest.approx(run.data.metrics["val_threshold"])
+    assert 0 < spec.threshold < 1
+    assert spec.reference is not None and spec.reference.rows == int(run.data.params["resolved.val_rows"])
+    assert len(spec.reference.counts) == 10  # ten bins of the positive class's probability over [0, 1]
+
+    assert main(["predict", "--pipeline", "loans"]) == 0
+    scored = load_table(catalog, "bank.loans_predictions").scan().to_arrow()
+    positive = np.stack(scored.column("probabilities").to_numpy(zero_copy_only=False))[:, 1]
+    assert (scored.column("prediction").to_numpy() == (positive >= spec.threshold)).all()
+
+
+def test_the_best_threshold_maximises_f1_between_distinct_scores() -> None:
+    from pipeline.data.scores import best_threshold
+
+    scores = np.array([0.9, 0.8, 0.8, 0.3, 0.2, 0.1])
+    labels = np.array([1, 1, 0, 1, 0, 0])
+    threshold, precision, recall = best_threshold(scores, labels)
+    # at 0.8: 3 called, 2 right (F1 0.667); at 0.3: 4 called, 3 right (F1 0.857); at 0.9: F1 0.5
+    assert (threshold, precision, recall) == (0.3, 0.75, 1.0)
+    assert best_threshold(scores, np.zeros(6)) == (0.5, 0.0, 0.0)
+
+
+def test_a_score_profile_compares_other_scores_over_its_own_bins() -> None:
+    from pipeline.data.scores import ScoreProfile
+
+    rng = np.random.default_rng(0)
+    reference = ScoreProfile.reference(rng.beta(2, 8, 5000), "probability")
+    assert reference.rows == 5000 and len(reference.counts) == 10
+    assert reference.psi(reference.same_bins(rng.beta(2, 8, 5000))) < 0.02
+    assert reference.psi(reference.same_bins(rng.beta(5, 5, 5000))) > 0.5
+    classes = ScoreProfile.reference(np.array([0, 1, 2, 2, 1, 0, 2.0]), "class", 3)
+    assert classes.counts == (2, 2, 3)
+    assert ScoreProfile.from_dict(classes.to_dict()) == classes

@@ -14,7 +14,8 @@ functions ``icetrain predict`` scores with, so both give the same predictions on
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,14 @@ from pyiceberg.schema import Schema
 from pipeline.config.tree import DataConfig, PipelineConfig
 from pipeline.data.encoding import Encoding, is_time
 from pipeline.data.rows import single_batch
+from pipeline.data.scores import ScoreProfile, best_threshold
 from pipeline.data.specs import ReadSpec
 from pipeline.data.tensors import TensorLayout, features_to_tensor, layout_for, model_inputs
 from pipeline.data.transform import referenced_columns, sandboxed_connection, transform_batch
 from pipeline.errors import IcetrainError, PredictionError
 from pipeline.lake.predictions import class_label_type
 from pipeline.tracking.lineage import mlflow_type
+from training.compute import Compute
 
 SPEC_DIR = "icetrain"
 SPEC_FILE = "scoring.json"
@@ -55,8 +58,10 @@ class ScoringSpec:
         encoding: categories, fill values and time origins recorded by the run.
         class_weights: the loss weights per class, if any: probabilities are corrected back to
             the training prior by dividing them out.
-        threshold: for two classes, the positive class's probability above which the
+        threshold: for two classes, the positive class's probability at or above which the
             validation rows are best told apart (largest F1), chosen on validation.
+        reference: how the model's scores (``score``) spread over the validation rows: the
+            reference profile prediction drift is measured against.
     """
 
     data: DataConfig
@@ -64,6 +69,14 @@ class ScoringSpec:
     encoding: Encoding | None = None
     class_weights: tuple[float, ...] | None = None
     threshold: float | None = None
+    reference: ScoreProfile | None = None
+
+    @property
+    def score_kind(self) -> str:
+        """What ``score`` gives: 'probability' (two classes), 'class' (more) or 'value' (regression)."""
+        if self.task != "classification":
+            return "value"
+        return "probability" if len(self.classes or ()) == 2 else "class"
 
     @property
     def task(self) -> str:
@@ -86,8 +99,9 @@ class ScoringSpec:
         """``prediction`` (and ``probabilities``) from the model's raw outputs, as the predictions table stores them.
 
         Classification: the softmax of the outputs with the class weights divided out (the
-        training prior back), in the run's class order; the prediction is the most probable
-        class (the first on ties).
+        training prior back), in the run's class order; the prediction is the second class
+        when its probability reaches the decision threshold (two classes), else the most
+        probable class (the first on ties).
 
         Raises:
             PredictionError: the model gives another number of outputs than there are classes.
@@ -100,12 +114,12 @@ class ScoringSpec:
             raise PredictionError(
                 f"the model gives {outputs.shape[1]} outputs for {len(classes)} classes ({', '.join(classes)})"
             )
-        logits = outputs.double()
-        if self.class_weights is not None:
-            weights = torch.tensor(self.class_weights, dtype=torch.float64).clamp_min(1e-12)
-            logits = logits - weights.log()
-        probabilities = torch.softmax(logits, dim=1).numpy()
-        labels = np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)]
+        probabilities = self.probabilities(outputs)
+        if self.threshold is not None and len(classes) == 2:
+            chosen = (probabilities[:, 1] >= self.threshold).astype(np.int64)
+        else:
+            chosen = probabilities.argmax(axis=1)
+        labels = np.asarray(classes, dtype=object)[chosen]
         kind = class_label_type(classes)
         prediction = pa.array(labels.astype(np.int64) if kind == pa.int64() else labels.astype(str), kind)
         offsets = pa.array(np.arange(0, probabilities.size + 1, probabilities.shape[1], dtype=np.int32))
@@ -113,6 +127,23 @@ class ScoringSpec:
             "prediction": prediction,
             "probabilities": pa.ListArray.from_arrays(offsets, pa.array(probabilities.reshape(-1))),
         }
+
+    def probabilities(self, outputs: torch.Tensor) -> np.ndarray:
+        """Per-class probabilities: the softmax of the outputs with the class weights divided out (the training prior back)."""
+        logits = outputs.double()
+        if self.class_weights is not None:
+            weights = torch.tensor(self.class_weights, dtype=torch.float64).clamp_min(1e-12)
+            logits = logits - weights.log()
+        return torch.softmax(logits, dim=1).numpy()
+
+    def score(self, outputs: torch.Tensor) -> np.ndarray:
+        """One number per row (see ``score_kind``): what prediction drift is measured on."""
+        if self.score_kind == "value":
+            return outputs.reshape(-1).double().numpy()
+        probabilities = self.probabilities(outputs)
+        return (
+            probabilities[:, 1] if self.score_kind == "probability" else probabilities.argmax(axis=1).astype(np.float64)
+        )
 
     def signature(self) -> ModelSignature:
         """The served model's signature: its raw columns by name (presence checked by the model itself, in one line).
@@ -137,6 +168,7 @@ class ScoringSpec:
             "encoding": self.encoding.to_dict() if self.encoding is not None else None,
             "class_weights": list(self.class_weights) if self.class_weights is not None else None,
             "threshold": self.threshold,
+            "reference": self.reference.to_dict() if self.reference is not None else None,
         }
 
     @classmethod
@@ -150,6 +182,7 @@ class ScoringSpec:
             encoding=Encoding.from_dict(values["encoding"]) if values.get("encoding") else None,
             class_weights=tuple(weights) if weights is not None else None,
             threshold=values.get("threshold"),
+            reference=ScoreProfile.from_dict(values["reference"]) if values.get("reference") else None,
         )
 
 
@@ -167,6 +200,43 @@ def scoring_spec(
     keep = names if wanted is None else [name for name in names if name in wanted]
     weights = tuple(float(w) for w in class_weights.tolist()) if class_weights is not None else None
     return ScoringSpec(data, snapshot_schema.select(*keep), encoding, weights, threshold)
+
+
+@dataclass(frozen=True)
+class ValidationScores:
+    """The final model's scores of the validation rows, with their labels (every rank's, gathered)."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+
+
+def validation_scores(
+    module: torch.nn.Module, spec: ScoringSpec, loader: Iterable[tuple[torch.Tensor, ...]], compute: Compute
+) -> ValidationScores:
+    """The model's scores (``ScoringSpec.score``) and the labels of one ordered pass over the validation rows, every rank's."""
+    module.eval()
+    scores: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for *inputs, targets in loader:
+            with compute.autocast():
+                outputs = module(*(t.to(compute.device, non_blocking=True) for t in inputs))
+            scores.append(torch.from_numpy(spec.score(outputs.float().cpu())))
+            labels.append(targets.cpu())
+    joined = compute.gather(torch.cat(scores) if scores else torch.empty(0, dtype=torch.float64))
+    truth = compute.gather(torch.cat(labels) if labels else torch.empty(0))
+    return ValidationScores(joined.numpy(), truth.numpy())
+
+
+def with_validation(spec: ScoringSpec, validation: ValidationScores) -> tuple[ScoringSpec, dict[str, float]]:
+    """The spec with its reference profile and (two classes) decision threshold, and the metrics to log about them."""
+    kind = spec.score_kind
+    reference = ScoreProfile.reference(validation.scores, kind, len(spec.classes or ()))
+    if kind != "probability":
+        return replace(spec, reference=reference), {}
+    threshold, precision, recall = best_threshold(validation.scores, validation.labels == 1)
+    metrics = {"val_threshold": threshold, "val_precision_at_threshold": precision, "val_recall_at_threshold": recall}
+    return replace(spec, reference=reference, threshold=threshold), metrics
 
 
 def save_served(folder: Path, spec: ScoringSpec) -> None:
@@ -280,4 +350,12 @@ def _load_pyfunc(path: str) -> ServedModel:
     return ServedModel.load(Path(path).parent)
 
 
-__all__ = ["ScoringSpec", "ServedModel", "save_served", "scoring_spec"]
+__all__ = [
+    "ScoringSpec",
+    "ServedModel",
+    "ValidationScores",
+    "save_served",
+    "scoring_spec",
+    "validation_scores",
+    "with_validation",
+]

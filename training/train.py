@@ -52,7 +52,7 @@ from training.loop import EpochMetrics, Fit, Progress, fit
 from training.models import build_model
 from training.prepare import PreparedRun, RunOrigin, attached, prepare_run
 from training.recorder import MlflowRecorder, NullRecorder
-from training.serving import scoring_spec
+from training.serving import scoring_spec, validation_scores, with_validation
 from training.tasks import Classification, Regression, Task, balanced_weights
 
 # Steps a person waits for (MLflow answering, pinning, planning the read, training), as INFO;
@@ -256,13 +256,18 @@ def _train(
         progress = fit(
             run, data.train, data.val, progress, lambda m: recorder.log_metrics(m.as_dict(), m.epoch), save_checkpoint
         )
-        model.to("cpu").eval()
         served = scoring_spec(
             config,
             data.read.plan.snapshot_schema,
             data.layout.encoding,
             task.class_weights if isinstance(task, Classification) else None,
         )
+        if data.val is not None:  # the reference profile of its scores, and the decision threshold
+            data.val.set_epoch(0)
+            served, chosen = with_validation(served, validation_scores(model, served, data.val, compute))
+            if chosen:
+                recorder.log_metrics(chosen, progress.epoch)
+        model.to("cpu").eval()
         recorder.log_model(model, tuple(t[:4] for t in sample), progress.epoch, served)
         recorder.finish("FINISHED")
     except BaseException as exc:
