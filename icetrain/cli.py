@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from icetrain.training import TrainRequest
@@ -50,9 +51,13 @@ TRAIN_FLAGS = (
 SNAPSHOT_KEYS = ("data.snapshot_id", "data.ref", "data.as_of")
 
 
+ERROR_FILE_ENV = "ICETRAIN_ERROR_FILE"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if sys.stderr.isatty():
         show_steps()
@@ -66,7 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IcetrainError as exc:
         if args.debug:
             raise
-        print(f"icetrain: error: {one_line(scrub(str(exc)))}", file=sys.stderr)
+        line = f"icetrain: error: {one_line(scrub(str(exc)))}"
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+            print(line, file=sys.stderr)
+            if os.environ.get(ERROR_FILE_ENV):  # the launching process reads it (icetrain predict --nproc)
+                Path(os.environ[ERROR_FILE_ENV]).write_text(line)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -202,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--file-mb", type=int, help="predictions buffered per data file (default: predict.file_mb, 128)"
     )
     predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    predict.add_argument(
+        "--nproc", type=int, default=1, help="processes on this machine, each scoring its share (torchrun)"
+    )
     predict.add_argument(
         "--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto: autocast on CUDA"
     )
@@ -455,10 +467,60 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    request = predict_request(args)  # mistakes are one line before any worker starts
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, not {args.nproc}")
+    if args.nproc > 1:
+        return _predict_under_torchrun(args.argv, args.nproc, args.debug)
     from training.predict import predict
 
-    print(predict(Settings.from_env(), predict_request(args)).report())
+    done = predict(Settings.from_env(), request)
+    if os.environ.get("RANK", "0") == "0":
+        print(done.report())
     return 0
+
+
+def _predict_under_torchrun(argv: list[str], nproc: int, debug: bool) -> int:
+    """``icetrain predict`` again, as ``torchrun --standalone --nproc-per-node N -m icetrain predict ...``.
+
+    Each rank scores its share of the row groups and writes its own files; rank 0 commits.
+
+    Raises:
+        IcetrainError: a worker's one-line error, or torchrun failing (with where its log is).
+    """
+    import subprocess
+    import tempfile
+
+    settings = Settings.from_env()
+    log = settings.home / "logs" / "torchrun.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="icetrain-predict-") as folder:
+        error = Path(folder) / "error"
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+            "-m", "icetrain", *_without_nproc(argv),
+        ]  # fmt: skip
+        paths = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, ERROR_FILE_ENV: str(error), "PYTHONPATH": paths}
+        with log.open("ab") as stderr:
+            finished = subprocess.run(command, stderr=None if debug else stderr, env=env)
+        if finished.returncode != 0:
+            if error.is_file():
+                raise IcetrainError(error.read_text().strip().removeprefix("icetrain: error: "))
+            raise IcetrainError(f"torchrun exited with code {finished.returncode}; see {log}")
+    return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
 
 
 def predict_request(args: argparse.Namespace) -> PredictRequest:

@@ -1,6 +1,8 @@
 """Batch predictions into Iceberg: pinned, exact, recorded, once per model and input."""
 
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from pipeline.lake.catalog import load_table
 from pipeline.lake.doctor import inspect_files
 from pipeline.lake.ingest import append_arrow
 from pipeline.lake.predictions import INPUT_SNAPSHOT, MODEL_RUN, MODEL_VERSION
+from tests.conftest import all_runs
 
 PROJECT = Path(__file__).resolve().parents[1] / "icetrain.yaml"
 TABLE = "bank.applications"
@@ -242,3 +245,73 @@ def test_a_killed_scoring_job_commits_nothing_and_doctor_lists_its_files(setting
         timeout=120,
     )
     assert listed.returncode == 0 and all(f.path in listed.stdout for f in stray), listed.stderr
+
+
+def test_two_ranks_score_their_shares_and_rank_0_commits_one_snapshot(
+    settings, catalog, loans_champion, capsys
+) -> None:
+    for start in range(3000, 7000, 1000):  # more data files, so both ranks have row groups to score
+        append_arrow(catalog, TABLE, applications(start + 1000).slice(start), source="test")
+    assert main(["predict", "--pipeline", "loans", "--nproc", "2"]) == 0
+    assert main(["predict", "--pipeline", "loans", "--into", "bank.one_process"]) == 0
+    two, one = predictions(catalog), predictions(catalog, "bank.one_process")
+    assert len(load_table(catalog, "bank.loans_predictions").snapshots()) == 1
+    assert two.num_rows == 7000 and pc.count_distinct(two.column("application_id")).as_py() == 7000
+    assert two.select(["application_id", "prediction", "probabilities"]).equals(
+        one.select(["application_id", "prediction", "probabilities"])
+    )
+    assert main(["predict", "--pipeline", "loans", "--nproc", "2", "--table", "bank.nothing"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("icetrain: error:") and "bank.nothing" in err and "\n" not in err, err
+
+
+def two_nodes(*command: str) -> list[str]:
+    """``command`` run as two torchrun nodes of one process each, meeting through c10d on 127.0.0.1 (as two machines would)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--node-rank",
+                str(rank),
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv-id",
+                "icetrain-test",
+                *command,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    return outputs
+
+
+def test_training_and_scoring_grow_past_one_machine_as_torchrun_nodes(settings, catalog, loans_champion) -> None:
+    for start in range(3000, 7000, 1000):
+        append_arrow(catalog, TABLE, applications(start + 1000).slice(start), source="test")
+    two_nodes("-m", "training.train", "--pipeline", "loans", "--no-progress", "--set", "optim.epochs=1")
+    runs = all_runs(settings)
+    assert len(runs) == 2 and {r.data.params["resolved.world_size"] for r in runs} == {"1", "2"}
+
+    two_nodes("-m", "icetrain", "predict", "--pipeline", "loans")
+    table = load_table(catalog, "bank.loans_predictions")
+    assert len(table.snapshots()) == 1
+    scored = table.scan().to_arrow()
+    assert scored.num_rows == 7000 and pc.count_distinct(scored.column("application_id")).as_py() == 7000
