@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or an MLflow run id")
     predict.add_argument("--table", help="the table to score (default: the one the model trained on)")
     predict.add_argument("--into", help="the predictions table, created on first write")
+    predict.add_argument(
+        "--key", help="column(s) that key each prediction, comma-separated (default: the table's identifier fields)"
+    )
     pin = predict.add_mutually_exclusive_group()
     pin.add_argument("--snapshot-id", type=int, help="score this snapshot (default: the current one)")
     pin.add_argument("--ref", help="score the snapshot a tag or branch points at")
@@ -556,6 +559,7 @@ def predict_request(args: argparse.Namespace) -> PredictRequest:
         ref=args.ref,
         as_of=parse_as_of(args.as_of) if args.as_of else None,
         incremental=args.incremental,
+        key=tuple(part.strip() for part in args.key.split(",") if part.strip()) if args.key else None,
         batch_rows=section.batch_rows if args.batch_rows is None else args.batch_rows,
         file_mb=section.file_mb if args.file_mb is None else args.file_mb,
         device=args.device,

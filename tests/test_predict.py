@@ -315,3 +315,14 @@ def test_training_and_scoring_grow_past_one_machine_as_torchrun_nodes(settings, 
     assert len(table.snapshots()) == 1
     scored = table.scan().to_arrow()
     assert scored.num_rows == 7000 and pc.count_distinct(scored.column("application_id")).as_py() == 7000
+
+
+def test_a_table_without_identifier_fields_is_keyed_by_the_columns_given(settings, catalog, loans_champion, capsys) -> None:
+    append_arrow(catalog, "bank.unkeyed", applications(300), source="test")
+    assert main(["predict", "--pipeline", "loans", "--table", "bank.unkeyed", "--into", "bank.unkeyed_scores"]) == 1
+    assert "has no identifier fields" in capsys.readouterr().err
+    args = ["predict", "--pipeline", "loans", "--table", "bank.unkeyed", "--into", "bank.unkeyed_scores"]
+    assert main([*args, "--key", "nothing"]) == 1
+    assert "key column(s) nothing not in" in capsys.readouterr().err
+    assert main([*args, "--key", "application_id"]) == 0
+    assert predictions(catalog, "bank.unkeyed_scores").column_names[:2] == ["application_id", "prediction"]

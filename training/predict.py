@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -23,9 +24,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+from pyiceberg.table import Table
 
 from pipeline.config.settings import Settings
-from pipeline.config.tree import ComputeSection, LoaderSection
+from pipeline.config.tree import ComputeSection
 from pipeline.data.scoring import ScoringRead, prepare_scoring, scoring_chunks
 from pipeline.data.snapshots import PinnedSnapshot, resolve_snapshot, schema_at
 from pipeline.data.specs import SnapshotRequest
@@ -74,6 +76,7 @@ class PredictRequest:
         table: the input table; default: the table the model trained on.
         snapshot_id, ref, as_of: which snapshot of it (default: the current one).
         incremental: score only the rows appended since the last input snapshot this model scored into ``into``.
+        key: the columns that key each prediction (default: the input table's identifier fields).
         batch_rows: rows per forward pass. file_mb: predictions buffered per data file (memory per rank).
         device: auto, cpu, cuda or cuda:N.
         precision: auto (bf16 or fp16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16.
@@ -87,6 +90,7 @@ class PredictRequest:
     ref: str | None = None
     as_of: datetime | None = None
     incremental: bool = False
+    key: tuple[str, ...] | None = None
     batch_rows: int = BATCH_ROWS
     file_mb: int = TARGET_FILE_BYTES // 2**20
     device: str = "auto"
@@ -204,63 +208,85 @@ def predict(settings: Settings, request: PredictRequest) -> Predictions:
         )
     compute = init_compute(ComputeSection(device=request.device, precision="fp32"), seed=0)
     try:
-        job = compute.share(lambda: _plan(settings, request))
+        job, model = compute.share(lambda: _plan(settings, request))
         compute = replace(compute, precision=_precision(request.precision, compute.device))
-        paths, rows = _score(settings, job, request, compute)
-        return compute.share(lambda: _commit(settings, job, paths, rows, request))
+        module = load_served_model(tracking_client(settings), model.run_id).module
+        mine = score_into(job, module, compute, request.batch_rows, request.file_mb)
+        paths, rows = _gathered(mine, compute)
+        return compute.share(lambda: _commit(settings, job, model, paths, rows, request))
     finally:
         close_compute(compute)
 
 
 @dataclass(frozen=True)
-class _Job:
-    """A planned scoring job, handed from rank 0 to every rank."""
+class ScoringJob:
+    """A planned scoring job (what to read, with which spec, into which table), handed from rank 0 to every rank."""
 
-    model: ModelChoice
     spec: ScoringSpec
     scorer: Scorer
     read: ScoringRead
     target: PredictionsTarget
     scored: ScoredInput
-    decode_threads: int
+    decode_threads: int = 2
 
 
-def _plan(settings: Settings, request: PredictRequest) -> _Job:
+def plan_scoring(
+    catalog: Catalog,
+    table: Table,
+    pinned: PinnedSnapshot,
+    spec: ScoringSpec,
+    scorer: Scorer,
+    into: str,
+    *,
+    since_snapshot_id: int | None = None,
+    key: tuple[str, ...] | None = None,
+) -> ScoringJob:
+    """Plan the read of the pinned snapshot for ``spec``'s model and check the predictions table (nothing is written).
+
+    Raises:
+        ColumnError, EmptyDataError, PredictionError: see ``predict``.
+    """
+    name = pinned.table
+    trained_on = None
+    if name == spec.data.table and spec.data.snapshot_id is not None:
+        try:
+            trained_on = schema_at(table, spec.data.snapshot_id)
+        except SnapshotNotFoundError:
+            trained_on = None  # expired since: features are matched by name
+    read = prepare_scoring(
+        table, pinned, spec.read_spec(since_snapshot_id), spec.encoding, trained_on=trained_on, key=key
+    )
+    keys = [pa.field(n, t) for n, t in zip(read.identifiers, read.identifier_types, strict=True)]
+    target = open_predictions(catalog, into, predictions_schema(keys, scorer), scorer, name)
+    scored = ScoredInput(name, str(table.metadata.table_uuid), pinned.snapshot_id, since_snapshot_id)
+    return ScoringJob(spec, scorer, read, target, scored)
+
+
+def _plan(settings: Settings, request: PredictRequest) -> tuple[ScoringJob, ModelChoice]:
     client = tracking_client(settings)
     model = resolve_model(client, request.model)
     run = get_run(settings, model.run_id)
     spec = load_served_model(client, model.run_id).spec
-    trained = spec.data
     catalog = open_catalog(settings)
-    name = request.table or trained.table
+    name = request.table or spec.data.table
     assert name is not None, "a trained model's data section names its table"
     table = load_table(catalog, name)
     pinned = resolve_snapshot(
         table, SnapshotRequest(name, request.snapshot_id, request.ref, request.as_of), settings.catalog_name
     )
-    trained_on = None
-    if name == trained.table and trained.snapshot_id is not None:
-        try:
-            trained_on = schema_at(table, trained.snapshot_id)
-        except SnapshotNotFoundError:
-            trained_on = None  # expired since: features are matched by name
     scorer = Scorer(
         run_id=model.run_id,
         name=model.name,
         version=model.version,
-        owner=run.data.tags.get(PIPELINE_TAG) or trained.table or name,
+        owner=run.data.tags.get(PIPELINE_TAG) or spec.data.table or name,
         task=spec.task,
         classes=spec.classes,
     )
     since = None
     if request.incremental:
         since = _last_scored(catalog, request.into, str(table.metadata.table_uuid), model.run_id)
-    read = prepare_scoring(table, pinned, spec.read_spec(since), spec.encoding, trained_on=trained_on)
-    keys = [pa.field(n, t) for n, t in zip(read.identifiers, read.identifier_types, strict=True)]
-    target = open_predictions(catalog, request.into, predictions_schema(keys, scorer), scorer, name)
-    scored = ScoredInput(name, str(table.metadata.table_uuid), pinned.snapshot_id, since)
-    loader = LoaderSection()
-    return _Job(model, spec, scorer, read, target, scored, loader.decode_threads)
+    job = plan_scoring(catalog, table, pinned, spec, scorer, request.into, since_snapshot_id=since, key=request.key)
+    return job, model
 
 
 def _last_scored(catalog: Catalog, into: str, input_uuid: str, run_id: str) -> int | None:
@@ -271,29 +297,51 @@ def _last_scored(catalog: Catalog, into: str, input_uuid: str, run_id: str) -> i
     return last_scored(predictions, input_uuid, run_id)
 
 
-def _score(settings: Settings, job: _Job, request: PredictRequest, compute: Compute) -> tuple[list[str], int]:
-    """This rank's row groups scored and written into data files; every rank's paths and rows, gathered."""
-    model = load_served_model(tracking_client(settings), job.model.run_id).module.to(compute.device)
-    writer = FileWriter(job.target, request.file_mb * 2**20)
+@dataclass(frozen=True)
+class RankScored:
+    """What one rank wrote: its data files, its rows, and the seconds its model took."""
+
+    paths: list[str]
+    rows: int
+    model_seconds: float
+
+
+def score_into(
+    job: ScoringJob, module: torch.nn.Module, compute: Compute, batch_rows: int = BATCH_ROWS, file_mb: int = 128
+) -> RankScored:
+    """This rank's row groups scored by ``module`` and written into data files of the predictions table (not committed).
+
+    A failure deletes the files written so far.
+    """
+    module = module.to(compute.device).eval()
+    writer = FileWriter(job.target, file_mb * 2**20)
     scored_at = pa.scalar(datetime.now(tz=UTC), pa.timestamp("us", tz="UTC"))
+    model_seconds = 0.0
     try:
         for chunk in scoring_chunks(job.read, compute.rank, compute.world_size, job.decode_threads):
-            for start in range(0, chunk.rows, request.batch_rows):
-                inputs = tuple(t[start : start + request.batch_rows] for t in chunk.inputs)
-                outputs = _forward(model, inputs, compute)
-                keys = chunk.keys.slice(start, request.batch_rows)
+            for start in range(0, chunk.rows, batch_rows):
+                inputs = tuple(t[start : start + batch_rows] for t in chunk.inputs)
+                began = time.perf_counter()
+                outputs = _forward(module, inputs, compute)
+                model_seconds += time.perf_counter() - began
+                keys = chunk.keys.slice(start, batch_rows)
                 writer.write(prediction_batch(keys, job.spec.outputs(outputs), job.scorer, job.scored, scored_at))
         writer.flush()
     except BaseException:
         writer.discard()
         raise
+    return RankScored(writer.paths, writer.rows, model_seconds)
+
+
+def _gathered(mine: RankScored, compute: Compute) -> tuple[list[str], int]:
+    """Every rank's files and rows, in rank order."""
     if not compute.distributed:
-        return writer.paths, writer.rows
+        return mine.paths, mine.rows
     import torch.distributed as dist
 
-    parts: list[tuple[list[str], int] | None] = [None] * compute.world_size
-    dist.all_gather_object(parts, (writer.paths, writer.rows))
-    return [p for part in parts if part for p in part[0]], sum(part[1] for part in parts if part)
+    parts: list[RankScored | None] = [None] * compute.world_size
+    dist.all_gather_object(parts, mine)
+    return [p for part in parts if part for p in part.paths], sum(part.rows for part in parts if part)
 
 
 def _forward(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], compute: Compute) -> torch.Tensor:
@@ -327,12 +375,14 @@ def _precision(asked: str, device: torch.device) -> str:
     return asked
 
 
-def _commit(settings: Settings, job: _Job, paths: list[str], rows: int, request: PredictRequest) -> Predictions:
+def _commit(
+    settings: Settings, job: ScoringJob, model: ModelChoice, paths: list[str], rows: int, request: PredictRequest
+) -> Predictions:
     snapshot, already = commit_predictions(
         open_catalog(settings), job.target, paths, job.scorer, job.scored, rows, run_id=request.dagster_run_id
     )
     return Predictions(
-        request.into, snapshot, rows, already, job.model, job.scorer, job.scored, job.read.pinned, len(paths)
+        request.into, snapshot, rows, already, model, job.scorer, job.scored, job.read.pinned, len(paths)
     )
 
 
@@ -340,9 +390,13 @@ __all__ = [
     "ModelChoice",
     "PredictRequest",
     "Predictions",
+    "RankScored",
+    "ScoringJob",
     "load_run_model",
     "load_served_model",
+    "plan_scoring",
     "predict",
     "prediction_batch",
     "resolve_model",
+    "score_into",
 ]

@@ -82,6 +82,7 @@ def prepare_scoring(
     encoding: Encoding | None,
     *,
     trained_on: Schema | None = None,
+    key: tuple[str, ...] | None = None,
 ) -> ScoringRead:
     """Check that the snapshot provides the model's features and plan its row groups.
 
@@ -92,6 +93,7 @@ def prepare_scoring(
         encoding: the run's recorded encoding (categories, fills, time origins).
         trained_on: the schema of the snapshot the model trained on, when it is this table:
             its features are then matched by field id, as the schema contract gate does.
+        key: the columns that key each prediction, instead of the table's identifier fields.
 
     Raises:
         ColumnError: a feature is missing, renamed, dropped or retyped (named), the table has
@@ -106,10 +108,15 @@ def prepare_scoring(
         changes = contract_changes(trained_on, schema, spec.features)
         if changes:
             raise ColumnError(f"{where} no longer provides the model's features: {'; '.join(changes)}")
-    identifiers = tuple(schema.find_column_name(i) for i in schema.identifier_field_ids)
+    identifiers = key or tuple(schema.find_column_name(i) for i in schema.identifier_field_ids)
     if not identifiers:
         raise ColumnError(
-            f"table {pinned.table!r} has no identifier fields, which key each prediction; declare them (icetrain ingest --identifier COLUMN)"
+            f"table {pinned.table!r} has no identifier fields, which key each prediction; declare them (icetrain ingest --identifier COLUMN) or give --key"
+        )
+    unknown = [name for name in identifiers if name not in schema.column_names]
+    if unknown and not spec.sql:
+        raise ColumnError(
+            f"key column(s) {', '.join(unknown)} not in {where}; columns: {', '.join(schema.column_names)}"
         )
     if spec.sql:
         check_transform(spec.sql)
