@@ -317,7 +317,9 @@ def test_training_and_scoring_grow_past_one_machine_as_torchrun_nodes(settings, 
     assert scored.num_rows == 7000 and pc.count_distinct(scored.column("application_id")).as_py() == 7000
 
 
-def test_a_table_without_identifier_fields_is_keyed_by_the_columns_given(settings, catalog, loans_champion, capsys) -> None:
+def test_a_table_without_identifier_fields_is_keyed_by_the_columns_given(
+    settings, catalog, loans_champion, capsys
+) -> None:
     append_arrow(catalog, "bank.unkeyed", applications(300), source="test")
     assert main(["predict", "--pipeline", "loans", "--table", "bank.unkeyed", "--into", "bank.unkeyed_scores"]) == 1
     assert "has no identifier fields" in capsys.readouterr().err
