@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--batch-rows", type=int, help="rows per forward pass (default: predict.batch_rows, 8192)")
     predict.add_argument(
-        "--file-mb", type=int, help="predictions buffered per data file (default: predict.file_mb, 128)"
+        "--file-mb", type=int, help="megabytes of predictions per data file (default: predict.file_mb, 128)"
     )
     predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     predict.add_argument(

@@ -10,6 +10,7 @@ rank scores every ``world_size``-th row group and writes its own files; rank 0 c
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import time
@@ -17,7 +18,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import mlflow.pytorch
-import numpy as np
 import pyarrow as pa
 import torch
 from mlflow.exceptions import MlflowException
@@ -53,7 +53,7 @@ from training.serving import ScoringSpec, ServedModel
 
 MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))")
 RUN_ID = re.compile(r"[0-9a-f]{32}")
-BATCH_ROWS = 8192
+BATCH_ROWS = 65536
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class PredictRequest:
         snapshot_id, ref, as_of: which snapshot of it (default: the current one).
         incremental: score only the rows appended since the last input snapshot this model scored into ``into``.
         key: the columns that key each prediction (default: the input table's identifier fields).
-        batch_rows: rows per forward pass. file_mb: predictions buffered per data file (memory per rank).
+        batch_rows: rows per forward pass. file_mb: predictions per data file (Arrow megabytes; files are written as batches come).
         device: auto, cpu, cuda or cuda:N.
         precision: auto (bf16 or fp16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16.
         dagster_run_id: recorded in the predictions snapshot's summary.
@@ -314,6 +314,18 @@ def score_into(
     A failure deletes the files written so far.
     """
     module = module.to(compute.device).eval()
+    threads = torch.get_num_threads()
+    if compute.device.type == "cpu":  # the model's threads and the decoding threads share the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - job.decode_threads))
+    try:
+        return _score_rows(job, module, compute, batch_rows, file_mb)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _score_rows(
+    job: ScoringJob, module: torch.nn.Module, compute: Compute, batch_rows: int, file_mb: int
+) -> RankScored:
     writer = FileWriter(job.target, file_mb * 2**20)
     scored_at = pa.scalar(datetime.now(tz=UTC), pa.timestamp("us", tz="UTC"))
     model_seconds = 0.0
@@ -326,7 +338,7 @@ def score_into(
                 model_seconds += time.perf_counter() - began
                 keys = chunk.keys.slice(start, batch_rows)
                 writer.write(prediction_batch(keys, job.spec.outputs(outputs), job.scorer, job.scored, scored_at))
-        writer.flush()
+        writer.close()
     except BaseException:
         writer.discard()
         raise
@@ -357,11 +369,11 @@ def prediction_batch(
     rows = keys.num_rows
     columns = dict(zip(keys.schema.names, keys.columns, strict=True))
     columns.update(predicted)
-    columns["model_name"] = pa.array([scorer.name] * rows, pa.string())
-    columns["model_version"] = pa.array([scorer.version] * rows, pa.string())
-    columns["model_run_id"] = pa.array([scorer.run_id] * rows, pa.string())
-    columns["input_snapshot_id"] = pa.array(np.full(rows, scored.snapshot_id, dtype=np.int64))
-    columns["scored_at"] = pa.array([scored_at.value] * rows, pa.timestamp("us", tz="UTC"))
+    columns["model_name"] = pa.repeat(pa.scalar(scorer.name, pa.string()), rows)
+    columns["model_version"] = pa.repeat(pa.scalar(scorer.version, pa.string()), rows)
+    columns["model_run_id"] = pa.repeat(pa.scalar(scorer.run_id, pa.string()), rows)
+    columns["input_snapshot_id"] = pa.repeat(pa.scalar(scored.snapshot_id, pa.int64()), rows)
+    columns["scored_at"] = pa.repeat(scored_at, rows)
     return pa.RecordBatch.from_pydict(columns)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -114,27 +115,41 @@ class ScoringSpec:
             raise PredictionError(
                 f"the model gives {outputs.shape[1]} outputs for {len(classes)} classes ({', '.join(classes)})"
             )
-        probabilities = self.probabilities(outputs)
+        by_class = self._class_major_probabilities(outputs)
         if self.threshold is not None and len(classes) == 2:
-            chosen = (probabilities[:, 1] >= self.threshold).astype(np.int64)
+            chosen = (by_class[1] >= self.threshold).astype(np.intp)
         else:
-            chosen = probabilities.argmax(axis=1)
-        labels = np.asarray(classes, dtype=object)[chosen]
-        kind = class_label_type(classes)
-        prediction = pa.array(labels.astype(np.int64) if kind == pa.int64() else labels.astype(str), kind)
+            chosen = _first_largest(by_class)
+        probabilities = np.ascontiguousarray(by_class.T)
         offsets = pa.array(np.arange(0, probabilities.size + 1, probabilities.shape[1], dtype=np.int32))
         return {
-            "prediction": prediction,
+            "prediction": pa.array(self._class_values[chosen], class_label_type(classes)),
             "probabilities": pa.ListArray.from_arrays(offsets, pa.array(probabilities.reshape(-1))),
         }
 
+    @cached_property
+    def _class_values(self) -> np.ndarray:
+        """The classes as the predictions table stores them (integers when every class is one), indexable by class."""
+        classes = self.classes or ()
+        return np.array([int(c) for c in classes]) if class_label_type(classes) == pa.int64() else np.array(classes)
+
     def probabilities(self, outputs: torch.Tensor) -> np.ndarray:
-        """Per-class probabilities: the softmax of the outputs with the class weights divided out (the training prior back)."""
-        logits = outputs.double()
+        """Per-class probabilities (float32): the softmax of the outputs with the class weights divided out (the training prior back)."""
+        return np.ascontiguousarray(self._class_major_probabilities(outputs).T)
+
+    def _class_major_probabilities(self, outputs: torch.Tensor) -> np.ndarray:
+        """Probabilities as [classes, rows]: reductions over a few classes run several times faster along the first axis."""
+        logits = np.ascontiguousarray(outputs.float().numpy().T)
         if self.class_weights is not None:
-            weights = torch.tensor(self.class_weights, dtype=torch.float64).clamp_min(1e-12)
-            logits = logits - weights.log()
-        return torch.softmax(logits, dim=1).numpy()
+            logits -= self._log_weights[:, None]
+        logits -= logits.max(axis=0)
+        exponentials = np.exp(logits, out=logits)
+        exponentials /= exponentials.sum(axis=0)
+        return exponentials
+
+    @cached_property
+    def _log_weights(self) -> np.ndarray:
+        return np.log(np.maximum(np.asarray(self.class_weights, dtype=np.float32), np.float32(1e-12)))
 
     def score(self, outputs: torch.Tensor) -> np.ndarray:
         """One number per row (see ``score_kind``): what prediction drift is measured on."""
@@ -184,6 +199,17 @@ class ScoringSpec:
             threshold=values.get("threshold"),
             reference=ScoreProfile.from_dict(values["reference"]) if values.get("reference") else None,
         )
+
+
+def _first_largest(by_class: np.ndarray) -> np.ndarray:
+    """Per row (column of ``by_class``), the index of the largest value, the first on ties: one vectorised pass per class."""
+    chosen = np.zeros(by_class.shape[1], dtype=np.intp)
+    best = by_class[0].copy()
+    for index in range(1, len(by_class)):
+        better = by_class[index] > best
+        chosen[better] = index
+        np.maximum(best, by_class[index], out=best)
+    return chosen
 
 
 def scoring_spec(

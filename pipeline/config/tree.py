@@ -351,7 +351,9 @@ class PredictSection(Section):
         None, description="The predictions table; default: NAME_predictions in data.table's namespace."
     )
     batch_rows: int = Field(8192, ge=1, le=1_000_000, description="Rows per forward pass.")
-    file_mb: int = Field(128, ge=1, le=4096, description="Predictions buffered per data file (Arrow megabytes).")
+    file_mb: int = Field(
+        128, ge=1, le=4096, description="Predictions per data file (Arrow megabytes; not held in memory)."
+    )
 
     @field_validator("table", "into")
     @classmethod

@@ -18,15 +18,20 @@ import itertools
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchNamespaceError, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.io import FileIO, load_file_io
-from pyiceberg.io.pyarrow import parquet_file_to_data_file, write_file
-from pyiceberg.table import Table, WriteTask
+from pyiceberg.io.pyarrow import parquet_file_to_data_file, schema_to_pyarrow
+from pyiceberg.table import Table
+from pyiceberg.table.locations import load_location_provider
 from pyiceberg.table.metadata import TableMetadata
 
 from pipeline.errors import EmptyDataError, PredictionError
@@ -57,8 +62,14 @@ INPUT_SNAPSHOT = "icetrain.input.snapshot-id"
 INPUT_SINCE = "icetrain.input.since-snapshot-id"
 ROWS_SCORED = "icetrain.rows-scored"
 TARGET_FILE_BYTES = 128 * 2**20
+COMPRESSION_PROPERTY = "write.parquet.compression-codec"
 # A predictions table is only ever committed through ``commit_predictions``'s own loop (see the module docstring).
-PREDICTIONS_TABLE_PROPERTIES = {**NEW_TABLE_PROPERTIES, "commit.retry.num-retries": "0"}
+# Snappy: scores of floats barely compress, and zstd would take as long as reading the input did.
+PREDICTIONS_TABLE_PROPERTIES = {
+    **NEW_TABLE_PROPERTIES,
+    "commit.retry.num-retries": "0",
+    COMPRESSION_PROPERTY: "snappy",
+}
 SCORED_AT = "scored_at"
 
 
@@ -118,7 +129,7 @@ def predictions_schema(keys: Sequence[pa.Field], scorer: Scorer) -> pa.Schema:
     columns = [pa.field(f.name, f.type, nullable=False) for f in keys]
     columns.append(pa.field("prediction", prediction_type(scorer), nullable=False))
     if scorer.task == "classification":
-        columns.append(pa.field("probabilities", pa.list_(pa.float64()), nullable=False))
+        columns.append(pa.field("probabilities", pa.list_(pa.float32()), nullable=False))
     columns += [
         pa.field("model_name", pa.string()),
         pa.field("model_version", pa.string()),
@@ -220,44 +231,83 @@ def check_predictions_table(table: Table, identifier: str, schema: pa.Schema, sc
 
 
 class FileWriter:
-    """Writes one process's prediction batches into data files of about ``target_bytes`` each, as they come."""
+    """Writes one process's prediction batches into Parquet data files of about ``target_bytes`` each, as they come.
+
+    Each batch becomes a row group of the current file at once (on a background thread, at
+    most two batches behind), so memory holds a couple of batches, never a whole file; a file
+    is closed once ``target_bytes`` of predictions went into it. Files carry the table's field
+    ids; their Iceberg metadata is read from their footers when they are committed.
+    """
 
     def __init__(self, target: PredictionsTarget, target_bytes: int = TARGET_FILE_BYTES):
         self.target = target
         self.target_bytes = target_bytes
         self.paths: list[str] = []
         self.rows = 0
-        self._buffer: list[pa.RecordBatch] = []
-        self._buffered = 0
-        self._uuid = uuid.uuid4()
+        self.arrow_schema = schema_to_pyarrow(target.metadata.schema())
+        self._plain = pa.schema([f.remove_metadata() for f in self.arrow_schema])
+        self._locations = load_location_provider(target.metadata.location, target.metadata.properties)
+        self._compression = target.metadata.properties.get(COMPRESSION_PROPERTY, "zstd")
+        self._name = f"{uuid.uuid4()}"
         self._counter = itertools.count()
-        self._schema = target.metadata.schema()
-        self._arrow = self._schema.as_arrow()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icetrain-predictions")
+        self._pending: deque[Future[None]] = deque()
+        self._file: _OpenFile | None = None
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self._buffer.append(batch.cast(self._arrow) if batch.schema != self._arrow else batch)
-        self._buffered += batch.nbytes
+        if batch.schema != self._plain:
+            batch = batch.cast(self._plain)
         self.rows += batch.num_rows
-        if self._buffered >= self.target_bytes:
-            self.flush()
+        while len(self._pending) >= 2:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._write_batch, batch))
 
-    def flush(self) -> None:
-        if not self._buffer:
-            return
-        task = WriteTask(self._uuid, next(self._counter), self._schema, self._buffer)
-        data_file = next(iter(write_file(self.target.io(), self.target.metadata, iter([task]))))
-        self.paths.append(data_file.file_path)
-        self._buffer, self._buffered = [], 0
+    def close(self) -> None:
+        """Write what is queued, close the last file and wait for all of it."""
+        try:
+            self._drain()
+            self._pool.submit(self._close_file).result()
+        finally:
+            self._pool.shutdown()
 
     def discard(self) -> None:
         """Delete the files written so far (a failed job leaves nothing behind)."""
-        self._buffer = []
-        for path in self.paths:
-            try:
-                self.target.io().delete(path)
-            except OSError:
-                pass
+        try:
+            self._drain()
+            self._pool.submit(self._close_file).result()
+        except Exception:
+            pass
+        self._pool.shutdown()
+        _delete(self.target.io(), self.paths)
         self.paths = []
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def _write_batch(self, batch: pa.RecordBatch) -> None:
+        if self._file is None:
+            path = self._locations.new_data_location(f"00000-{next(self._counter)}-{self._name}.parquet")
+            self.paths.append(path)
+            stream = self.target.io().new_output(path).create(overwrite=False)
+            self._file = _OpenFile(stream, pq.ParquetWriter(stream, self.arrow_schema, compression=self._compression))
+        self._file.writer.write_batch(batch)
+        self._file.written += batch.nbytes
+        if self._file.written >= self.target_bytes:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            opened, self._file = self._file, None
+            opened.writer.close()
+            opened.stream.close()
+
+
+@dataclass
+class _OpenFile:
+    stream: Any
+    writer: pq.ParquetWriter
+    written: int = 0
 
 
 def commit_predictions(
