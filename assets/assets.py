@@ -26,17 +26,19 @@ from dagster import (
     asset,
 )
 
-from assets.config import PinConfig
+from assets.config import PinConfig, ScoreConfig
 from assets.failures import user_errors_as_failures
 from assets.history import trained_in_run
-from assets.keys import evaluation_key, table_key, trained_model_key, training_data_key
+from assets.keys import evaluation_key, predictions_key, table_key, trained_model_key, training_data_key
 from assets.resources import IcebergResource, MlflowResource, combined_settings
 from pipeline.config.project import Pipeline
 from pipeline.data.quality import QualityReport
 from pipeline.data.reading import snapshot_schema
+from pipeline.data.specs import parse_snapshot_id
 from training.evaluate import champion_challenger
 from training.launch import train_prepared
-from training.plots import learning_curves_png
+from training.plots import learning_curves_png, score_distribution_png
+from training.predict import Predictions, PredictRequest, predict
 from training.prepare import PreparedRun, RunOrigin, prepare_run
 from training.train import TrainResult
 
@@ -172,6 +174,71 @@ def evaluation_asset(pipeline: Pipeline) -> AssetsDefinition:
         )
 
     return evaluation
+
+
+def predictions_asset(pipeline: Pipeline) -> AssetsDefinition:
+    """The champion scores the rows of the scoring table appended since the last scored snapshot, into the predictions table."""
+    model_name, section = str(pipeline.config.tracking.registered_model), pipeline.config.predict
+
+    @asset(
+        key=predictions_key(pipeline),
+        deps=[table_key(pipeline.scoring_table), evaluation_key(pipeline)],
+        group_name=pipeline.name,
+        kinds={"iceberg", "pytorch"},
+        code_version=code_version(pipeline),
+        description=f"The champion of {model_name!r} scores new rows of {pipeline.scoring_table} into {pipeline.predictions_table}.",
+        metadata={"pipeline": pipeline.name, "table": pipeline.predictions_table},
+    )
+    def predictions(
+        context: AssetExecutionContext, config: ScoreConfig, iceberg: IcebergResource, mlflow: MlflowResource
+    ) -> MaterializeResult:
+        settings = combined_settings(iceberg, mlflow)
+        model = (
+            f"models:/{model_name}/{config.model_version}" if config.model_version else f"models:/{model_name}@champion"
+        )
+        request = PredictRequest(
+            model=model,
+            into=pipeline.predictions_table,
+            table=pipeline.scoring_table,
+            snapshot_id=parse_snapshot_id(config.snapshot_id) if config.snapshot_id else None,
+            incremental=True,
+            after_any_model=True,
+            batch_rows=section.batch_rows,
+            file_mb=section.file_mb,
+            dagster_run_id=context.run_id,
+        )
+        with user_errors_as_failures():
+            done = predict(settings, request)
+        context.log.info(done.report())
+        drift = done.drift
+        return MaterializeResult(
+            metadata={
+                "rows_scored": done.rows,
+                "model": model_name,
+                "model_version": done.model.version or "",
+                "model_run_id": done.model.run_id,
+                "input_table": done.pinned.table,
+                "input_snapshot_id": str(done.pinned.snapshot_id),
+                "scored_since_snapshot_id": str(done.scored.since_snapshot_id or ""),
+                "predictions_table": done.into,
+                "predictions_snapshot_id": str(done.snapshot_id),
+                "already_written": done.already,
+                "prediction_drift_psi": round(drift, 4) if drift is not None else float("nan"),
+                "mean_score": round(done.profile.mean, 6) if done.profile is not None else float("nan"),
+                **model_version_link(settings.mlflow_ui_address, model_name, done.model.version or ""),
+                "score_distribution": MetadataValue.md(_distribution_markdown(done)),
+            }
+        )
+
+    return predictions
+
+
+def _distribution_markdown(done: Predictions) -> str:
+    """The scores' histogram beside the model's validation scores', as an inline PNG."""
+    if done.profile is None:
+        return ""
+    png = score_distribution_png(done.profile, done.reference, f"{done.pinned.table}@{done.pinned.snapshot_id}")
+    return f"![score distribution](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 PROFILE_SCHEMA = TableSchema(

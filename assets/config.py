@@ -31,3 +31,10 @@ class PinConfig(Config):
         if any(value for value in chosen.values()):
             tree["data"].update({key: value or None for key, value in chosen.items()})
         return parse_config(tree)
+
+
+class ScoreConfig(Config):
+    """Which input snapshot and which model version the predictions asset scores (none: the current snapshot, the champion now)."""
+
+    snapshot_id: str | None = Field(default=None, description="Input snapshot id, as a string (ids exceed 2^53).")
+    model_version: str | None = Field(default=None, description="Registered model version; default: the champion.")

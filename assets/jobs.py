@@ -2,7 +2,7 @@
 
 from dagster import AssetSelection, define_asset_job
 
-from assets.keys import evaluation_key, trained_model_key, training_data_key
+from assets.keys import evaluation_key, predictions_key, trained_model_key, training_data_key
 from pipeline.config.project import Pipeline
 
 
@@ -20,4 +20,17 @@ def train_job(pipeline: Pipeline):
             *([evaluation_key(pipeline)] if pipeline.config.tracking.registered_model else []),
         ),
         description=f"Pin a snapshot of {pipeline.table}, check it, and train pipeline {pipeline.name!r}.",
+    )
+
+
+def predict_job_name(pipeline: Pipeline) -> str:
+    return f"{pipeline.name}_predict"
+
+
+def predict_job(pipeline: Pipeline):
+    """The job ``NAME_predict``: the champion scores a snapshot of the pipeline's scoring table."""
+    return define_asset_job(
+        predict_job_name(pipeline),
+        selection=AssetSelection.assets(predictions_key(pipeline)),
+        description=f"Score {pipeline.scoring_table} with the champion of pipeline {pipeline.name!r} into {pipeline.predictions_table}.",
     )

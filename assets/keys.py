@@ -20,3 +20,7 @@ def trained_model_key(pipeline: Pipeline) -> AssetKey:
 
 def evaluation_key(pipeline: Pipeline) -> AssetKey:
     return AssetKey([pipeline.name, "evaluation"])
+
+
+def predictions_key(pipeline: Pipeline) -> AssetKey:
+    return AssetKey([pipeline.name, "predictions"])

@@ -9,27 +9,27 @@ from collections.abc import Sequence
 
 from dagster import AssetKey, AssetsDefinition, AssetSpec, Definitions
 
-from assets.assets import evaluation_asset, trained_model_asset, training_data_asset
+from assets.assets import evaluation_asset, predictions_asset, trained_model_asset, training_data_asset
 from assets.checks import quality_checks, trainable_check
-from assets.jobs import train_job
+from assets.jobs import predict_job, train_job
 from assets.keys import table_key
 from assets.resources import IcebergResource, MlflowResource
-from assets.schedules import retrain_schedule
-from assets.sensors import new_snapshot_sensor
+from assets.schedules import retrain_schedule, scoring_schedule
+from assets.sensors import new_snapshot_sensor, scoring_sensor
 from pipeline.config.project import Pipeline, Project
 from pipeline.errors import ConfigError
 
 
 def pipeline_definitions(pipeline: Pipeline) -> Definitions:
     """The assets, blocking check, job, schedule and sensor of one pipeline."""
-    job = train_job(pipeline)
-    evaluation = [evaluation_asset(pipeline)] if pipeline.config.tracking.registered_model else []
+    registers = bool(pipeline.config.tracking.registered_model)
+    champion = [evaluation_asset(pipeline), predictions_asset(pipeline)] if registers else []
     return Definitions(
-        assets=[training_data_asset(pipeline), trained_model_asset(pipeline), *evaluation],
+        assets=[training_data_asset(pipeline), trained_model_asset(pipeline), *champion],
         asset_checks=[trainable_check(pipeline), *quality_checks(pipeline)],
-        jobs=[job],
-        schedules=[retrain_schedule(pipeline)],
-        sensors=[new_snapshot_sensor(pipeline)],
+        jobs=[train_job(pipeline), *([predict_job(pipeline)] if registers else [])],
+        schedules=[retrain_schedule(pipeline), *([scoring_schedule(pipeline)] if registers else [])],
+        sensors=[new_snapshot_sensor(pipeline), *([scoring_sensor(pipeline)] if registers else [])],
     )
 
 
@@ -40,7 +40,9 @@ def project_definitions(project: Project, extra: Sequence[Definitions] = ()) -> 
     for definitions in loaded:
         for item in definitions.assets or ():
             produced.update(item.keys if isinstance(item, AssetsDefinition) else [getattr(item, "key", None)])
-    tables = sorted({pipeline.table for pipeline in project.pipelines.values()})
+    tables = sorted(
+        {name for pipeline in project.pipelines.values() for name in (pipeline.table, pipeline.scoring_table)}
+    )
     external = [
         AssetSpec(
             table_key(table),

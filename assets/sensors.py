@@ -15,13 +15,16 @@ from dagster import (
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
-from assets.config import PinConfig
+from assets.config import PinConfig, ScoreConfig
+from assets.failures import user_errors_as_failures
 from assets.history import last_training
-from assets.jobs import job_name
-from assets.keys import training_data_key
-from assets.resources import IcebergResource
+from assets.jobs import job_name, predict_job_name
+from assets.keys import predictions_key, training_data_key
+from assets.resources import IcebergResource, MlflowResource, combined_settings
 from pipeline.config.project import Pipeline
 from pipeline.data.snapshots import total_rows
+from pipeline.tracking.client import tracking_client
+from pipeline.tracking.reference import champion_version
 
 NO_SNAPSHOT = "none"
 
@@ -117,3 +120,46 @@ def new_snapshot_sensor(pipeline: Pipeline) -> SensorDefinition:
         )
 
     return new_snapshot
+
+
+def scoring_sensor(pipeline: Pipeline) -> SensorDefinition:
+    """Score each new snapshot of the scoring table with the champion: one run per (input snapshot, model version).
+
+    The run config pins both, so the run scores exactly what the sensor saw, whatever lands or
+    gets promoted meanwhile. A new champion on an already scored snapshot requests nothing: its
+    first run scores the next snapshot's new rows. Without a champion it says so and waits.
+    """
+    table_name, section = pipeline.scoring_table, pipeline.config.predict
+    model_name = str(pipeline.config.tracking.registered_model)
+    op_name = "__".join(predictions_key(pipeline).path)
+
+    @sensor(
+        name=f"{pipeline.name}_predict_new_snapshot",
+        job_name=predict_job_name(pipeline),
+        minimum_interval_seconds=section.sensor_interval_s,
+        default_status=DefaultSensorStatus.RUNNING if section.sensor_on else DefaultSensorStatus.STOPPED,
+        description=f"Score each new snapshot of {table_name} with the champion of {model_name!r}.",
+    )
+    def predict_new_snapshot(
+        context: SensorEvaluationContext, iceberg: IcebergResource, mlflow: MlflowResource
+    ) -> RunRequest | SkipReason:
+        catalog = iceberg.catalog()
+        current = catalog.load_table(table_name).current_snapshot() if catalog.table_exists(table_name) else None
+        if current is None:
+            return SkipReason(f"table {table_name} has no snapshot yet")
+        seen = str(current.snapshot_id)
+        if context.cursor == seen:
+            return SkipReason(f"snapshot {seen} of {table_name} was already requested for scoring")
+        with user_errors_as_failures():  # an MLflow error is an error, never "no champion"
+            champion = champion_version(tracking_client(combined_settings(iceberg, mlflow)), model_name)
+        if champion is None:
+            return SkipReason(f"registered model {model_name!r} has no champion yet; snapshot {seen} waits for one")
+        version = str(champion.version)
+        context.update_cursor(seen)
+        return RunRequest(
+            run_key=f"{seen}:{version}",
+            run_config=RunConfig(ops={op_name: ScoreConfig(snapshot_id=seen, model_version=version)}),
+            tags={"icetrain/snapshot_id": seen, "icetrain/pipeline": pipeline.name, "icetrain/model_version": version},
+        )
+
+    return predict_new_snapshot

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,28 @@ def learning_curves_png(history: Sequence[Mapping[str, float]], title: str = "")
     return figure_png(figure)
 
 
+def score_distribution_png(profile: Any, reference: Any | None = None, title: str = "") -> bytes:
+    """The share of scores in each bin of a ``ScoreProfile``, beside a reference profile's (the validation scores)."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(5, 3))
+    bins = range(len(profile.counts))
+    labels = _bin_labels(profile.edges)
+    if reference is not None:
+        axis.bar([b - 0.2 for b in bins], reference.fractions(), width=0.4, label="validation (reference)", alpha=0.7)
+    axis.bar([b + (0.2 if reference is not None else 0) for b in bins], profile.fractions(), width=0.4, label="scored")
+    axis.set_xticks(list(bins), labels, rotation=45, fontsize=6)
+    axis.set_ylabel("share of rows")
+    axis.legend(fontsize=7)
+    if title:
+        axis.set_title(title, fontsize=9)
+    return figure_png(figure)
+
+
+def _bin_labels(edges: Sequence[float]) -> list[str]:
+    bounds = ["-inf", *(f"{e:.3g}" for e in edges), "inf"]
+    return [f"[{low}, {high})" for low, high in itertools.pairwise(bounds)]
+
+
 def figure_png(figure: Any) -> bytes:
     """A matplotlib figure as PNG bytes; the figure is closed."""
     from matplotlib import pyplot as plt
@@ -47,4 +70,4 @@ def pyplot() -> Any:
     return plt
 
 
-__all__ = ["figure_png", "learning_curves_png", "pyplot"]
+__all__ = ["figure_png", "learning_curves_png", "pyplot", "score_distribution_png"]

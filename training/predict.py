@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import mlflow.pytorch
+import numpy as np
 import pyarrow as pa
 import torch
 from mlflow.exceptions import MlflowException
@@ -28,6 +29,7 @@ from pyiceberg.table import Table
 
 from pipeline.config.settings import Settings
 from pipeline.config.tree import ComputeSection
+from pipeline.data.scores import ScoreProfile
 from pipeline.data.scoring import ScoringRead, prepare_scoring, scoring_chunks
 from pipeline.data.snapshots import PinnedSnapshot, resolve_snapshot, schema_at
 from pipeline.data.specs import SnapshotRequest
@@ -75,7 +77,8 @@ class PredictRequest:
         into: the predictions table ('namespace.table'); created on first write.
         table: the input table; default: the table the model trained on.
         snapshot_id, ref, as_of: which snapshot of it (default: the current one).
-        incremental: score only the rows appended since the last input snapshot this model scored into ``into``.
+        incremental: score only the rows appended since the last input snapshot this model scored into ``into``
+            (any model, with ``after_any_model``: a new champion then scores only new rows).
         key: the columns that key each prediction (default: the input table's identifier fields).
         batch_rows: rows per forward pass. file_mb: predictions per data file (Arrow megabytes; files are written as batches come).
         device: auto, cpu, cuda or cuda:N.
@@ -90,6 +93,7 @@ class PredictRequest:
     ref: str | None = None
     as_of: datetime | None = None
     incremental: bool = False
+    after_any_model: bool = False
     key: tuple[str, ...] | None = None
     batch_rows: int = BATCH_ROWS
     file_mb: int = TARGET_FILE_BYTES // 2**20
@@ -111,6 +115,15 @@ class Predictions:
     scored: ScoredInput
     pinned: PinnedSnapshot
     files: int
+    profile: ScoreProfile | None = None
+    reference: ScoreProfile | None = None
+
+    @property
+    def drift(self) -> float | None:
+        """PSI of these scores against the model's validation scores (None without a reference)."""
+        if self.profile is None or self.reference is None or not self.profile.rows:
+            return None
+        return self.reference.psi(self.profile)
 
     def report(self) -> str:
         since = (
@@ -212,8 +225,8 @@ def predict(settings: Settings, request: PredictRequest) -> Predictions:
         compute = replace(compute, precision=_precision(request.precision, compute.device))
         module = load_served_model(tracking_client(settings), model.run_id).module
         mine = score_into(job, module, compute, request.batch_rows, request.file_mb)
-        paths, rows = _gathered(mine, compute)
-        return compute.share(lambda: _commit(settings, job, model, paths, rows, request))
+        everyone = _gathered(mine, compute)
+        return compute.share(lambda: _commit(settings, job, model, everyone, request))
     finally:
         close_compute(compute)
 
@@ -284,12 +297,13 @@ def _plan(settings: Settings, request: PredictRequest) -> tuple[ScoringJob, Mode
     )
     since = None
     if request.incremental:
-        since = _last_scored(catalog, request.into, str(table.metadata.table_uuid), model.run_id)
+        by = None if request.after_any_model else model.run_id
+        since = _last_scored(catalog, request.into, str(table.metadata.table_uuid), by)
     job = plan_scoring(catalog, table, pinned, spec, scorer, request.into, since_snapshot_id=since, key=request.key)
     return job, model
 
 
-def _last_scored(catalog: Catalog, into: str, input_uuid: str, run_id: str) -> int | None:
+def _last_scored(catalog: Catalog, into: str, input_uuid: str, run_id: str | None) -> int | None:
     try:
         predictions = catalog.load_table(into)
     except (NoSuchTableError, NoSuchNamespaceError):
@@ -299,11 +313,25 @@ def _last_scored(catalog: Catalog, into: str, input_uuid: str, run_id: str) -> i
 
 @dataclass(frozen=True)
 class RankScored:
-    """What one rank wrote: its data files, its rows, and the seconds its model took."""
+    """What one rank wrote: its data files, its rows, its scores' counts over the spec's bins, the seconds its model took."""
 
     paths: list[str]
     rows: int
     model_seconds: float
+    score_counts: tuple[int, ...] = ()
+    score_sum: float = 0.0
+
+    def joined(self, others: list[RankScored]) -> RankScored:
+        """Every rank's part together, in rank order."""
+        parts = [self, *others]
+        counts = np.sum([p.score_counts for p in parts], axis=0) if self.score_counts else ()
+        return RankScored(
+            [path for part in parts for path in part.paths],
+            sum(part.rows for part in parts),
+            max(part.model_seconds for part in parts),
+            tuple(int(c) for c in counts),
+            sum(part.score_sum for part in parts),
+        )
 
 
 def score_into(
@@ -329,6 +357,9 @@ def _score_rows(
     writer = FileWriter(job.target, file_mb * 2**20)
     scored_at = pa.scalar(datetime.now(tz=UTC), pa.timestamp("us", tz="UTC"))
     model_seconds = 0.0
+    edges = np.asarray(job.spec.score_edges)
+    counts = np.zeros(len(edges) + 1, dtype=np.int64)
+    score_sum = 0.0
     try:
         for chunk in scoring_chunks(job.read, compute.rank, compute.world_size, job.decode_threads):
             for start in range(0, chunk.rows, batch_rows):
@@ -337,23 +368,26 @@ def _score_rows(
                 outputs = _forward(module, inputs, compute)
                 model_seconds += time.perf_counter() - began
                 keys = chunk.keys.slice(start, batch_rows)
-                writer.write(prediction_batch(keys, job.spec.outputs(outputs), job.scorer, job.scored, scored_at))
+                columns, scores = job.spec.scored(outputs)
+                counts += np.bincount(np.searchsorted(edges, scores, side="right"), minlength=len(counts))
+                score_sum += float(scores.sum())
+                writer.write(prediction_batch(keys, columns, job.scorer, job.scored, scored_at))
         writer.close()
     except BaseException:
         writer.discard()
         raise
-    return RankScored(writer.paths, writer.rows, model_seconds)
+    return RankScored(writer.paths, writer.rows, model_seconds, tuple(int(c) for c in counts), score_sum)
 
 
-def _gathered(mine: RankScored, compute: Compute) -> tuple[list[str], int]:
-    """Every rank's files and rows, in rank order."""
+def _gathered(mine: RankScored, compute: Compute) -> RankScored:
+    """Every rank's files, rows and score counts, in rank order."""
     if not compute.distributed:
-        return mine.paths, mine.rows
+        return mine
     import torch.distributed as dist
 
-    parts: list[RankScored | None] = [None] * compute.world_size
+    parts: list[RankScored] = [mine] * compute.world_size
     dist.all_gather_object(parts, mine)
-    return [p for part in parts if part for p in part.paths], sum(part.rows for part in parts if part)
+    return parts[0].joined(parts[1:])
 
 
 def _forward(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], compute: Compute) -> torch.Tensor:
@@ -388,13 +422,31 @@ def _precision(asked: str, device: torch.device) -> str:
 
 
 def _commit(
-    settings: Settings, job: ScoringJob, model: ModelChoice, paths: list[str], rows: int, request: PredictRequest
+    settings: Settings, job: ScoringJob, model: ModelChoice, everyone: RankScored, request: PredictRequest
 ) -> Predictions:
     snapshot, already = commit_predictions(
-        open_catalog(settings), job.target, paths, job.scorer, job.scored, rows, run_id=request.dagster_run_id
+        open_catalog(settings),
+        job.target,
+        everyone.paths,
+        job.scorer,
+        job.scored,
+        everyone.rows,
+        run_id=request.dagster_run_id,
     )
+    rows = everyone.rows
+    profile = ScoreProfile(job.spec.score_edges, everyone.score_counts, everyone.score_sum / rows if rows else 0.0)
     return Predictions(
-        request.into, snapshot, rows, already, model, job.scorer, job.scored, job.read.pinned, len(paths)
+        request.into,
+        snapshot,
+        rows,
+        already,
+        model,
+        job.scorer,
+        job.scored,
+        job.read.pinned,
+        len(everyone.paths),
+        profile,
+        job.spec.reference,
     )
 
 

@@ -97,7 +97,11 @@ class ScoringSpec:
         return layout_for(rows, {}, self.read_spec(), scoring=True).with_encoding(self.encoding)
 
     def outputs(self, outputs: torch.Tensor) -> dict[str, pa.Array]:
-        """``prediction`` (and ``probabilities``) from the model's raw outputs, as the predictions table stores them.
+        """``prediction`` (and ``probabilities``) from the model's raw outputs, as the predictions table stores them."""
+        return self.scored(outputs)[0]
+
+    def scored(self, outputs: torch.Tensor) -> tuple[dict[str, pa.Array], np.ndarray]:
+        """The prediction columns (``outputs``) and each row's score (``score``), from one softmax.
 
         Classification: the softmax of the outputs with the class weights divided out (the
         training prior back), in the run's class order; the prediction is the second class
@@ -108,7 +112,8 @@ class ScoringSpec:
             PredictionError: the model gives another number of outputs than there are classes.
         """
         if self.task != "classification":
-            return {"prediction": pa.array(outputs.reshape(-1).double().numpy())}
+            values = outputs.reshape(-1).double().numpy()
+            return {"prediction": pa.array(values)}, values
         classes = self.classes
         assert classes is not None
         if outputs.shape[1] != len(classes):
@@ -122,10 +127,19 @@ class ScoringSpec:
             chosen = _first_largest(by_class)
         probabilities = np.ascontiguousarray(by_class.T)
         offsets = pa.array(np.arange(0, probabilities.size + 1, probabilities.shape[1], dtype=np.int32))
-        return {
+        columns = {
             "prediction": pa.array(self._class_values[chosen], class_label_type(classes)),
             "probabilities": pa.ListArray.from_arrays(offsets, pa.array(probabilities.reshape(-1))),
         }
+        scores = by_class[1] if len(classes) == 2 else _first_largest(by_class).astype(np.float64)
+        return columns, scores
+
+    @property
+    def score_edges(self) -> tuple[float, ...]:
+        """The bins scores are counted over: the reference profile's, else the kind's defaults."""
+        if self.reference is not None:
+            return self.reference.edges
+        return ScoreProfile.reference(np.zeros(0), self.score_kind, len(self.classes or ())).edges
 
     @cached_property
     def _class_values(self) -> np.ndarray:

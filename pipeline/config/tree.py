@@ -326,10 +326,7 @@ class RetrainSection(Section):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
-        parts = value.split()
-        if len(parts) != 5 or not all(_CRON_FIELD.match(part) for part in parts):
-            raise ValueError(f"must be a 5-field cron expression like '0 3 * * *', got {value!r}")
-        return value
+        return _valid_cron(value)
 
 
 class GatesSection(Section):
@@ -350,15 +347,31 @@ class PredictSection(Section):
     into: str | None = Field(
         None, description="The predictions table; default: NAME_predictions in data.table's namespace."
     )
-    batch_rows: int = Field(8192, ge=1, le=1_000_000, description="Rows per forward pass.")
+    batch_rows: int = Field(65536, ge=1, le=1_000_000, description="Rows per forward pass.")
     file_mb: int = Field(
         128, ge=1, le=4096, description="Predictions per data file (Arrow megabytes; not held in memory)."
     )
+    sensor_on: bool = Field(False, description="Score each new snapshot of predict.table with the champion (Dagster).")
+    sensor_interval_s: int = Field(60, ge=5)
+    schedule: str = Field("0 4 * * *", description="Cron schedule of the scoring job.")
+    schedule_on: bool = False
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return _valid_cron(value)
 
     @field_validator("table", "into")
     @classmethod
     def _table_name(cls, value: str | None) -> str | None:
         return _valid_table_name(value)
+
+
+def _valid_cron(value: str) -> str:
+    parts = value.split()
+    if len(parts) != 5 or not all(_CRON_FIELD.match(part) for part in parts):
+        raise ValueError(f"must be a 5-field cron expression like '0 3 * * *', got {value!r}")
+    return value
 
 
 def _valid_table_name(value: str | None) -> str | None:
