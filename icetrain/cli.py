@@ -222,6 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.set_defaults(handler=cmd_predict)
 
+    lineage = commands.add_parser(
+        "lineage",
+        help="a prediction back to its model, run, training snapshot and appends; or a model's predictions snapshots",
+    )
+    lineage.add_argument("table", nargs="?", help="a predictions table (with --id)")
+    lineage.add_argument("--id", dest="key", help="the identifier of the row whose predictions to follow back")
+    lineage.add_argument(
+        "--model", help="models:/NAME/VERSION, models:/NAME@ALIAS or a run id: the predictions it wrote"
+    )
+    lineage.set_defaults(handler=cmd_lineage)
+
     pipelines = commands.add_parser(
         "pipelines", help="list the declared pipelines with their table, current snapshot and last run"
     )
@@ -565,6 +576,47 @@ def predict_request(args: argparse.Namespace) -> PredictRequest:
         device=args.device,
         precision=args.precision,
     )
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    if (args.model is None) == (args.table is None or args.key is None):
+        raise ConfigError("give a predictions table and --id VALUE, or --model MODEL")
+    from pipeline.tracking.provenance import model_scorings, prediction_lineage, predictions_tables
+
+    settings = Settings.from_env()
+    if args.model is None:
+        for found in prediction_lineage(settings, args.table, args.key):
+            key = ", ".join(f"{name} = {value}" for name, value in found.key.items())
+            model = f"{found.model_name} version {found.model_version}" if found.model_name else "a run's model"
+            print(f"prediction {found.prediction!r} for {key} in {found.predictions_table}")
+            print(
+                f"  written by predictions snapshot {found.predictions_snapshot_id}, scoring snapshot {found.input_snapshot_id} of {found.input_table}"
+            )
+            print(f"  model: {model}, MLflow run {found.run_id}")
+            print(f"  trained on snapshot {found.training_snapshot_id} of {found.training_table}, written by:")
+            for append in found.appends:
+                when = append.committed_at.strftime("%Y-%m-%d %H:%M:%S")
+                dagster = f", Dagster run {append.dagster_run_id}" if append.dagster_run_id else ""
+                print(
+                    f"    {append.snapshot_id}  {when}  {append.operation} +{append.added_rows} rows  {append.source or '-'}{dagster}"
+                )
+        return 0
+    from pipeline.lake.catalog import open_catalog
+    from pipeline.tracking.client import tracking_client
+    from training.predict import resolve_model
+
+    choice = resolve_model(tracking_client(settings), args.model)
+    tables = [args.table] if args.table else predictions_tables(open_catalog(settings))
+    scorings = model_scorings(settings, choice.run_id, tables)
+    label = f"{choice.name} version {choice.version}" if choice.name else f"run {choice.run_id}"
+    print(f"{label} (MLflow run {choice.run_id}) wrote {len(scorings)} predictions snapshot(s)")
+    for scoring in scorings:
+        when = scoring.committed_at.strftime("%Y-%m-%d %H:%M:%S")
+        dagster = f", Dagster run {scoring.dagster_run_id}" if scoring.dagster_run_id else ""
+        print(
+            f"  {scoring.predictions_table} snapshot {scoring.snapshot_id}  {when}  {scoring.rows} rows of {scoring.input_table} snapshot {scoring.input_snapshot_id}{dagster}"
+        )
+    return 0
 
 
 def cmd_pipelines(args: argparse.Namespace) -> int:

@@ -328,3 +328,29 @@ def test_a_table_without_identifier_fields_is_keyed_by_the_columns_given(
     assert "key column(s) nothing not in" in capsys.readouterr().err
     assert main([*args, "--key", "application_id"]) == 0
     assert predictions(catalog, "bank.unkeyed_scores").column_names[:2] == ["application_id", "prediction"]
+
+
+def test_lineage_follows_a_prediction_back_to_its_training_appends_and_a_model_to_its_predictions(
+    settings, catalog, loans_champion, capsys
+) -> None:
+    assert main(["predict", "--pipeline", "loans"]) == 0
+    written = load_table(catalog, "bank.loans_predictions").current_snapshot().snapshot_id
+    capsys.readouterr()
+    assert main(["lineage", "bank.loans_predictions", "--id", "17"]) == 0
+    out = capsys.readouterr().out
+    training = load_table(catalog, TABLE).snapshots()[0]
+    assert "for application_id = 17 in bank.loans_predictions" in out
+    assert f"written by predictions snapshot {written}" in out
+    assert f"model: loans version 1, MLflow run {loans_champion}" in out
+    assert f"trained on snapshot {training.snapshot_id} of {TABLE}" in out
+    assert f"{training.snapshot_id}" in out.splitlines()[-1] and "append +3000 rows  test" in out
+
+    assert main(["lineage", "--model", "models:/loans/1"]) == 0
+    out = capsys.readouterr().out
+    assert "loans version 1" in out and "wrote 1 predictions snapshot(s)" in out
+    assert f"bank.loans_predictions snapshot {written}" in out and f"3000 rows of {TABLE}" in out
+
+    assert main(["lineage", "bank.loans_predictions", "--id", "999999"]) == 1
+    assert "holds no prediction for application_id = 999999" in capsys.readouterr().err
+    assert main(["lineage"]) == 1
+    assert "give a predictions table and --id VALUE, or --model MODEL" in capsys.readouterr().err
