@@ -17,7 +17,7 @@ from assets.resources import IcebergResource, MlflowResource
 from assets.schedules import scoring_schedule
 from assets.sensors import scoring_sensor
 from icetrain.cli import main
-from pipeline.config.project import load_project
+from pipeline.config.project import load_project, parse_project
 from pipeline.demo.applications import applications
 from pipeline.lake.catalog import load_table
 from pipeline.lake.ingest import append_arrow
@@ -43,8 +43,11 @@ def materialized(result) -> dict:
     return {name: value.value for name, value in event.materialization.metadata.items()}
 
 
-def test_a_registering_pipeline_gets_the_predictions_asset_job_sensor_and_schedule(loans) -> None:
-    definitions = project_definitions(load_project())
+def test_a_registering_pipeline_gets_the_predictions_asset_job_sensor_and_schedule() -> None:
+    project = {
+        "pipelines": {"loans": {"data": {"table": "bank.applications"}, "tracking": {"registered_model": "loans"}}}
+    }
+    definitions = project_definitions(parse_project(project))
     graph = definitions.resolve_asset_graph()
     assert AssetKey(["loans", "predictions"]) in graph.get_all_asset_keys()
     assert AssetKey(["loans", "evaluation"]) in graph.get(AssetKey(["loans", "predictions"])).parent_keys
@@ -85,14 +88,12 @@ def test_the_sensor_pins_snapshot_and_champion_version_once_each(settings, catal
         append_arrow(catalog, "bank.applications", applications(3200).slice(3000), source="test")
         assert isinstance(sensor(context), RunRequest)
 
+        from pipeline.tracking.client import tracking_client
 
-def test_without_a_champion_the_sensor_waits_and_says_why(settings, catalog, loans, instance, capsys) -> None:
-    from pipeline.tracking.client import tracking_client
-
-    tracking_client(settings).delete_registered_model_alias("loans", "champion")
-    with build_sensor_context(instance=instance, resources=RESOURCES) as context:
-        skipped = scoring_sensor(loans)(context)
-    assert isinstance(skipped, SkipReason) and "has no champion yet" in skipped.skip_message
+        tracking_client(settings).delete_registered_model_alias("loans", "champion")
+        append_arrow(catalog, "bank.applications", applications(3300).slice(3200), source="test")
+        skipped = sensor(context)
+    assert isinstance(skipped, SkipReason) and "has no champion yet" in skipped.skip_message, "without one it waits"
 
 
 def test_the_schedule_skips_a_snapshot_already_scored(settings, catalog, loans, instance) -> None:
