@@ -470,9 +470,10 @@ TREE_ROWS = ("icetrain_shuffled_w0", "icetrain_shuffled_w2")
 SCALE_ROW = "icetrain_20m"
 PREDICT_SCALE_ROW = "predict_20m"
 PREDICT_FILE_MB = 128  # predictions per data file (predict.file_mb's default); not held in memory
-# What scoring holds: the row groups decoding ahead (decode threads + 1, 33 float32 columns) and the
-# prediction batches queued for the file writer (2 + the one being written, about 100 bytes a row).
-PREDICT_BUFFER_MB = (3 * ROW_GROUP_ROWS * 33 * 4 + 3 * 65536 * 100) / 2**20
+# What scoring holds: the row groups decoding ahead (decode threads + 1, each as Arrow columns and as a
+# float32 tensor of 33 columns) and the prediction batches queued for the file writer (2 + the one
+# being written, about 100 bytes a row).
+PREDICT_BUFFER_MB = (3 * ROW_GROUP_ROWS * 33 * 4 * 2 + 3 * 65536 * 100) / 2**20
 
 
 # ---------------------------------------------------------------- measuring one row (child process)
