@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from pipeline.data.scores import ranking_metrics
 
 
 @dataclass(frozen=True)
@@ -62,25 +63,6 @@ class Classification:
             values["precision"] = true_pos / predicted_pos if predicted_pos else 0.0
             values["recall"] = true_pos / actual_pos if actual_pos else 0.0
         return values
-
-
-def ranking_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """ROC AUC (ties share their average rank) and PR AUC (average precision) of scores for label 1."""
-    positives = int(labels.sum())
-    negatives = len(labels) - positives
-    if positives == 0 or negatives == 0:
-        return {"roc_auc": float("nan"), "pr_auc": float("nan")}
-    order = np.argsort(scores, kind="mergesort")
-    _, inverse, counts = np.unique(scores[order], return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    average_rank = (ends - (counts - 1) / 2.0)[inverse]
-    ranks = np.empty(len(scores))
-    ranks[order] = average_rank
-    roc_auc = (ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives)
-    descending = labels[np.argsort(-scores, kind="mergesort")]
-    hits = np.cumsum(descending)
-    precision_at_hits = hits[descending == 1] / (np.flatnonzero(descending == 1) + 1)
-    return {"roc_auc": float(roc_auc), "pr_auc": float(precision_at_hits.mean())}
 
 
 @dataclass(frozen=True)

@@ -99,4 +99,23 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float
     return float(ranked[last_of_tie][best]), float(precision[best]), float(recall[best])
 
 
-__all__ = ["ScoreProfile", "best_threshold"]
+def ranking_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """ROC AUC (ties share their average rank) and PR AUC (average precision) of scores for label 1."""
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return {"roc_auc": float("nan"), "pr_auc": float("nan")}
+    order = np.argsort(scores, kind="mergesort")
+    _, inverse, counts = np.unique(scores[order], return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    average_rank = (ends - (counts - 1) / 2.0)[inverse]
+    ranks = np.empty(len(scores))
+    ranks[order] = average_rank
+    roc_auc = (ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    descending = labels[np.argsort(-scores, kind="mergesort")]
+    hits = np.cumsum(descending)
+    precision_at_hits = hits[descending == 1] / (np.flatnonzero(descending == 1) + 1)
+    return {"roc_auc": float(roc_auc), "pr_auc": float(precision_at_hits.mean())}
+
+
+__all__ = ["ScoreProfile", "best_threshold", "ranking_metrics"]
