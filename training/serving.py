@@ -147,10 +147,6 @@ class ScoringSpec:
         classes = self.classes or ()
         return np.array([int(c) for c in classes]) if class_label_type(classes) == pa.int64() else np.array(classes)
 
-    def probabilities(self, outputs: torch.Tensor) -> np.ndarray:
-        """Per-class probabilities (float32): the softmax of the outputs with the class weights divided out (the training prior back)."""
-        return np.ascontiguousarray(self._class_major_probabilities(outputs).T)
-
     def _class_major_probabilities(self, outputs: torch.Tensor) -> np.ndarray:
         """Probabilities as [classes, rows]: reductions over a few classes run several times faster along the first axis."""
         logits = np.ascontiguousarray(outputs.float().numpy().T)
@@ -167,12 +163,7 @@ class ScoringSpec:
 
     def score(self, outputs: torch.Tensor) -> np.ndarray:
         """One number per row (see ``score_kind``): what prediction drift is measured on."""
-        if self.score_kind == "value":
-            return outputs.reshape(-1).double().numpy()
-        probabilities = self.probabilities(outputs)
-        return (
-            probabilities[:, 1] if self.score_kind == "probability" else probabilities.argmax(axis=1).astype(np.float64)
-        )
+        return self.scored(outputs)[1]
 
     def signature(self) -> ModelSignature:
         """The served model's signature: its raw columns by name (presence checked by the model itself, in one line).

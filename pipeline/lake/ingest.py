@@ -151,6 +151,11 @@ def find_append(catalog: Catalog, identifier: str, append_id: str) -> int | None
         table = catalog.load_table(identifier)
     except (NoSuchTableError, NoSuchNamespaceError):
         return None
+    return appended_by(table, append_id)
+
+
+def appended_by(table: Table, append_id: str) -> int | None:
+    """The snapshot of ``table`` whose summary carries ``append_id`` (the newest), or None."""
     for snapshot in reversed(table.snapshots()):
         if snapshot.summary and snapshot.summary.additional_properties.get(APPEND_ID_PROPERTY) == append_id:
             return snapshot.snapshot_id
@@ -403,9 +408,9 @@ def _explain(catalog: Catalog, identifier: str, data: pa.Table, exc: BaseExcepti
 
 
 def _snapshot_with_append_id(table: Table, append_id: str) -> int:
-    for snapshot in reversed(table.snapshots()):
-        if snapshot.summary and snapshot.summary.additional_properties.get(APPEND_ID_PROPERTY) == append_id:
-            return snapshot.snapshot_id
+    found = appended_by(table, append_id)
+    if found is not None:
+        return found
     raise IngestError(f"append to {table.name()} committed but its snapshot was not found")  # pragma: no cover
 
 

@@ -42,6 +42,7 @@ from pipeline.lake.ingest import (
     NEW_TABLE_PROPERTIES,
     RUN_ID_PROPERTY,
     SOURCE_PROPERTY,
+    appended_by,
     backoff,
     ensure_namespace,
     schema_difference,
@@ -363,7 +364,7 @@ def commit_predictions(
         except (NoSuchTableError, NoSuchNamespaceError):
             table = None
         if table is not None:
-            landed = _with_append_id(table, name)
+            landed = appended_by(table, name)
             if landed is not None:
                 _delete(writer_io, paths)
                 return landed, True
@@ -421,15 +422,8 @@ def _append_files(
             append.append_data_file(parquet_file_to_data_file(io, metadata, path))
 
 
-def _with_append_id(table: Table, name: str) -> int | None:
-    for snapshot in reversed(table.snapshots()):
-        if snapshot.summary and snapshot.summary.additional_properties.get(APPEND_ID_PROPERTY) == name:
-            return snapshot.snapshot_id
-    return None
-
-
 def _snapshot_of(table: Table, name: str) -> int:
-    found = _with_append_id(table, name)
+    found = appended_by(table, name)
     if found is None:  # pragma: no cover
         raise PredictionError(f"predictions were committed to {table.name()} but their snapshot was not found")
     return found
