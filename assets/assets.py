@@ -45,7 +45,9 @@ from training.train import TrainResult
 
 def code_version(pipeline: Pipeline) -> str:
     """The pipeline's declaration and icetrain's version, hashed: a change marks its assets stale in the UI."""
-    declared = json.dumps(pipeline.config.model_dump(mode="json", exclude={"retrain", "tracking"}), sort_keys=True)
+    declared = json.dumps(
+        pipeline.config.model_dump(mode="json", exclude={"retrain", "tracking", "monitor"}), sort_keys=True
+    )
     return hashlib.sha256(f"{declared}|icetrain {package_version('icetrain')}".encode()).hexdigest()[:12]
 
 

@@ -6,6 +6,9 @@
   appends one day per partition (backfill a date range from the UI, or
   ``dagster asset materialize --select demo/transactions --partition-range A...B``);
   ``transactions_ingest`` is its job. The ``fraud`` pipeline trains on it.
+- ``demo/chargebacks``: the transactions' outcomes, a second daily asset that learns each
+  day's outcomes ``lag_days`` later; the ``fraud`` pipeline's monitoring measures the
+  champion's realized performance against it.
 
 The pipelines themselves are declared in ``icetrain.yaml`` like any other.
 """
@@ -28,7 +31,7 @@ from assets.keys import table_key
 from assets.resources import IcebergResource
 from pipeline.data.snapshots import list_snapshots, total_rows
 from pipeline.demo.digits import DIGITS_TABLE, ingest_digits
-from pipeline.demo.transactions import TRANSACTIONS_TABLE, day_of, ingest_day
+from pipeline.demo.transactions import CHARGEBACKS_TABLE, TRANSACTIONS_TABLE, day_of, ingest_day, ingest_outcomes
 from pipeline.lake.catalog import load_table
 
 TRANSACTIONS_START = "2026-11-01"
@@ -63,8 +66,10 @@ class TransactionsConfig(Config):
 
     rows_per_day: int = Field(default=2000, ge=1, le=50_000_000)
     drift_from: str | None = Field(
-        default=None, description="ISO date from which amounts, velocities and foreign share shift."
+        default=None,
+        description="ISO date from which amounts, velocities and foreign share shift, and fraud changes tactics.",
     )
+    drift: float = Field(default=1.8, ge=1.0, le=10.0, description="How far the features shift (a factor).")
 
 
 @asset(
@@ -88,7 +93,9 @@ def transactions_table(
     with user_errors_as_failures():
         catalog = iceberg.catalog()
         written = {
-            day: ingest_day(catalog, day, config.rows_per_day, drift_from=drift_from, run_id=context.run_id)
+            day: ingest_day(
+                catalog, day, config.rows_per_day, drift_from=drift_from, drift=config.drift, run_id=context.run_id
+            )
             for day in sorted(days)
         }
         current = load_table(catalog, TRANSACTIONS_TABLE).current_snapshot()
@@ -108,6 +115,41 @@ def transactions_table(
     )
 
 
+class ChargebacksConfig(Config):
+    """How many days after a transaction its outcome (chargeback or not) is known."""
+
+    lag_days: int = Field(default=3, ge=0, le=365)
+
+
+@asset(
+    key=table_key(CHARGEBACKS_TABLE),
+    deps=[table_key(TRANSACTIONS_TABLE)],
+    partitions_def=daily,
+    backfill_policy=BackfillPolicy.single_run(),
+    group_name="demo",
+    kinds={"iceberg"},
+    description="The outcomes of the card transactions (is_fraud per transaction_id), learned lag_days after each day: what the fraud pipeline's monitoring measures realized performance against.",
+)
+def chargebacks_table(
+    context: AssetExecutionContext, config: ChargebacksConfig, iceberg: IcebergResource
+) -> MaterializeResult:
+    """On each day of the run's partitions, one append with the outcomes of the transactions of ``lag_days`` before."""
+    days = sorted(day_of(key) for key in context.partition_keys)
+    with user_errors_as_failures():
+        catalog = iceberg.catalog()
+        written = {day: ingest_outcomes(catalog, day, config.lag_days, run_id=context.run_id) for day in days}
+    context.log.info(f"{sum(v is not None for v in written.values())} of {len(days)} days reported outcomes")
+    return MaterializeResult(
+        metadata={
+            "days": ", ".join(day.isoformat() for day in days),
+            "lag_days": config.lag_days,
+            "snapshot_ids": ", ".join(
+                f"{day.isoformat()}: {written[day] if written[day] is not None else 'nothing new'}" for day in days
+            ),
+        }
+    )
+
+
 transactions_job = define_asset_job(
     "transactions_ingest",
     selection=AssetSelection.assets(transactions_table),
@@ -121,4 +163,4 @@ demo_job = define_asset_job(
     description="Ingest the digits, then pin a snapshot, check it and train every pipeline that reads them.",
 )
 
-defs = Definitions(assets=[digits_table, transactions_table], jobs=[demo_job, transactions_job])
+defs = Definitions(assets=[digits_table, transactions_table, chargebacks_table], jobs=[demo_job, transactions_job])

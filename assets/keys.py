@@ -24,3 +24,7 @@ def evaluation_key(pipeline: Pipeline) -> AssetKey:
 
 def predictions_key(pipeline: Pipeline) -> AssetKey:
     return AssetKey([pipeline.name, "predictions"])
+
+
+def monitoring_key(pipeline: Pipeline) -> AssetKey:
+    return AssetKey([pipeline.name, "monitoring"])

@@ -11,11 +11,12 @@ from dagster import AssetKey, AssetsDefinition, AssetSpec, Definitions
 
 from assets.assets import evaluation_asset, predictions_asset, trained_model_asset, training_data_asset
 from assets.checks import quality_checks, trainable_check
-from assets.jobs import predict_job, train_job
+from assets.jobs import monitor_job, predict_job, train_job
 from assets.keys import table_key
+from assets.monitoring import monitoring_asset
 from assets.resources import IcebergResource, MlflowResource
 from assets.schedules import retrain_schedule, scoring_schedule
-from assets.sensors import new_snapshot_sensor, scoring_sensor
+from assets.sensors import degradation_sensor, new_snapshot_sensor, scoring_sensor
 from pipeline.config.project import Pipeline, Project
 from pipeline.errors import ConfigError
 
@@ -23,13 +24,18 @@ from pipeline.errors import ConfigError
 def pipeline_definitions(pipeline: Pipeline) -> Definitions:
     """The assets, blocking check, job, schedule and sensor of one pipeline."""
     registers = bool(pipeline.config.tracking.registered_model)
-    champion = [evaluation_asset(pipeline), predictions_asset(pipeline)] if registers else []
+    champion = (
+        [evaluation_asset(pipeline), predictions_asset(pipeline), monitoring_asset(pipeline)] if registers else []
+    )
     return Definitions(
         assets=[training_data_asset(pipeline), trained_model_asset(pipeline), *champion],
         asset_checks=[trainable_check(pipeline), *quality_checks(pipeline)],
-        jobs=[train_job(pipeline), *([predict_job(pipeline)] if registers else [])],
+        jobs=[train_job(pipeline), *([predict_job(pipeline), monitor_job(pipeline)] if registers else [])],
         schedules=[retrain_schedule(pipeline), *([scoring_schedule(pipeline)] if registers else [])],
-        sensors=[new_snapshot_sensor(pipeline), *([scoring_sensor(pipeline)] if registers else [])],
+        sensors=[
+            new_snapshot_sensor(pipeline),
+            *([scoring_sensor(pipeline), degradation_sensor(pipeline)] if registers else []),
+        ],
     )
 
 
@@ -41,7 +47,12 @@ def project_definitions(project: Project, extra: Sequence[Definitions] = ()) -> 
         for item in definitions.assets or ():
             produced.update(item.keys if isinstance(item, AssetsDefinition) else [getattr(item, "key", None)])
     tables = sorted(
-        {name for pipeline in project.pipelines.values() for name in (pipeline.table, pipeline.scoring_table)}
+        {
+            name
+            for pipeline in project.pipelines.values()
+            for name in (pipeline.table, pipeline.scoring_table, pipeline.config.monitor.outcomes)
+            if name
+        }
     )
     external = [
         AssetSpec(

@@ -4,9 +4,11 @@ import json
 from dataclasses import dataclass
 
 from dagster import (
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunConfig,
     RunRequest,
+    RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
     SkipReason,
@@ -19,7 +21,7 @@ from assets.config import PinConfig, ScoreConfig
 from assets.failures import user_errors_as_failures
 from assets.history import last_training
 from assets.jobs import job_name, predict_job_name
-from assets.keys import predictions_key, training_data_key
+from assets.keys import monitoring_key, predictions_key, training_data_key
 from assets.resources import IcebergResource, MlflowResource, combined_settings
 from pipeline.config.project import Pipeline
 from pipeline.data.snapshots import total_rows
@@ -163,3 +165,78 @@ def scoring_sensor(pipeline: Pipeline) -> SensorDefinition:
         )
 
     return predict_new_snapshot
+
+
+UNFINISHED = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+
+
+def degradation_sensor(pipeline: Pipeline) -> SensorDefinition:
+    """Retrain when the champion got worse: its realized metric fell below its validation score by ``monitor.margin``
+    (``retrain.on_degradation``), or its scores drifted past ``monitor.max_prediction_psi`` (``retrain.on_prediction_drift``).
+
+    It reads the newest ``NAME/monitoring`` materialization (the breaches it lists are the
+    champion's only: a window scored by a model since replaced never retrains again) and requests
+    the training job once per window (``run_key`` = ``degraded:WINDOW`` or ``drift:WINDOW``),
+    pinned to the training table's current snapshot. The new model then meets the gates and the
+    champion/challenger evaluation as any other. While a retraining is under way it waits.
+    """
+    retrain, monitor_section, table_name = pipeline.config.retrain, pipeline.config.monitor, pipeline.table
+    op_name = "__".join(training_data_key(pipeline).path)
+    on = retrain.on_degradation or retrain.on_prediction_drift
+
+    @sensor(
+        name=f"{pipeline.name}_retrain_on_degradation",
+        job_name=job_name(pipeline),
+        minimum_interval_seconds=monitor_section.sensor_interval_s,
+        default_status=DefaultSensorStatus.RUNNING if on else DefaultSensorStatus.STOPPED,
+        description=f"Retrain {pipeline.name!r} when the champion's realized {monitor_section.metric} falls"
+        f" {monitor_section.margin} below its validation score (or its predictions drift), as NAME/monitoring reports.",
+    )
+    def retrain_on_degradation(context: SensorEvaluationContext, iceberg: IcebergResource) -> RunRequest | SkipReason:
+        event = context.instance.get_latest_materialization_event(monitoring_key(pipeline))
+        materialization = event.asset_materialization if event is not None else None
+        if materialization is None:
+            return SkipReason(f"{monitoring_key(pipeline).to_user_string()} was never materialized")
+        metadata = materialization.metadata
+        breaches = []  # the newest breach decides; a realized drop before a drift
+        if retrain.on_prediction_drift:
+            breaches += [("drift", item) for item in _listed(metadata.get("drifted_windows"))[-1:]]
+        if retrain.on_degradation:
+            breaches += [("degraded", item) for item in _listed(metadata.get("degraded_windows"))[-1:]]
+        if not breaches:
+            return SkipReason(
+                "the champion's monitoring shows no breach that retrains (retrain.on_degradation / on_prediction_drift)"
+            )
+        kind, newest = breaches[-1]
+        window = str(newest.get("window"))
+        running = context.instance.get_runs(RunsFilter(job_name=job_name(pipeline), statuses=UNFINISHED), limit=1)
+        if running:
+            return SkipReason(f"window {window} breached, but retraining run {running[0].run_id} is under way")
+        catalog = iceberg.catalog()
+        current = catalog.load_table(table_name).current_snapshot() if catalog.table_exists(table_name) else None
+        if current is None:
+            return SkipReason(f"table {table_name} has no snapshot to retrain on")
+        seen = str(current.snapshot_id)
+        return RunRequest(
+            run_key=f"{kind}:{window}",
+            run_config=RunConfig(ops={op_name: PinConfig(snapshot_id=seen)}),
+            tags={
+                "icetrain/snapshot_id": seen,
+                "icetrain/pipeline": pipeline.name,
+                "icetrain/trigger": kind,
+                "icetrain/window": window,
+                "icetrain/model_version": str(newest.get("model_version", "")),
+            },
+        )
+
+    return retrain_on_degradation
+
+
+def _listed(value: object) -> list[dict]:
+    data = getattr(value, "data", value)
+    return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []

@@ -192,6 +192,7 @@ def test_each_declared_pipeline_gets_its_own_definitions_and_only_its_table_edge
     assert keys == {
         "demo/digits",
         "demo/transactions",
+        "demo/chargebacks",
         "crm/customers",
         "digits/training_data",
         "digits/trained_model",

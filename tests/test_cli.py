@@ -95,12 +95,15 @@ def test_ingest_tag_and_train_on_the_tag(settings, catalog, tmp_path) -> None:
         (["train"], "data.table: required"),
     ],
 )
-def test_user_mistakes_print_one_line_and_exit_1(settings, digits, args, message) -> None:
-    out = icetrain(*args)
-    assert out.returncode == 1
-    assert out.stderr.startswith("icetrain: error: ")
-    assert message in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+def test_user_mistakes_print_one_line_and_exit_1(settings, digits, args, message, capsys) -> None:
+    from icetrain.cli import main
+
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("icetrain: error: ")
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
     assert all_runs(settings) == []
 
 

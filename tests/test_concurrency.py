@@ -13,7 +13,7 @@ from pipeline.lake.ingest import APPEND_ID_PROPERTY, append_arrow
 from tests.postgres import postgres_cluster
 from tests.writers import ROWS_PER_APPEND, rows, write
 
-WRITERS, APPENDS = 8, 25
+WRITERS, APPENDS = 8, 12
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

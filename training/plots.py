@@ -44,6 +44,38 @@ def score_distribution_png(profile: Any, reference: Any | None = None, title: st
     return figure_png(figure)
 
 
+def monitoring_png(
+    windows: Sequence[str],
+    realized: Sequence[float | None],
+    validation: Sequence[float | None],
+    psi: Sequence[float | None],
+    metric: str,
+    max_psi: float,
+    title: str = "",
+) -> bytes:
+    """Per scoring window: the realized metric beside the scoring model's validation score, and the prediction PSI."""
+    plt = pyplot()
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 4.5), sharex=True)
+    places = list(range(len(windows)))
+
+    def series(values: Sequence[float | None]) -> list[float]:
+        return [float("nan") if v is None else float(v) for v in values]
+
+    top.plot(places, series(realized), marker="o", label=f"realized {metric}")
+    top.plot(places, series(validation), linestyle="--", label=f"validation {metric} (the scoring model's)")
+    top.set_ylabel(metric)
+    top.legend(fontsize=7)
+    bottom.bar(places, series(psi), label="prediction PSI")
+    bottom.axhline(max_psi, color="red", linewidth=1, label=f"max {max_psi}")
+    bottom.set_ylabel("PSI")
+    bottom.legend(fontsize=7)
+    bottom.set_xticks(places, [w[-8:] for w in windows], rotation=45, fontsize=6)
+    bottom.set_xlabel("scoring window")
+    if title:
+        figure.suptitle(title, fontsize=9)
+    return figure_png(figure)
+
+
 def _bin_labels(edges: Sequence[float]) -> list[str]:
     bounds = ["-inf", *(f"{e:.3g}" for e in edges), "inf"]
     return [f"[{low}, {high})" for low, high in itertools.pairwise(bounds)]

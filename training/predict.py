@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import mlflow.pytorch
 import numpy as np
@@ -51,7 +52,7 @@ from pipeline.tracking.client import tracking_client
 from pipeline.tracking.lineage import get_run, is_absence, tracking_error
 from pipeline.tracking.tags import PIPELINE_TAG
 from training.compute import Compute, close_compute, init_compute
-from training.serving import ScoringSpec, ServedModel
+from training.serving import SPEC_DIR, SPEC_FILE, ScoringSpec, ServedModel
 
 MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))")
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -199,6 +200,25 @@ def load_served_model(client: MlflowClient, run_id: str) -> ServedModel:
     return ServedModel.load(_download_model(client, run_id))
 
 
+def load_scoring_spec(client: MlflowClient, run_id: str) -> ScoringSpec:
+    """A run's scoring spec alone (``model/icetrain/scoring.json``: a small file, not the weights).
+
+    Raises:
+        PredictionError: the model was saved without one (by an older icetrain).
+        TrackingError: MLflow could not be asked.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="icetrain-spec-"))
+    try:
+        (folder / SPEC_DIR).mkdir()
+        client.download_artifacts(run_id, f"model/{SPEC_DIR}/{SPEC_FILE}", str(folder / SPEC_DIR))
+    except MlflowException as exc:
+        if not is_absence(exc) and "No such file" not in str(exc):
+            raise tracking_error(f"read the scoring spec of run {run_id}", exc) from exc
+    except OSError:
+        pass  # no such artifact: ScoringSpec.read says what is missing
+    return ScoringSpec.read(folder)
+
+
 def _download_model(client: MlflowClient, run_id: str) -> str:
     return client.download_artifacts(run_id, "model", tempfile.mkdtemp(prefix="icetrain-model-"))
 
@@ -279,7 +299,7 @@ def _plan(settings: Settings, request: PredictRequest) -> tuple[ScoringJob, Mode
     client = tracking_client(settings)
     model = resolve_model(client, request.model)
     run = get_run(settings, model.run_id)
-    spec = load_served_model(client, model.run_id).spec
+    spec = load_scoring_spec(client, model.run_id)
     catalog = open_catalog(settings)
     name = request.table or spec.data.table
     assert name is not None, "a trained model's data section names its table"
@@ -457,6 +477,7 @@ __all__ = [
     "RankScored",
     "ScoringJob",
     "load_run_model",
+    "load_scoring_spec",
     "load_served_model",
     "plan_scoring",
     "predict",

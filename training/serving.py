@@ -192,6 +192,23 @@ class ScoringSpec:
         }
 
     @classmethod
+    def read(cls, folder: str | Path) -> ScoringSpec:
+        """The spec saved in a model directory (``folder``), or a folder holding ``icetrain/scoring.json``.
+
+        Raises:
+            PredictionError: the model was saved without a scoring spec (by an older icetrain) or with a damaged one.
+        """
+        path = Path(folder) / SPEC_DIR / SPEC_FILE
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError as exc:
+            raise PredictionError(
+                f"the model in {folder} has no {SPEC_DIR}/{SPEC_FILE} (saved by an older icetrain); train it again with icetrain train --from-run"
+            ) from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PredictionError(f"the model's {SPEC_DIR}/{SPEC_FILE} is damaged: {exc}") from exc
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ScoringSpec:
         if values.get("format") != FORMAT:
             raise PredictionError(f"{SPEC_DIR}/{SPEC_FILE} has format {values.get('format')!r}, not {FORMAT}")
@@ -303,15 +320,7 @@ class ServedModel:
         Raises:
             PredictionError: the model was saved without a scoring spec (by an older icetrain) or with a damaged one.
         """
-        path = Path(folder) / SPEC_DIR / SPEC_FILE
-        try:
-            spec = ScoringSpec.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError as exc:
-            raise PredictionError(
-                f"the model in {folder} has no {SPEC_DIR}/{SPEC_FILE} (saved by an older icetrain); train it again with icetrain train --from-run"
-            ) from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise PredictionError(f"the model's {SPEC_DIR}/{SPEC_FILE} is damaged: {exc}") from exc
+        spec = ScoringSpec.read(folder)
         return cls(mlflow.pytorch.load_model(str(folder)), spec)
 
     def predict(self, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:

@@ -322,6 +322,13 @@ class RetrainSection(Section):
         "val_loss", description="Validation metric deciding whether a new model replaces the champion."
     )
     champion_margin: float = Field(0.0, ge=0, description="How much better the challenger must be.")
+    on_degradation: bool = Field(
+        False,
+        description="Retrain when the champion's realized monitor.metric falls below its validation score by monitor.margin (sensor NAME_retrain_on_degradation).",
+    )
+    on_prediction_drift: bool = Field(
+        False, description="Also retrain when the champion's prediction drift passes monitor.max_prediction_psi."
+    )
 
     @field_validator("schedule")
     @classmethod
@@ -367,6 +374,40 @@ class PredictSection(Section):
         return _valid_table_name(value)
 
 
+class MonitorSection(Section):
+    """How the ``NAME/monitoring`` asset watches the champion's predictions and the outcomes that arrive later."""
+
+    outcomes: str | None = Field(
+        None,
+        description="Table of real outcomes keyed by the scored table's identifier; default: the label in a later snapshot of predict.table.",
+    )
+    outcome: str | None = Field(None, description="The outcome column; default: data.label.")
+    window: Literal["snapshot", "day"] = Field(
+        "snapshot", description="A scoring window: each scored input snapshot, or each day predictions were made."
+    )
+    metric: Literal["pr_auc", "roc_auc", "precision", "recall", "mae"] = Field(
+        "pr_auc", description="The realized metric compared with the model's validation score (mae for regression)."
+    )
+    margin: float = Field(
+        0.1, ge=0, description="How far the realized metric may fall below the validation score before it is a breach."
+    )
+    min_coverage: float = Field(
+        0.5, gt=0, le=1, description="A window is judged once this share of its predictions has an outcome."
+    )
+    max_prediction_psi: float = Field(
+        0.25, gt=0, description="Largest PSI of a window's scores against the model's validation scores."
+    )
+    max_input_psi: float = Field(
+        0.25, gt=0, description="Largest PSI of any feature of the scored rows against the model's training snapshot."
+    )
+    sensor_interval_s: int = Field(60, ge=5, description="How often the degradation sensor looks.")
+
+    @field_validator("outcomes")
+    @classmethod
+    def _table_name(cls, value: str | None) -> str | None:
+        return _valid_table_name(value)
+
+
 def _valid_cron(value: str) -> str:
     parts = value.split()
     if len(parts) != 5 or not all(_CRON_FIELD.match(part) for part in parts):
@@ -398,6 +439,7 @@ class PipelineConfig(Section):
     retrain: RetrainSection = Field(default_factory=RetrainSection)
     gates: GatesSection = Field(default_factory=GatesSection)
     predict: PredictSection = Field(default_factory=PredictSection)
+    monitor: MonitorSection = Field(default_factory=MonitorSection)
 
     def loader_config(self, split: str, *, shuffle: bool | None = None, batch_size: int | None = None) -> LoaderConfig:
         """The data library's loader settings for one split ('all', 'train' or 'val')."""
@@ -559,6 +601,7 @@ __all__ = [
     "GatesSection",
     "LoaderSection",
     "ModelSection",
+    "MonitorSection",
     "OptimSection",
     "PipelineConfig",
     "RetrainSection",

@@ -293,14 +293,19 @@ def judge(
 
 
 def assess_snapshot(
-    table: Table, pinned: PinnedSnapshot, spec: ReadSpec, reference: PinnedSnapshot | None
+    table: Table,
+    pinned: PinnedSnapshot,
+    spec: ReadSpec,
+    reference: PinnedSnapshot | None,
+    reference_spec: ReadSpec | None = None,
 ) -> tuple[QualityReport, PreparedRead | None]:
     """The quality report of a pinned snapshot against a reference snapshot, and the read it planned.
 
-    The schema contract is checked first (by field id); when it is broken the features are not
-    profiled and no read is returned.
+    The reference is read with ``reference_spec`` when given (a model's training read, beside
+    the rows it scored), else with ``spec``. The schema contract is checked first (by field
+    id); when it is broken the features are not profiled and no read is returned.
     """
-    reference_read = prepare_read(table, reference, spec) if reference is not None else None
+    reference_read = prepare_read(table, reference, reference_spec or spec) if reference is not None else None
     features = spec.features or (reference_read.layout.features if reference_read is not None else ())
     contract = (
         contract_changes(snapshot_schema(table, reference), snapshot_schema(table, pinned), features)

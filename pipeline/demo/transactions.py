@@ -22,22 +22,32 @@ The hidden function: ``is_fraud`` is drawn with probability ``sigmoid(z)`` where
 (more after the drift).
 
 The drift knob: from ``drift_from`` on, amounts grow by ``drift`` (a factor), velocities and
-IP risk shift up, and more transactions are foreign, as when a new market opens.
+IP risk shift up, and more transactions are foreign, as when a new market opens; and the
+fraudsters change tactics: fraud then comes from new devices (``device_age_days`` under 30),
+through the app, after failed logins, and merchant or IP risk no longer give it away
+(``z = -7 + 6*(device_age_days < 30) + 1.5*(channel == app) + 1.5*(failed_logins_24h > 0)
++ 0.5*foreign - 0.004*account_age_days/30``). A model trained before the drift day ranks the
+new fraud barely better than chance.
+
+Outcomes: the chargebacks table ``demo.chargebacks`` learns each day's outcomes (``is_fraud``
+per ``transaction_id``) a number of days later (``ingest_outcomes``), as a card issuer does.
 """
 
 from __future__ import annotations
 
 import zlib
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
+from pyiceberg.expressions import EqualTo
 
 from pipeline.data.snapshots import ancestors
 from pipeline.lake.ingest import append_arrow
 
 TRANSACTIONS_TABLE = "demo.transactions"
+CHARGEBACKS_TABLE = "demo.chargebacks"
 DAY_PROPERTY = "icetrain.partition"
 IDENTIFIER = "transaction_id"
 COUNTRIES = np.array(["DE", "FR", "NL", "ES", "IT", "PL", "SE", "US", "GB", "BR"])
@@ -74,7 +84,16 @@ def transactions_day(day: date, rows: int = 2000, *, drift_from: date | None = N
         + 0.8 * foreign + 0.7 * (amount_to_avg > 3) + 2.4 * ip_risk + 0.5 * shipping_mismatch
         + 0.9 * prior_fraud - 0.004 * account_age / 30 + 0.3 * (channel == 0)
     )  # fmt: skip
-    is_fraud = (rng.random(rows) < 1 / (1 + np.exp(-z))).astype(np.int64)
+    draw = rng.random(rows)  # the random streams are drawn in the order they always were: a day's rows never change
+    distance_km = rng.exponential(15.0, rows) * (1 + 20 * foreign)
+    device_age = rng.gamma(1.5, 200.0, rows)
+    failed_logins = rng.poisson(0.2, rows).astype(np.int64)
+    if drifted:
+        z = (
+            -7.0 + 6.0 * (device_age < 30) + 1.5 * (channel == 1) + 1.5 * (failed_logins > 0) + 0.5 * foreign
+            - 0.004 * account_age / 30
+        )  # fmt: skip
+    is_fraud = (draw < 1 / (1 + np.exp(-z))).astype(np.int64)
     columns = {
         IDENTIFIER: epoch_day * 10_000_000 + np.arange(rows, dtype=np.int64),
         "day": np.full(rows, epoch_day, dtype=np.int64),
@@ -82,15 +101,15 @@ def transactions_day(day: date, rows: int = 2000, *, drift_from: date | None = N
         "log_amount": np.log1p(amount),
         "hour": hour.astype(np.int64),
         "is_night": is_night,
-        "distance_km": rng.exponential(15.0, rows) * (1 + 20 * foreign),
+        "distance_km": distance_km,
         "merchant_risk": merchant_risk,
         "velocity_1h": velocity_1h.astype(np.int64),
         "velocity_24h": velocity_24h.astype(np.int64),
         "account_age_days": account_age,
         "card_present": card_present,
         "foreign": foreign,
-        "device_age_days": rng.gamma(1.5, 200.0, rows),
-        "failed_logins_24h": rng.poisson(0.2, rows).astype(np.int64),
+        "device_age_days": device_age,
+        "failed_logins_24h": failed_logins,
         "avg_amount_30d": avg_amount,
         "amount_to_avg": amount_to_avg,
         "chargebacks_90d": rng.poisson(0.05, rows).astype(np.int64),
@@ -115,7 +134,13 @@ def transactions_day(day: date, rows: int = 2000, *, drift_from: date | None = N
 
 
 def ingest_day(
-    catalog: Catalog, day: date, rows: int = 2000, *, drift_from: date | None = None, run_id: str | None = None
+    catalog: Catalog,
+    day: date,
+    rows: int = 2000,
+    *,
+    drift_from: date | None = None,
+    drift: float = 1.8,
+    run_id: str | None = None,
 ) -> int | None:
     """Append one day as one snapshot (summary ``icetrain.partition=<day>``), unless that day is in already.
 
@@ -123,15 +148,9 @@ def ingest_day(
         The new snapshot id, or None when the day was already written (a re-run or backfill).
     """
     key = day.isoformat()
-    if catalog.table_exists(TRANSACTIONS_TABLE):
-        table = catalog.load_table(TRANSACTIONS_TABLE)
-        current = table.current_snapshot()
-        if current is not None and any(
-            (s.summary.additional_properties if s.summary else {}).get(DAY_PROPERTY) == key
-            for s in ancestors(table, current.snapshot_id)
-        ):
-            return None
-    data = transactions_day(day, rows, drift_from=drift_from)
+    if _has_day(catalog, TRANSACTIONS_TABLE, key):
+        return None
+    data = transactions_day(day, rows, drift_from=drift_from, drift=drift)
     return append_arrow(
         catalog,
         TRANSACTIONS_TABLE,
@@ -143,9 +162,66 @@ def ingest_day(
     )
 
 
+def ingest_outcomes(catalog: Catalog, day: date, lag_days: int = 3, *, run_id: str | None = None) -> int | None:
+    """On ``day``, the chargebacks learn the outcomes of the transactions of ``day - lag_days``: one append.
+
+    The outcomes are read from the transactions table at its current snapshot (the demo's
+    transactions carry their label; a real issuer's chargebacks would come from elsewhere).
+
+    Returns:
+        The new snapshot id of ``demo.chargebacks``, or None when that day's outcomes are in
+        already or its transactions are not (nothing to report yet).
+    """
+    settled = day - timedelta(days=lag_days)
+    key = settled.isoformat()
+    if _has_day(catalog, CHARGEBACKS_TABLE, key) or not catalog.table_exists(TRANSACTIONS_TABLE):
+        return None
+    transactions = catalog.load_table(TRANSACTIONS_TABLE)
+    current = transactions.current_snapshot()
+    if current is None:
+        return None
+    epoch_day = (settled - date(1970, 1, 1)).days
+    rows = transactions.scan(
+        row_filter=EqualTo("day", epoch_day), snapshot_id=current.snapshot_id, selected_fields=(IDENTIFIER, "is_fraud")
+    ).to_arrow()
+    if rows.num_rows == 0:
+        return None
+    outcomes = rows.append_column("reported_day", pa.array(np.full(rows.num_rows, day), pa.date32()))
+    return append_arrow(
+        catalog,
+        CHARGEBACKS_TABLE,
+        outcomes,
+        source=f"{TRANSACTIONS_TABLE}@{current.snapshot_id}",
+        run_id=run_id,
+        identifier_fields=(IDENTIFIER,),
+        properties={DAY_PROPERTY: key},
+    )
+
+
+def _has_day(catalog: Catalog, table_name: str, key: str) -> bool:
+    """Whether a snapshot in the table's current history wrote the day ``key``."""
+    if not catalog.table_exists(table_name):
+        return False
+    table = catalog.load_table(table_name)
+    current = table.current_snapshot()
+    return current is not None and any(
+        (s.summary.additional_properties if s.summary else {}).get(DAY_PROPERTY) == key
+        for s in ancestors(table, current.snapshot_id)
+    )
+
+
 def day_of(partition_key: str) -> date:
     """A Dagster daily partition key (``2026-11-01``) as a date."""
     return datetime.strptime(partition_key, "%Y-%m-%d").replace(tzinfo=UTC).date()
 
 
-__all__ = ["DAY_PROPERTY", "IDENTIFIER", "TRANSACTIONS_TABLE", "day_of", "ingest_day", "transactions_day"]
+__all__ = [
+    "CHARGEBACKS_TABLE",
+    "DAY_PROPERTY",
+    "IDENTIFIER",
+    "TRANSACTIONS_TABLE",
+    "day_of",
+    "ingest_day",
+    "ingest_outcomes",
+    "transactions_day",
+]

@@ -141,6 +141,12 @@ def predictions_schema(keys: Sequence[pa.Field], scorer: Scorer) -> pa.Schema:
     return pa.schema(columns)
 
 
+def key_columns(table: Table) -> tuple[str, ...]:
+    """The columns that key a predictions table's rows: the input's identifiers, which come before ``prediction``."""
+    names = table.schema().column_names
+    return tuple(names[: names.index("prediction")]) if "prediction" in names else ()
+
+
 def table_properties(scorer: Scorer, input_table: str) -> dict[str, str]:
     """What a predictions table says of itself when created: whose it is, the task, the classes' order."""
     properties = {
@@ -445,6 +451,7 @@ __all__ = [
     "append_id",
     "class_label_type",
     "commit_predictions",
+    "key_columns",
     "last_scored",
     "open_predictions",
     "predictions_schema",
