@@ -233,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lineage.set_defaults(handler=cmd_lineage)
 
+    monitor = commands.add_parser(
+        "monitor",
+        help="judge a pipeline's predictions: prediction drift, input drift, realized performance per window",
+    )
+    monitor.add_argument("--pipeline", required=True, help="a declared pipeline with tracking.registered_model")
+    monitor.add_argument("--config", help="the pipelines file (default: $ICETRAIN_CONFIG or ./icetrain.yaml)")
+    monitor.add_argument("--no-record", action="store_true", help="do not log the numbers to MLflow")
+    monitor.set_defaults(handler=cmd_monitor)
+
     pipelines = commands.add_parser(
         "pipelines", help="list the declared pipelines with their table, current snapshot and last run"
     )
@@ -616,6 +625,37 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         print(
             f"  {scoring.predictions_table} snapshot {scoring.snapshot_id}  {when}  {scoring.rows} rows of {scoring.input_table} snapshot {scoring.input_snapshot_id}{dagster}"
         )
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """Print every scoring window and the three checks; exit 0 whatever they say (they are not errors)."""
+    from pipeline.config.project import load_project
+    from training.monitor import MonitorRequest, monitor
+
+    pipeline = load_project(args.config).pipeline(args.pipeline)
+    if not pipeline.config.tracking.registered_model:
+        raise ConfigError(
+            f"pipeline {pipeline.name!r} registers no model (tracking.registered_model), so it has no champion to monitor"
+        )
+    found = monitor(Settings.from_env(), MonitorRequest.of(pipeline, record=not args.no_record))
+    metric = found.request.metric
+    print(
+        f"{found.request.predictions} (snapshot {found.predictions_snapshot_id or '-'}) against"
+        f" {found.request.outcomes}.{found.request.outcome} (snapshot {found.outcomes_snapshot_id or '-'});"
+        f" champion: {found.champion or 'none'}"
+    )
+    for judged in found.windows:
+        value = judged.value(metric)
+        realized = f"{metric} {value:.3f}" if judged.judged and value is not None else "not judged"
+        psi = f"{judged.prediction_psi:.3f}" if judged.prediction_psi is not None else "-"
+        marks = " DEGRADED" * judged.degraded + " DRIFTED" * judged.drifted
+        print(
+            f"  window {judged.window.window}  v{judged.version or '-'}  {judged.window.predictions} predictions"
+            f"  coverage {judged.window.coverage:.0%}  {realized}  prediction PSI {psi}{marks}"
+        )
+    for check in found.checks:
+        print(f"{check.name}: {'passed' if check.passed else 'FAILED'}: {check.text}")
     return 0
 
 

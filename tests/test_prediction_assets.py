@@ -54,6 +54,11 @@ def test_a_registering_pipeline_gets_the_predictions_asset_job_sensor_and_schedu
     assert definitions.resolve_job_def("loans_predict") is not None
     assert definitions.resolve_sensor_def("loans_predict_new_snapshot") is not None
     assert definitions.resolve_schedule_def("loans_predict_schedule") is not None
+    monitoring = graph.get(AssetKey(["loans", "monitoring"]))
+    assert AssetKey(["loans", "predictions"]) in monitoring.parent_keys
+    assert {key.name for key in monitoring.check_keys} == {"prediction_drift", "input_drift", "realized_performance"}
+    assert definitions.resolve_job_def("loans_monitor") is not None
+    assert definitions.resolve_sensor_def("loans_retrain_on_degradation").default_status.value == "STOPPED"
 
 
 def test_the_champion_scores_each_new_snapshots_rows_once(settings, catalog, loans, instance) -> None:
