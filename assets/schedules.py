@@ -17,6 +17,7 @@ from assets.jobs import job_name, predict_job_name
 from assets.keys import predictions_key, training_data_key
 from assets.resources import IcebergResource
 from pipeline.config.project import Pipeline
+from pipeline.lake.catalog import current_snapshot
 from pipeline.lake.predictions import last_scored
 
 
@@ -40,7 +41,7 @@ def retrain_schedule(pipeline: Pipeline) -> ScheduleDefinition:
     )
     def retrain_on_schedule(context: ScheduleEvaluationContext, iceberg: IcebergResource) -> RunRequest | SkipReason:
         catalog = iceberg.catalog()
-        current = catalog.load_table(table_name).current_snapshot() if catalog.table_exists(table_name) else None
+        current = current_snapshot(catalog, table_name)
         if current is None:
             return SkipReason(f"table {table_name} has no snapshot yet")
         seen = str(current.snapshot_id)

@@ -25,6 +25,7 @@ from assets.keys import monitoring_key, predictions_key, training_data_key
 from assets.resources import IcebergResource, MlflowResource, combined_settings
 from pipeline.config.project import Pipeline
 from pipeline.data.snapshots import total_rows
+from pipeline.lake.catalog import current_snapshot
 from pipeline.tracking.client import tracking_client
 from pipeline.tracking.reference import champion_version
 
@@ -146,7 +147,7 @@ def scoring_sensor(pipeline: Pipeline) -> SensorDefinition:
         context: SensorEvaluationContext, iceberg: IcebergResource, mlflow: MlflowResource
     ) -> RunRequest | SkipReason:
         catalog = iceberg.catalog()
-        current = catalog.load_table(table_name).current_snapshot() if catalog.table_exists(table_name) else None
+        current = current_snapshot(catalog, table_name)
         if current is None:
             return SkipReason(f"table {table_name} has no snapshot yet")
         seen = str(current.snapshot_id)
@@ -218,7 +219,7 @@ def degradation_sensor(pipeline: Pipeline) -> SensorDefinition:
         if running:
             return SkipReason(f"window {window} breached, but retraining run {running[0].run_id} is under way")
         catalog = iceberg.catalog()
-        current = catalog.load_table(table_name).current_snapshot() if catalog.table_exists(table_name) else None
+        current = current_snapshot(catalog, table_name)
         if current is None:
             return SkipReason(f"table {table_name} has no snapshot to retrain on")
         seen = str(current.snapshot_id)

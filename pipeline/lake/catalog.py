@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.utils.config import Config
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
@@ -91,6 +92,11 @@ def load_table(catalog: Catalog, identifier: str) -> Table:
         raise TableNotFoundError(
             f"table {identifier!r} not found in catalog {catalog.name!r}; tables in namespace {namespace!r}: {listing}"
         ) from exc
+
+
+def current_snapshot(catalog: Catalog, identifier: str) -> Snapshot | None:
+    """The table's current snapshot; None when the table does not exist yet or has none (what a sensor waits on)."""
+    return catalog.load_table(identifier).current_snapshot() if catalog.table_exists(identifier) else None
 
 
 def list_tables(catalog: Catalog, namespace: str) -> list[str]:
