@@ -74,3 +74,49 @@ def test_an_outcomes_table_without_the_key_is_one_line_and_records_nothing(
     declare_monitor(window="hourly")
     assert main(["monitor", "--pipeline", "loans"]) == 1
     assert "monitor.window" in capsys.readouterr().err
+
+
+def test_the_degradation_sensor_retrains_once_per_breached_window_of_the_champion(
+    settings, catalog, loans_champion
+) -> None:
+    from dataclasses import replace
+
+    from dagster import (
+        AssetMaterialization,
+        MetadataValue,
+        RunRequest,
+        SkipReason,
+        build_sensor_context,
+        instance_for_test,
+    )
+
+    from assets.resources import IcebergResource
+    from assets.sensors import degradation_sensor
+
+    loans = load_project().pipeline("loans")
+    on = replace(loans, config=loans.config.updated({"retrain.on_degradation": True}))
+    drift_only = replace(loans, config=loans.config.updated({"retrain.on_prediction_drift": True}))
+    resources = {"iceberg": IcebergResource()}
+    with instance_for_test() as instance:
+        with build_sensor_context(instance=instance, resources=resources) as context:
+            waiting = degradation_sensor(on)(context)
+        assert isinstance(waiting, SkipReason) and "loans/monitoring was never materialized" in waiting.skip_message
+
+        breach = {"window": "42", "model_version": "1", "realized_pr_auc": 0.1, "validation_pr_auc": 0.5}
+        instance.report_runless_asset_event(
+            AssetMaterialization(
+                "loans/monitoring",
+                metadata={
+                    "degraded_windows": MetadataValue.json([breach]),
+                    "drifted_windows": MetadataValue.json([{**breach, "window": "43"}]),
+                },
+            )
+        )
+        with build_sensor_context(instance=instance, resources=resources) as context:
+            degraded = degradation_sensor(on)(context)
+            drifted = degradation_sensor(drift_only)(context)
+    assert isinstance(degraded, RunRequest) and degraded.run_key == "degraded:42"
+    assert degraded.tags["icetrain/trigger"] == "degraded" and degraded.tags["icetrain/model_version"] == "1"
+    pinned = load_table(catalog, "bank.applications").current_snapshot().snapshot_id
+    assert degraded.run_config["ops"]["loans__training_data"]["config"]["snapshot_id"] == str(pinned)
+    assert isinstance(drifted, RunRequest) and drifted.run_key == "drift:43"
