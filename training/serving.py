@@ -131,7 +131,7 @@ class ScoringSpec:
             "prediction": pa.array(self._class_values[chosen], class_label_type(classes)),
             "probabilities": pa.ListArray.from_arrays(offsets, pa.array(probabilities.reshape(-1))),
         }
-        scores = by_class[1] if len(classes) == 2 else _first_largest(by_class).astype(np.float64)
+        scores = by_class[1] if len(classes) == 2 else chosen.astype(np.float64)
         return columns, scores
 
     @property

@@ -385,7 +385,7 @@ class MonitorSection(Section):
     window: Literal["snapshot", "day"] = Field(
         "snapshot", description="A scoring window: each scored input snapshot, or each day predictions were made."
     )
-    metric: Literal["pr_auc", "roc_auc", "precision", "recall", "mae"] = Field(
+    metric: Literal["pr_auc", "roc_auc", "precision", "recall", "accuracy", "mae"] = Field(
         "pr_auc", description="The realized metric compared with the model's validation score (mae for regression)."
     )
     margin: float = Field(

@@ -297,7 +297,14 @@ class FileWriter:
             path = self._locations.new_data_location(f"00000-{next(self._counter)}-{self._name}.parquet")
             self.paths.append(path)
             stream = self.target.io().new_output(path).create(overwrite=False)
-            self._file = _OpenFile(stream, pq.ParquetWriter(stream, self.arrow_schema, compression=self._compression))
+            writer = pq.ParquetWriter(
+                stream,
+                self.arrow_schema,
+                compression=self._compression,
+                use_dictionary=[f.name for f in self.arrow_schema if pa.types.is_string(f.type)],  # repeated names
+                write_statistics=[f.name for f in self.arrow_schema if not pa.types.is_list(f.type)],
+            )
+            self._file = _OpenFile(stream, writer)
         self._file.writer.write_batch(batch)
         self._file.written += batch.nbytes
         if self._file.written >= self.target_bytes:
