@@ -120,3 +120,12 @@ def test_the_degradation_sensor_retrains_once_per_breached_window_of_the_champio
     pinned = load_table(catalog, "bank.applications").current_snapshot().snapshot_id
     assert degraded.run_config["ops"]["loans__training_data"]["config"]["snapshot_id"] == str(pinned)
     assert isinstance(drifted, RunRequest) and drifted.run_key == "drift:43"
+
+
+def test_an_mlflow_that_does_not_answer_is_one_line_not_a_wait(settings, loans_champion, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    capsys.readouterr()
+    for command in (["monitor", "--pipeline", "loans"], ["predict", "--pipeline", "loans"]):
+        assert main(command) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "MLflow tracking server http://127.0.0.1:9 does not answer" in err[0], err

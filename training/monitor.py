@@ -39,6 +39,7 @@ from pipeline.lake.predictions import CLASSES_PROPERTY, INPUT_SINCE, INPUT_SNAPS
 from pipeline.tracking.client import tracking_client
 from pipeline.tracking.lineage import tracking_error
 from pipeline.tracking.reference import champion_version
+from training.liveness import check_tracking
 from training.predict import load_scoring_spec
 from training.serving import ScoringSpec
 
@@ -154,6 +155,7 @@ def monitor(settings: Settings, request: MonitorRequest) -> Monitoring:
         TrackingError: MLflow could not be asked (never read as "no champion").
         PredictionError: a scoring model's records are missing.
     """
+    check_tracking(settings)  # an MLflow that does not answer is one line now, not minutes of retries
     catalog = open_catalog(settings)
     client = tracking_client(settings)
     champion = champion_version(client, request.model)

@@ -52,6 +52,7 @@ from pipeline.tracking.client import tracking_client
 from pipeline.tracking.lineage import get_run, is_absence, tracking_error
 from pipeline.tracking.tags import PIPELINE_TAG
 from training.compute import Compute, close_compute, init_compute
+from training.liveness import check_tracking
 from training.serving import SPEC_DIR, SPEC_FILE, ScoringSpec, ServedModel
 
 MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))")
@@ -235,6 +236,7 @@ def predict(settings: Settings, request: PredictRequest) -> Predictions:
         EncodingError, TrackingError: the run's records cannot be read.
     """
     check_table_name(request.into)
+    check_tracking(settings)  # an MLflow that does not answer is one line now, not minutes of retries
     if request.batch_rows < 1 or request.file_mb < 1:
         raise ConfigError(
             f"batch rows and file megabytes must be at least 1, not {request.batch_rows} and {request.file_mb}"
