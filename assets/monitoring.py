@@ -77,7 +77,7 @@ def monitoring_asset(pipeline: Pipeline) -> AssetsDefinition:
                     check_name=check.name,
                     passed=check.passed,
                     description=check.text,
-                    metadata={key: value for key, value in check.numbers.items()},
+                    metadata=dict(check.numbers),
                 )
                 for check in found.checks
             ],
@@ -88,7 +88,7 @@ def monitoring_asset(pipeline: Pipeline) -> AssetsDefinition:
 
 def monitoring_metadata(found: Monitoring, mlflow_ui: str | None) -> dict[str, object]:
     """What the materialization shows: the windows table, the series plot, the breaches (read by the degradation sensor)."""
-    request, metric = found.request, found.request.metric
+    request, metric = found.request, found.request.section.metric
     records = [
         TableRecord(
             {
@@ -126,7 +126,7 @@ def monitoring_metadata(found: Monitoring, mlflow_ui: str | None) -> dict[str, o
             [w.reference for w in found.windows],
             [w.prediction_psi for w in found.windows],
             metric,
-            request.max_prediction_psi,
+            request.section.max_prediction_psi,
             f"{request.predictions}: realized {metric} and prediction drift per window",
         )
         metadata["series"] = MetadataValue.md(f"![monitoring](data:image/png;base64,{base64.b64encode(png).decode()})")

@@ -639,7 +639,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             f"pipeline {pipeline.name!r} registers no model (tracking.registered_model), so it has no champion to monitor"
         )
     found = monitor(Settings.from_env(), MonitorRequest.of(pipeline, record=not args.no_record))
-    metric = found.request.metric
+    metric = found.request.section.metric
     print(
         f"{found.request.predictions} (snapshot {found.predictions_snapshot_id or '-'}) against"
         f" {found.request.outcomes}.{found.request.outcome} (snapshot {found.outcomes_snapshot_id or '-'});"

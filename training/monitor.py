@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
@@ -31,8 +31,10 @@ from pyiceberg.table import Table
 
 from pipeline.config.project import Pipeline
 from pipeline.config.settings import Settings
+from pipeline.config.tree import MonitorSection
 from pipeline.data.quality import assess_snapshot
-from pipeline.data.snapshots import PinnedSnapshot
+from pipeline.data.snapshots import PinnedSnapshot, resolve_snapshot
+from pipeline.data.specs import SnapshotRequest
 from pipeline.lake.catalog import load_table, open_catalog
 from pipeline.lake.outcomes import Window, realized
 from pipeline.lake.predictions import CLASSES_PROPERTY, INPUT_SINCE, INPUT_SNAPSHOT, INPUT_TABLE, MODEL_RUN, key_columns
@@ -42,42 +44,31 @@ from pipeline.tracking.reference import champion_version
 from training.liveness import check_tracking
 from training.predict import load_scoring_spec
 from training.serving import ScoringSpec
+from training.tasks import lower_is_better
 
-LOWER_IS_BETTER = ("mae",)
 VALIDATION_METRIC = {"precision": "val_precision_at_threshold", "recall": "val_recall_at_threshold"}
 
 
 @dataclass(frozen=True)
 class MonitorRequest:
-    """What to watch and the thresholds (a pipeline's ``monitor`` section, ``MonitorRequest.of``)."""
+    """What to watch (the tables, the registered model, the outcome column) and how (a pipeline's ``monitor`` section)."""
 
     predictions: str
     model: str
     outcomes: str
     outcome: str
-    window: str = "snapshot"
-    metric: str = "pr_auc"
-    margin: float = 0.1
-    min_coverage: float = 0.5
-    max_prediction_psi: float = 0.25
-    max_input_psi: float = 0.25
+    section: MonitorSection = field(default_factory=MonitorSection)
     record: bool = True
 
     @classmethod
     def of(cls, pipeline: Pipeline, *, record: bool = True) -> MonitorRequest:
         config = pipeline.config
-        section = config.monitor
         return cls(
             predictions=pipeline.predictions_table,
             model=str(config.tracking.registered_model),
-            outcomes=section.outcomes or pipeline.scoring_table,
-            outcome=section.outcome or str(config.data.label),
-            window=section.window,
-            metric=section.metric,
-            margin=section.margin,
-            min_coverage=section.min_coverage,
-            max_prediction_psi=section.max_prediction_psi,
-            max_input_psi=section.max_input_psi,
+            outcomes=config.monitor.outcomes or pipeline.scoring_table,
+            outcome=config.monitor.outcome or str(config.data.label),
+            section=config.monitor,
             record=record,
         )
 
@@ -174,7 +165,7 @@ def monitor(settings: Settings, request: MonitorRequest) -> Monitoring:
         outcomes_snapshot.snapshot_id if outcomes_snapshot is not None else None,
         key_columns(predictions),
         request.outcome,
-        window=request.window,
+        window=request.section.window,
         positive=_positive(predictions),
     )
     judged = []
@@ -236,15 +227,16 @@ def _judge(window: Window, model: _Model, request: MonitorRequest, champion: boo
         if reference_profile is not None and window.predictions
         else None
     )
-    reference = model.validation.get(VALIDATION_METRIC.get(request.metric, f"val_{request.metric}"))
-    value = window.metrics.get(request.metric)
-    judged = window.coverage >= request.min_coverage and value is not None and reference is not None
-    if judged and request.metric in LOWER_IS_BETTER:
-        degraded = value > reference + request.margin  # type: ignore[operator]
-    else:
-        degraded = judged and value < reference - request.margin  # type: ignore[operator]
-    drifted = psi is not None and psi > request.max_prediction_psi
-    return Judged(window, window.model_version, reference, psi, judged, bool(degraded), drifted, champion)
+    section = request.section
+    reference = model.validation.get(VALIDATION_METRIC.get(section.metric, f"val_{section.metric}"))
+    value = window.metrics.get(section.metric)
+    degraded = judged = False
+    if window.coverage >= section.min_coverage and value is not None and reference is not None:
+        judged = True
+        loss = value - reference if lower_is_better(section.metric) else reference - value
+        degraded = loss > section.margin
+    drifted = psi is not None and psi > section.max_prediction_psi
+    return Judged(window, window.model_version, reference, psi, judged, degraded, drifted, champion)
 
 
 def _newest_job(predictions: Table, run_id: str | None) -> tuple[str, str, int, int | None] | None:
@@ -266,21 +258,13 @@ def _input_drift(
     if table_name != spec.data.table or trained is None or not catalog.table_exists(table_name):
         return {}, ()
     table = load_table(catalog, table_name)
-    current, reference = table.snapshot_by_id(snapshot_id), table.snapshot_by_id(trained)
-    if current is None or reference is None:
+    if table.snapshot_by_id(snapshot_id) is None or table.snapshot_by_id(trained) is None:
         return {}, ()  # expired since: nothing to compare
 
-    def pin(snapshot) -> PinnedSnapshot:
-        return PinnedSnapshot(
-            settings.catalog_name,
-            table_name,
-            snapshot.snapshot_id,
-            "id",
-            str(snapshot.snapshot_id),
-            snapshot.timestamp_ms,
-        )
+    def pin(snapshot_id: int) -> PinnedSnapshot:
+        return resolve_snapshot(table, SnapshotRequest(table_name, snapshot_id), settings.catalog_name)
 
-    report, _ = assess_snapshot(table, pin(current), spec.read_spec(since), pin(reference), spec.data.read_spec())
+    report, _ = assess_snapshot(table, pin(snapshot_id), spec.read_spec(since), pin(trained), spec.data.read_spec())
     return dict(report.drift), tuple(report.contract)
 
 
@@ -294,10 +278,10 @@ def _prediction_check(judged: list[Judged], request: MonitorRequest) -> Check:
     numbers = {
         "window": latest.window.window,
         "psi": round(latest.prediction_psi, 4),
-        "max_psi": request.max_prediction_psi,
+        "max_psi": request.section.max_prediction_psi,
     }
     if latest.drifted:
-        text = f"{where}: prediction PSI {latest.prediction_psi:.3f} > monitor.max_prediction_psi {request.max_prediction_psi}"
+        text = f"{where}: prediction PSI {latest.prediction_psi:.3f} > monitor.max_prediction_psi {request.section.max_prediction_psi}"
         return Check("prediction_drift", False, text, numbers)
     return Check("prediction_drift", True, f"{where}: prediction PSI {latest.prediction_psi:.3f}", numbers)
 
@@ -313,16 +297,18 @@ def _input_check(
         return Check("input_drift", True, f"input snapshot {window}: not comparable with the model's training snapshot")
     worst = max(drift, key=lambda name: drift[name])
     numbers = {"input_snapshot_id": window, "worst_feature": worst, "worst_psi": round(drift[worst], 4)}
-    over = sorted((name for name, value in drift.items() if value > request.max_input_psi), key=lambda n: -drift[n])
+    over = sorted(
+        (name for name, value in drift.items() if value > request.section.max_input_psi), key=lambda n: -drift[n]
+    )
     if over:
         listed = ", ".join(f"{name} PSI {drift[name]:.3f}" for name in over[:5])
-        text = f"input snapshot {window}: {listed} > monitor.max_input_psi {request.max_input_psi}"
+        text = f"input snapshot {window}: {listed} > monitor.max_input_psi {request.section.max_input_psi}"
         return Check("input_drift", False, text, numbers)
     return Check("input_drift", True, f"input snapshot {window}: largest PSI {drift[worst]:.3f} ({worst})", numbers)
 
 
 def _realized_check(judged: list[Judged], request: MonitorRequest, champion: str | None) -> Check:
-    metric = request.metric
+    metric = request.section.metric
     if not judged:
         return Check("realized_performance", True, f"no predictions in {request.predictions} yet: nothing to judge")
     mine = [w for w in judged if w.champion] or judged
@@ -333,7 +319,7 @@ def _realized_check(judged: list[Judged], request: MonitorRequest, champion: str
         return Check(
             "realized_performance",
             True,
-            f"not judged yet: no window of {who} has outcomes for {request.min_coverage:.0%} of its predictions"
+            f"not judged yet: no window of {who} has outcomes for {request.section.min_coverage:.0%} of its predictions"
             f" (window {latest.window.window}: {latest.window.coverage:.0%})",
             {"coverage": round(latest.window.coverage, 4)},
         )
@@ -343,15 +329,13 @@ def _realized_check(judged: list[Judged], request: MonitorRequest, champion: str
         "window": latest.window.window,
         f"realized_{metric}": round(value or 0.0, 4),
         f"validation_{metric}": round(latest.reference or 0.0, 4),
-        "margin": request.margin,
+        "margin": request.section.margin,
         "coverage": round(latest.window.coverage, 4),
     }
     bad = [w for w in ready if w.degraded]
     if bad:
         listed = ", ".join(f"window {w.window.window}: {w.value(metric):.3f}" for w in bad[-3:])
-        text = (
-            f"realized {metric} of {who} fell below its validation {latest.reference:.3f} - {request.margin}: {listed}"
-        )
+        text = f"realized {metric} of {who} fell below its validation {latest.reference:.3f} - {request.section.margin}: {listed}"
         return Check("realized_performance", False, text, numbers)
     return Check(
         "realized_performance",
@@ -405,7 +389,7 @@ def _record(client: MlflowClient, found: Monitoring, models: Mapping[str, _Model
                 written += len(metrics[start : start + 1000])
     except MlflowException as exc:
         raise tracking_error("record the monitoring metrics", exc) from exc
-    return Monitoring(**{**found.__dict__, "recorded": written})
+    return replace(found, recorded=written)
 
 
 def _steps(client: MlflowClient, run_id: str, key: str) -> set[int]:

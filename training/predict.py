@@ -34,7 +34,7 @@ from pipeline.data.scores import ScoreProfile
 from pipeline.data.scoring import ScoringRead, prepare_scoring, scoring_chunks
 from pipeline.data.snapshots import PinnedSnapshot, resolve_snapshot, schema_at
 from pipeline.data.specs import SnapshotRequest
-from pipeline.errors import ConfigError, RegistryError, SnapshotNotFoundError
+from pipeline.errors import ConfigError, PredictionError, RegistryError, SnapshotNotFoundError
 from pipeline.lake.catalog import load_table, open_catalog
 from pipeline.lake.predictions import (
     TARGET_FILE_BYTES,
@@ -208,15 +208,17 @@ def load_scoring_spec(client: MlflowClient, run_id: str) -> ScoringSpec:
         PredictionError: the model was saved without one (by an older icetrain).
         TrackingError: MLflow could not be asked.
     """
+    where = f"model/{SPEC_DIR}"
     folder = Path(tempfile.mkdtemp(prefix="icetrain-spec-"))
     try:
+        if SPEC_FILE not in {Path(entry.path).name for entry in client.list_artifacts(run_id, where)}:
+            raise PredictionError(
+                f"the model of run {run_id} has no {where}/{SPEC_FILE} (saved by an older icetrain); train it again with icetrain train --from-run"
+            )
         (folder / SPEC_DIR).mkdir()
-        client.download_artifacts(run_id, f"model/{SPEC_DIR}/{SPEC_FILE}", str(folder / SPEC_DIR))
+        client.download_artifacts(run_id, f"{where}/{SPEC_FILE}", str(folder / SPEC_DIR))
     except MlflowException as exc:
-        if not is_absence(exc) and "No such file" not in str(exc):
-            raise tracking_error(f"read the scoring spec of run {run_id}", exc) from exc
-    except OSError:
-        pass  # no such artifact: ScoringSpec.read says what is missing
+        raise tracking_error(f"read the scoring spec of run {run_id}", exc) from exc
     return ScoringSpec.read(folder)
 
 
